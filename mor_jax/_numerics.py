@@ -1,0 +1,125 @@
+"""Exact float32 building blocks shared by the XLA path and the Pallas kernels.
+
+Everything here is integer and bit arithmetic on float32, written with ops
+that both XLA and the Pallas Triton backend lower (no ``lax.round``, no
+float division where the result must be exact), because:
+
+* XLA's float32 division on GPUs is not correctly rounded (about 29% of
+  ``448 / amax`` differ from IEEE on an H100), and a scale must be bit-exact;
+* ``x.astype(float8).astype(float32)`` is deleted by XLA on GPUs
+  (MOR_SPEC section 8), so the FP8 grid value is computed by arithmetic and
+  never depends on a cast round trip;
+* float32 subnormals are flushed by XLA on CPU but not always on GPU, so we
+  flush them explicitly and no result depends on them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mor_jax import _formats
+
+_F32 = np.finfo(np.float32)
+_MANT_BITS = int(_F32.nmant)  # 23
+_BIAS = int(_F32.maxexp) - 1  # 127
+_MANT_MASK = (1 << _MANT_BITS) - 1
+_HIDDEN = 1 << _MANT_BITS
+_EXP_MASK = (1 << (_F32.bits - 1 - _MANT_BITS)) - 1  # 0xFF
+_SIGN = np.int32(np.float32(-0.0).view(np.int32))
+TINY = float(_F32.smallest_normal)
+# MOR_SPEC section 3: scales are capped at 2^126.
+SCALE_CAP_EXPONENT = int(_F32.maxexp) - 2
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.int32)
+
+
+def _from_bits(b: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(b, jnp.float32)
+
+
+def flush_subnormals(x: jax.Array) -> jax.Array:
+  """float32 ``x`` with subnormals replaced by a zero of the same sign."""
+  return jnp.where(jnp.abs(x) < TINY, _from_bits(_bits(x) & _SIGN), x)
+
+
+def exponent(x: jax.Array) -> jax.Array:
+  """Unbiased exponent of a positive normal float32 (int32)."""
+  return ((_bits(x) >> _MANT_BITS) & _EXP_MASK) - _BIAS
+
+
+def mantissa(x: jax.Array) -> jax.Array:
+  """Significand of a positive normal float32, as a float32 in [1, 2)."""
+  return _from_bits((_bits(x) & _MANT_MASK) | (_BIAS << _MANT_BITS))
+
+
+def pow2(e: jax.Array) -> jax.Array:
+  """2.0**e as float32, exact for int32 ``e`` in [-126, 127]."""
+  return _from_bits((e + _BIAS) << _MANT_BITS)
+
+
+def with_exponent(m: jax.Array, e: jax.Array) -> jax.Array:
+  """m * 2**e for ``m`` in [1, 2) and ``e`` in [-126, 127], exactly."""
+  return _from_bits((_bits(m) & _MANT_MASK) | ((e + _BIAS) << _MANT_BITS))
+
+
+def div_rn(num: jax.Array, den: jax.Array) -> jax.Array:
+  """Correctly rounded ``num / den``, capped at 2**126.
+
+  Both arguments are positive normal float32. The significands are divided
+  by integer long division (25 quotient bits, then round to nearest even with
+  a sticky bit), so the result is the IEEE quotient whatever the platform's
+  division does. Quotients at or above 2**126 return 2**126 (the spec's cap
+  on scales); none of our callers produce a quotient below 2**-126.
+  """
+  nb, db = _bits(num), _bits(den)
+  mn = (nb & _MANT_MASK) | _HIDDEN
+  md = (db & _MANT_MASK) | _HIDDEN
+  below = (mn < md).astype(jnp.int32)
+  e = ((nb >> _MANT_BITS) & _EXP_MASK) - ((db >> _MANT_BITS) & _EXP_MASK) - below
+  r = mn << below  # md <= r < 2 * md < 2**25: the first quotient bit is 1.
+  q = jnp.zeros_like(r)
+  for _ in range(_MANT_BITS + 2):  # 24 significant bits and a guard bit
+    bit = (r >= md).astype(jnp.int32)
+    q = (q << 1) | bit
+    r = (r - bit * md) << 1
+  mant = q >> 1
+  round_up = (q & 1) & ((r != 0).astype(jnp.int32) | (mant & 1))
+  mant = mant + round_up
+  carry = mant >> (_MANT_BITS + 1)
+  mant = mant >> carry
+  e = e + carry
+  result = _from_bits((mant & _MANT_MASK) | ((e + _BIAS) << _MANT_BITS))
+  return jnp.where(e >= SCALE_CAP_EXPONENT, pow2(jnp.int32(SCALE_CAP_EXPONENT)),
+                   result)
+
+
+def round_to_grid(y: jax.Array, fmt: _formats.Representation) -> jax.Array:
+  """Rounds finite float32 ``y`` (|y| <= fmt.max) to ``fmt``'s grid, RNE.
+
+  Returns float32 values that the format holds exactly, so casting them to the
+  FP8 dtype is exact and a deleted cast round trip changes nothing. Subnormals
+  of the format are handled by clamping the exponent at its smallest normal.
+  """
+  yb = _bits(y)
+  ay = _from_bits(yb & ~_SIGN)
+  e = jnp.maximum(((yb >> _MANT_BITS) & _EXP_MASK) - _BIAS, fmt.min_exponent)
+  step = e - fmt.mantissa_bits
+  v = ay * pow2(-step)  # exact: a power-of-two rescale, v < 2**(mbits + 1)
+  t = v.astype(jnp.int32)  # truncation; v - t is exact below 2**24
+  frac = v - t.astype(jnp.float32)
+  up = (frac > 0.5) | ((frac == 0.5) & ((t & 1) == 1))
+  r = (t + up.astype(jnp.int32)).astype(jnp.float32) * pow2(step)
+  return _from_bits(_bits(r) | (yb & _SIGN))
+
+
+def special_codes(fmt: _formats.Representation) -> tuple[int, int, int]:
+  """(NaN, +inf, -inf) codes of ``fmt`` as ml_dtypes casts them.
+
+  E4M3 has no infinity: ml_dtypes casts +-inf to NaN, and so do we.
+  """
+  vals = np.array([np.nan, np.inf, -np.inf], np.float32).astype(fmt.dtype)
+  return tuple(int(c) for c in vals.view(np.uint8))

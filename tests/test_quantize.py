@@ -1,0 +1,212 @@
+"""quantize / dequantize / fake_quantize / relative_error against the NumPy reference."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mor_jax
+from tests import data
+from tests import reference as ref
+
+FMTS = {"E4M3": mor_jax.E4M3, "E5M2": mor_jax.E5M2}
+SCALINGS = ("fp32", "e8m0", "gam")
+
+# (shape, block_shape, group_shape): 1-D to 4-D, divisible and not, several
+# groups (group_shape only applies to gam; other scalings ignore the entry).
+PARTITIONS = [
+    ((37,), (None,), None),
+    ((37,), (8,), None),
+    ((256,), (32,), (64,)),
+    ((64, 48), (None, None), None),
+    ((64, 48), (1, None), None),
+    ((64, 48), (None, 1), None),
+    ((64, 48), (16, 16), None),
+    ((130, 77), (32, 32), (64, None)),
+    ((130, 77), (1, 32), (None, 64)),
+    ((130, 77), (128, 128), None),
+    ((3, 40, 50), (1, 8, None), None),
+    ((3, 40, 50), (None, 16, 16), (None, 32, None)),
+    ((2, 3, 17, 33), (1, 2, 8, 16), None),
+    ((2, 3, 17, 33), (None, None, 4, None), (None, None, 8, None)),
+]
+
+
+def _cases():
+  """Every partition x scaling x format; dtype and data kind rotate."""
+  combos = list(itertools.product(range(len(PARTITIONS)), SCALINGS, FMTS))
+  dtype_kinds = [(d, k) for d in data.DTYPES
+                 for k in (data.F16_KINDS if d == "float16" else data.KINDS)]
+  for i, (p, scaling, fmt) in enumerate(combos):
+    dtype, kind = dtype_kinds[(i * 7) % len(dtype_kinds)]
+    yield pytest.param(p, scaling, fmt, dtype, kind,
+                       id=f"p{p}-{scaling}-{fmt}-{dtype}-{kind}")
+  # And every dtype x kind on one awkward 2-D partition.
+  for j, (dtype, kind) in enumerate(dtype_kinds):
+    yield pytest.param(7, SCALINGS[j % 3], ("E4M3", "E5M2")[j % 2], dtype,
+                       kind, id=f"kinds-{dtype}-{kind}")
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(fmt, block_shape, scaling, group_shape):
+  kw = dict(block_shape=block_shape, scaling=scaling, group_shape=group_shape)
+
+  def run(x):
+    qa = mor_jax.quantize(x, fmt, **kw)
+    fq = mor_jax.fake_quantize(x, fmt, **kw)
+    return (qa, mor_jax.dequantize(qa, jnp.float32),
+            mor_jax.compute_scales(x, fmt, **kw), fq,
+            mor_jax.relative_error(x, fq))
+
+  return jax.jit(run)
+
+
+@pytest.mark.parametrize("p,scaling,fmt,dtype,kind", list(_cases()))
+def test_matches_reference(p, scaling, fmt, dtype, kind):
+  shape, block_shape, group_shape = PARTITIONS[p]
+  group_shape = group_shape if scaling == "gam" else None
+  x = data.make(kind, shape, data.DTYPES[dtype], seed=p)
+  qa, deq, scales, fq, err = _jitted(FMTS[fmt], block_shape, scaling,
+                                     group_shape)(x)
+
+  want_codes, want_scales = ref.quantize(x, fmt, block_shape, scaling,
+                                         group_shape)
+  data.assert_bits_equal(scales, want_scales)
+  data.assert_bits_equal(qa.scale, want_scales)
+  data.assert_codes_equal(qa.data, want_codes)
+  assert qa.data.dtype == FMTS[fmt].dtype and qa.data.shape == x.shape
+
+  want_deq = ref.dequantize(want_codes, want_scales, block_shape)
+  data.assert_within_ulp(np.asarray(deq), want_deq)
+
+  assert fq.dtype == x.dtype
+  want_fq = ref.fake_quantize(x, fmt, block_shape, scaling, group_shape)
+  # One float32 ulp before the cast can move a tie in the narrow dtype.
+  data.assert_within_ulp(np.asarray(fq), want_fq.astype(x.dtype))
+
+  want_err = ref.relative_error(x, np.asarray(fq))
+  np.testing.assert_allclose(float(err), want_err, rtol=1e-5, atol=2e-7)
+
+
+def test_relative_error_matches_float64_without_underflow():
+  rng = np.random.default_rng(1)
+  for magnitude in (1e-36, 1e-20, 1.0, 1e20, 1e36):
+    x = (rng.standard_normal((64, 64)) * magnitude).astype(np.float32)
+    x_hat = (x * (1 + rng.uniform(-0.05, 0.05, x.shape))).astype(np.float32)
+    want = ref.relative_error(x, x_hat)
+    got = float(mor_jax.relative_error(x, x_hat))
+    assert want > 0.02
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_relative_error_of_tiny_fake_quantized_tensor_is_not_zero():
+  # MOR_SPEC 4: at 1e-36, x - x_hat is a float32 subnormal; E must not vanish.
+  x = (np.random.default_rng(2).standard_normal((128, 128)) * 1e-36).astype(
+      np.float32)
+  fq = mor_jax.fake_quantize(x, mor_jax.E4M3, block_shape=(None, None))
+  err = float(mor_jax.relative_error(x, fq))
+  np.testing.assert_allclose(err, ref.relative_error(x, np.asarray(fq)),
+                             rtol=1e-5)
+  assert 0.01 < err < 0.05
+
+
+def test_relative_error_edge_cases():
+  assert float(mor_jax.relative_error(jnp.zeros(5), jnp.ones(5))) == 0.0
+  x = jnp.array([1.0, jnp.nan, jnp.inf, 2.0])
+  assert float(mor_jax.relative_error(x, jnp.array([1.0, 0.0, 0.0, 1.0]))) == 0.25
+  # Scalar x_hat broadcasts.
+  assert float(mor_jax.relative_error(jnp.array([2.0, 4.0]), 2.0)) == 0.25
+  # A non-finite approximation of a finite value is reported, not hidden.
+  assert np.isinf(float(mor_jax.relative_error(jnp.ones(2),
+                                               jnp.array([1.0, jnp.inf]))))
+
+
+def test_large_blocks_sum_stably():
+  # One block of 2**20 elements: a naive float32 running sum drifts.
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal(1 << 20).astype(np.float32)
+  fq = mor_jax.fake_quantize(x, mor_jax.E4M3, block_shape=(None,),
+                             scaling="fp32")
+  np.testing.assert_allclose(float(mor_jax.relative_error(x, fq)),
+                             ref.relative_error(x, np.asarray(fq)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", list(FMTS))
+def test_non_finite_values(fmt):
+  x = np.array([[1.0, np.nan, -2.0, 0.5], [np.inf, -np.inf, 3.0, 0.0],
+                [4.0, 5.0, 6.0, 7.0]], np.float32)
+  kw = dict(block_shape=(1, None), scaling="gam")
+  qa = mor_jax.quantize(x, FMTS[fmt], **kw)
+  codes, scales = ref.quantize(x, fmt, **kw)
+  data.assert_codes_equal(qa.data, codes)
+  data.assert_bits_equal(qa.scale, scales)
+  # Rows with NaN/Inf keep the scale of their finite values.
+  data.assert_bits_equal(qa.scale, mor_jax.compute_scales(
+      np.nan_to_num(x, nan=0, posinf=0, neginf=0), FMTS[fmt], **kw))
+  fq = np.asarray(mor_jax.fake_quantize(x, FMTS[fmt], **kw))
+  np.testing.assert_array_equal(np.isnan(fq), np.isnan(x))
+  np.testing.assert_array_equal(fq[np.isinf(x)], x[np.isinf(x)])
+  assert np.isfinite(fq[np.isfinite(x)]).all()
+
+
+def test_exact_powers_of_two_of_scales_near_cap():
+  # Block amax below ~5e-36 reaches the 2**126 cap; a lone 2**-126 too.
+  x = np.array([[2.0**-126, 0.0], [1e-36, -3e-37], [1e-30, 0.0]], np.float32)
+  for scaling in SCALINGS:
+    got = mor_jax.compute_scales(x, mor_jax.E4M3, block_shape=(1, None),
+                                 scaling=scaling)
+    want = ref.scales(x, "E4M3", (1, None), scaling)
+    data.assert_bits_equal(got, want)
+    assert float(got.max()) <= 2.0**126
+    if scaling != "gam":  # gam trades the cap's mantissa for the group's
+      assert float(got[0, 0]) == float(got[1, 0]) == 2.0**126
+
+
+def test_subnormal_inputs_are_zeros():
+  x = np.array([1e-40, -1e-39, 0.0], np.float32)
+  qa = mor_jax.quantize(x, mor_jax.E4M3, block_shape=(None,))
+  assert float(qa.scale[0]) == 1.0
+  assert not np.asarray(qa.data, np.float32).any()
+
+
+def test_empty_and_scalar_inputs():
+  qa = mor_jax.quantize(jnp.zeros((0, 4)), mor_jax.E4M3, block_shape=(2, 2))
+  assert qa.data.shape == (0, 4) and qa.scale.shape == (0, 2)
+  assert float(mor_jax.relative_error(jnp.zeros((0,)), jnp.zeros((0,)))) == 0
+  qa = mor_jax.quantize(jnp.float32(3.0), mor_jax.E4M3, block_shape=())
+  assert float(mor_jax.dequantize(qa)) == 3.0
+
+
+# Bad input: a clear error at trace time that names the argument.
+
+
+@pytest.mark.parametrize("fn", [mor_jax.quantize, mor_jax.fake_quantize,
+                                mor_jax.compute_scales])
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(x=jnp.arange(4)), TypeError, "x must be a floating-point array"),
+    (dict(block_shape=(4,)), ValueError, "block_shape has 1 entries"),
+    (dict(block_shape=(4, 0)), ValueError, r"block_shape\[1\] must be a positive"),
+    (dict(block_shape=(-1, 4)), ValueError, r"block_shape\[0\] must be a positive"),
+    (dict(block_shape=(2.5, 4)), ValueError, r"block_shape\[0\] must be a positive"),
+    (dict(block_shape=8), ValueError, "block_shape must be a sequence"),
+    (dict(scaling="fp16"), ValueError, "scaling must be one of"),
+    (dict(group_shape=(3, None)), ValueError, r"group_shape\[0\]=3 is not a multiple"),
+    (dict(group_shape=(4, 4)), ValueError, r"group_shape\[1\]=4 is not a multiple"),
+    (dict(group_shape=(4,)), ValueError, "group_shape has 1 entries"),
+    (dict(scaling="e8m0", group_shape=(4, None)), ValueError,
+     "group_shape applies only to scaling='gam'"),
+    (dict(fmt=mor_jax.BF16), ValueError, "fmt must be mor_jax.E4M3 or mor_jax.E5M2"),
+    (dict(fmt="e4m3"), ValueError, "fmt must be"),
+])
+def test_bad_input(fn, kwargs, exc, match):
+  args = dict(x=jnp.ones((8, 8)), fmt=mor_jax.E4M3, block_shape=(2, None),
+              scaling="gam")
+  args.update(kwargs)
+  x, fmt = args.pop("x"), args.pop("fmt")
+  with pytest.raises(exc, match=match):
+    jax.jit(lambda v: fn(v, fmt, **args))(x)
