@@ -1,0 +1,1 @@
+"""Pallas GPU kernels (shipped as mor_jax.kernels)."""
