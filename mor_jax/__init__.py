@@ -9,6 +9,19 @@ from mor_jax._formats import E4M3 as E4M3
 from mor_jax._formats import E5M2 as E5M2
 from mor_jax._formats import E8M0 as E8M0
 from mor_jax._formats import Representation as Representation
+from mor_jax._mor import Always as Always
+from mor_jax._mor import DynamicRangeWithin as DynamicRangeWithin
+from mor_jax._mor import ErrorBelow as ErrorBelow
+from mor_jax._mor import ErrorNotAbove as ErrorNotAbove
+from mor_jax._mor import Measurements as Measurements
+from mor_jax._mor import MoRResult as MoRResult
+from mor_jax._mor import MoRStats as MoRStats
+from mor_jax._mor import NoQuant as NoQuant
+from mor_jax._mor import Recipe as Recipe
+from mor_jax._mor import Static as Static
+from mor_jax._mor import SubTensorMoR as SubTensorMoR
+from mor_jax._mor import TensorLevelMoR as TensorLevelMoR
+from mor_jax._mor import mor_quantize as mor_quantize
 from mor_jax._quantize import QuantizedArray as QuantizedArray
 from mor_jax._quantize import compute_scales as compute_scales
 from mor_jax._quantize import dequantize as dequantize
@@ -19,15 +32,28 @@ from mor_jax._quantize import relative_error as relative_error
 __version__ = "0.1.0"
 
 __all__ = [
+    "Always",
     "BF16",
     "E4M3",
     "E5M2",
     "E8M0",
+    "DynamicRangeWithin",
+    "ErrorBelow",
+    "ErrorNotAbove",
+    "Measurements",
+    "MoRResult",
+    "MoRStats",
+    "NoQuant",
     "QuantizedArray",
+    "Recipe",
     "Representation",
+    "Static",
+    "SubTensorMoR",
+    "TensorLevelMoR",
     "compute_scales",
     "dequantize",
     "fake_quantize",
+    "mor_quantize",
     "quantize",
     "relative_error",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BlockShape = Sequence[int | None]
 SCALINGS = ("fp32", "e8m0", "gam")
@@ -114,6 +115,15 @@ class Partition:
   @property
   def block_size(self) -> int:
     return math.prod(self.block)
+
+  def block_sizes(self) -> np.ndarray:
+    """Number of array elements in each block (edge blocks hold fewer)."""
+    per_dim = [np.minimum(b, d - b * np.arange(g))
+               for d, b, g in zip(self.shape, self.block, self.grid)]
+    out = np.ones((), np.int64)
+    for sizes in per_dim:
+      out = np.multiply.outer(out, sizes)
+    return out
 
   def to_blocks(self, x: jax.Array) -> jax.Array:
     """[d0, d1, ...] -> [G0, b0, G1, b1, ...], zero-padded."""

@@ -59,10 +59,66 @@ def prepare(x: jax.Array, part: _partition.Partition) -> jax.Array:
   return _numerics.flush_subnormals(part.to_blocks(x.astype(jnp.float32)))
 
 
-def finite_amax(xb: jax.Array, part: _partition.Partition) -> jax.Array:
-  """Per-block max |x| over finite elements, shape = the block grid."""
-  ax = jnp.where(jnp.isfinite(xb), jnp.abs(xb), 0.0)
-  return jnp.max(ax, axis=part.block_axes, initial=0.0)
+class BlockStats(NamedTuple):
+  """Per-block statistics of an array (pass 1), each shaped like the grid.
+
+  Attributes:
+    amax: max |x| over the finite elements (float32, 0 for none).
+    nonfinite: whether the block holds a NaN or an infinity.
+    count: number of finite nonzero elements (int32).
+    min_nonzero: min |x| over the finite nonzero elements (+inf for none).
+  """
+
+  amax: jax.Array
+  nonfinite: jax.Array
+  count: jax.Array
+  min_nonzero: jax.Array
+
+
+def block_stats(x: jax.Array, part: _partition.Partition) -> BlockStats:
+  """Pass 1: the statistics of every block of ``x`` (XLA implementation)."""
+  xb = prepare(x, part)
+  finite = jnp.isfinite(xb)
+  ax = jnp.where(finite, jnp.abs(xb), 0.0)
+  nonzero = ax != 0
+  axes = part.block_axes
+  return BlockStats(
+      amax=jnp.max(ax, axis=axes, initial=0.0),
+      nonfinite=jnp.any(~finite, axis=axes),
+      count=jnp.sum(nonzero, axis=axes, dtype=jnp.int32),
+      min_nonzero=jnp.min(jnp.where(nonzero, ax, jnp.inf), axis=axes,
+                          initial=jnp.inf))
+
+
+def quantize_with_scales(x: jax.Array, part: _partition.Partition,
+                         scale: jax.Array, fmt: Representation,
+                         output: str) -> tuple[jax.Array | None, jax.Array]:
+  """Pass 2: quantizes ``x`` with given per-block scales (XLA implementation).
+
+  Args:
+    x: the array, any floating dtype.
+    part: its partition.
+    scale: [G0, G1, ...] float32 scales.
+    fmt: E4M3 or E5M2.
+    output: "codes" (FP8 codes), "values" (dequantized, in x's dtype, with
+      NaN and +-inf of x passed through) or "none" (statistics only).
+
+  Returns:
+    (out, err_sum): ``out`` is the codes, the values or None, shaped like
+    ``x``; ``err_sum`` holds per-block sums of the relative error terms.
+  """
+  xb = prepare(x, part)
+  scale_b = part.expand(scale)
+  s = scale_and_round(xb, scale_b, fmt)
+  err_sum = _partition.block_sum(error_terms(xb, s), part)
+  if output == "codes":
+    out = part.from_blocks(to_codes(s.q, fmt))
+  elif output == "values":
+    out = part.from_blocks(dequantize_blocks(s.q, scale_b)).astype(x.dtype)
+    out = jnp.where(jnp.isfinite(x), out, x)
+  else:
+    out = None
+  return out, err_sum
 
 
 def scales_from_amax(amax: jax.Array, fmt: Representation, scaling: str,
@@ -246,8 +302,7 @@ def compute_scales(x: jax.typing.ArrayLike, fmt: Representation, *,
 # the spec static: eagerly, one compiled call instead of hundreds of ops.
 @functools.partial(jax.jit, static_argnums=1)
 def _compute_scales(x: jax.Array, spec: QuantSpec) -> jax.Array:
-  part = spec.partition(x.shape)
-  return spec_scales(finite_amax(prepare(x, part), part), spec)
+  return spec_scales(block_stats(x, spec.partition(x.shape)).amax, spec)
 
 
 def spec_scales(amax: jax.Array, spec: QuantSpec) -> jax.Array:
@@ -288,13 +343,13 @@ def quantize(x: jax.typing.ArrayLike, fmt: Representation, *, block_shape,
                         spec.group_shape, np.dtype(x.dtype))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _quantize(x: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize(x: jax.Array, spec: QuantSpec, output: str = "codes"
+              ) -> tuple[jax.Array, jax.Array]:
   part = spec.partition(x.shape)
-  xb = prepare(x, part)
-  scale = spec_scales(finite_amax(xb, part), spec)
-  s = scale_and_round(xb, part.expand(scale), spec.fmt)
-  return part.from_blocks(to_codes(s.q, spec.fmt)), scale
+  scale = spec_scales(block_stats(x, part).amax, spec)
+  out, _ = quantize_with_scales(x, part, scale, spec.fmt, output)
+  return out, scale
 
 
 def dequantize(qa: QuantizedArray, dtype=None) -> jax.Array:
@@ -373,17 +428,8 @@ def fake_quantize(x: jax.typing.ArrayLike, fmt: Representation, *,
   """
   x = jnp.asarray(x)
   spec = QuantSpec.build(x, fmt, block_shape, scaling, group_shape)
-  return straight_through(x, _fake_quantize(jax.lax.stop_gradient(x), spec))
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _fake_quantize(x: jax.Array, spec: QuantSpec) -> jax.Array:
-  part = spec.partition(x.shape)
-  xb = prepare(x, part)
-  scale = part.expand(spec_scales(finite_amax(xb, part), spec))
-  s = scale_and_round(xb, scale, spec.fmt)
-  x_hat = part.from_blocks(dequantize_blocks(s.q, scale)).astype(x.dtype)
-  return jnp.where(jnp.isfinite(x), x_hat, x)
+  values, _ = _quantize(jax.lax.stop_gradient(x), spec, "values")
+  return straight_through(x, values)
 
 
 def relative_error(x: jax.typing.ArrayLike,

@@ -152,3 +152,62 @@ def block_errors(x, x_hat, block_shape):
     sums[idx] = np.sum(np.abs(xv[mask] - hv[mask]) / np.abs(xv[mask]))
     counts[idx] = mask.sum()
   return sums, counts
+
+
+def mor(x, candidates, granularity, block_shape, scaling, group_shape=None):
+  """MOR_SPEC section 5: (value as float32, choice, tensor-level errors).
+
+  ``candidates`` lists (format name, rule) pairs before the BF16 fallback,
+  with rule one of ("error_below", threshold), ("error_not_above", "E5M2"),
+  ("dynamic_range",) or ("always",).
+  """
+  x = np.asarray(x)
+  x32 = flush(x)
+  block_shape = (None,) * x.ndim if block_shape is None else block_shape
+  block = resolve(x.shape, block_shape)
+  grid = grid_of(x.shape, block)
+  fq = {fmt: fake_quantize(x, fmt, block_shape, scaling, group_shape)
+        for fmt, _ in candidates}
+  for fmt, rule in candidates:
+    if rule[0] == "error_not_above":
+      fq.setdefault(rule[1], fake_quantize(x, rule[1], block_shape, scaling,
+                                           group_shape))
+  errs = {fmt: block_errors(x, v, block_shape) for fmt, v in fq.items()}
+  nonfinite = np.zeros(grid, bool)
+  amax = np.zeros(grid)
+  minnz = np.full(grid, np.inf)
+  for idx, sl in blocks(x.shape, block_shape):
+    b = x32[sl].astype(np.float64)
+    nonfinite[idx] = not np.isfinite(b).all()
+    fin = np.abs(b[np.isfinite(b) & (b != 0)])
+    if fin.size:
+      amax[idx], minnz[idx] = fin.max(), fin.min()
+  if granularity == "tensor":
+    reduce = lambda a, f: f(a).reshape(())  # noqa: E731
+    nonfinite, amax, minnz = (reduce(nonfinite, np.any), reduce(amax, np.max),
+                              reduce(minnz, np.min))
+    errs = {f: (s.sum(), c.sum()) for f, (s, c) in errs.items()}
+  mean = {f: s / np.maximum(c, 1) for f, (s, c) in errs.items()}
+  dyn = np.where(np.isfinite(minnz), amax / np.where(np.isfinite(minnz), minnz, 1), 0)
+  choice = np.full(np.shape(nonfinite), len(candidates), np.int32)
+  for i in reversed(range(len(candidates))):
+    fmt, rule = candidates[i]
+    if rule[0] == "error_below":
+      ok = mean[fmt] < rule[1]
+    elif rule[0] == "error_not_above":
+      ok = mean[fmt] <= mean[rule[1]]
+    elif rule[0] == "dynamic_range":
+      info = ml_dtypes.finfo(FORMATS[fmt])
+      ok = dyn <= float(info.max) / float(info.smallest_normal)
+    else:
+      ok = np.ones(np.shape(nonfinite), bool)
+    choice = np.where(ok & ~nonfinite, i, choice)
+  value = x.astype(np.float32).copy()
+  for i, (fmt, _) in enumerate(candidates):
+    for idx, sl in blocks(x.shape, block_shape):
+      c = choice if granularity == "tensor" else choice[idx]
+      if c == i:
+        value[sl] = fq[fmt][sl]
+  total = int(((x32 != 0) & np.isfinite(x32)).sum())
+  tensor_err = [errs[f][0].sum() / max(total, 1) for f, _ in candidates]
+  return value, choice, np.array(tensor_err + [0.0])
