@@ -34,7 +34,7 @@ def test_every_python_file_belongs_to_one_target():
   on_disk = {
       str(p.relative_to(ROOT)) for d in PY_DIRS if (ROOT / d).is_dir()
       for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts
-  }
+  } | {p.name for p in ROOT.glob("*.py")}
   assert on_disk - set(listed) == set(), "files missing from BUILD"
   assert set(listed) - on_disk == set(), "BUILD names files that do not exist"
 
