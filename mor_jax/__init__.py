@@ -4,6 +4,10 @@ Users import ``mor_jax`` (numerics, MoR selection, the quantized
 dot_general) and ``mor_jax.dense`` (Flax layers). Everything else is private.
 """
 
+from mor_jax._dot import NamedMoRStats as NamedMoRStats
+from mor_jax._dot import dot_general as dot_general
+from mor_jax._dot import dot_general_with_stats as dot_general_with_stats
+from mor_jax._dot import zero_probes as zero_probes
 from mor_jax._formats import BF16 as BF16
 from mor_jax._formats import E4M3 as E4M3
 from mor_jax._formats import E5M2 as E5M2
@@ -22,6 +26,8 @@ from mor_jax._mor import Static as Static
 from mor_jax._mor import SubTensorMoR as SubTensorMoR
 from mor_jax._mor import TensorLevelMoR as TensorLevelMoR
 from mor_jax._mor import mor_quantize as mor_quantize
+from mor_jax._policy import Policy as Policy
+from mor_jax._policy import PolicyRules as PolicyRules
 from mor_jax._quantize import QuantizedArray as QuantizedArray
 from mor_jax._quantize import compute_scales as compute_scales
 from mor_jax._quantize import dequantize as dequantize
@@ -43,7 +49,10 @@ __all__ = [
     "Measurements",
     "MoRResult",
     "MoRStats",
+    "NamedMoRStats",
     "NoQuant",
+    "Policy",
+    "PolicyRules",
     "QuantizedArray",
     "Recipe",
     "Representation",
@@ -52,8 +61,11 @@ __all__ = [
     "TensorLevelMoR",
     "compute_scales",
     "dequantize",
+    "dot_general",
+    "dot_general_with_stats",
     "fake_quantize",
     "mor_quantize",
     "quantize",
     "relative_error",
+    "zero_probes",
 ]

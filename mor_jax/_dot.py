@@ -1,0 +1,335 @@
+"""The MoR dot_general: three GEMMs, six quantizations (MOR_SPEC section 6).
+
+For Y = X W (``lhs`` X, ``rhs`` W):
+
+- fprop  Y  = Q(X) Q(W)
+- dgrad  dX = Q(dY) Q(W)^T
+- wgrad  dW = Q(X)^T Q(dY)
+
+Each operand is quantized with MoR on its 2-D view in the GEMM it enters:
+[rows, K] with rows = the batch dimensions (in ``dimension_numbers`` order)
+then the operand's other non-contracted dimensions (in axis order), and K =
+the dimensions contracted in that GEMM (in the order they pair with the
+other operand's). dX and dW are the transposes of ``lax.dot_general`` taken at
+the re-quantized operands, so every layout ``lax.dot_general`` accepts works
+and, with ``NoQuant``, every result is bit for bit ``lax.dot_general``'s.
+
+Statistics leave without host callbacks: the forward ones as an output, the
+backward ones as the cotangent of ``probes``, a zero-valued input that the
+forward pass ignores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mor_jax import _mor
+from mor_jax import _policy
+
+# (GEMM, roles of its two operands), in the order of the docstring above.
+GEMMS = (("fprop", ("activation", "weight")),
+         ("dgrad", ("gradient", "weight")),
+         ("wgrad", ("activation", "gradient")))
+
+Stats = dict[str, dict[str, "NamedMoRStats"]]
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=[f.name for f in dataclasses.fields(_mor.MoRStats)],
+    meta_fields=["names"])
+@dataclasses.dataclass(frozen=True)
+class NamedMoRStats(_mor.MoRStats):
+  """``MoRStats`` of one GEMM operand, float32 throughout, with its candidates' names.
+
+  Every leaf is float32 (``nonfinite`` is 0.0 or 1.0) so that the backward
+  statistics can be the cotangent of float32 probes; ``names`` is static
+  pytree metadata, so the statistics pass through jit, grad and scan.
+
+  Attributes:
+    names: the recipe's candidate names, indexing ``fraction_blocks``,
+      ``fraction_elements`` and ``error``; e.g. ("E4M3", "BF16").
+  """
+
+  names: tuple[str, ...] = ()
+
+  @classmethod
+  def from_result(cls, r: _mor.MoRResult) -> NamedMoRStats:
+    s = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), r.stats)
+    return cls(**{f.name: getattr(s, f.name)
+                  for f in dataclasses.fields(_mor.MoRStats)}, names=r.names)
+
+  @classmethod
+  def zeros(cls, recipe: _mor.Recipe) -> NamedMoRStats:
+    k = len(recipe.candidates)
+    vec, scalar = jnp.zeros((k,), jnp.float32), jnp.zeros((), jnp.float32)
+    return cls(fraction_blocks=vec, fraction_elements=vec, error=vec,
+               chosen_error=scalar, amax=scalar, dynamic_range=scalar,
+               nonfinite=scalar, names=recipe.names)
+
+
+def zero_probes(policy: _policy.Policy) -> Stats:
+  """The zero-valued probes whose cotangent carries the backward statistics.
+
+  Args:
+    policy: the layer's ``mor_jax.Policy``.
+
+  Returns:
+    ``{"dgrad": {"gradient": s, "weight": s}, "wgrad": {"activation": s,
+    "gradient": s}}`` with every ``s`` a ``NamedMoRStats`` of zeros.
+
+  Examples:
+    >>> import mor_jax
+    >>> probes = mor_jax.zero_probes(mor_jax.Policy())
+    >>> probes["wgrad"]["gradient"].names, probes["wgrad"]["gradient"].error
+    (('E4M3', 'BF16'), Array([0., 0.], dtype=float32))
+  """
+  policy = _check_policy(policy)
+  return {gemm: {role: NamedMoRStats.zeros(getattr(policy, role))
+                 for role in roles}
+          for gemm, roles in GEMMS[1:]}
+
+
+def _check_policy(policy) -> _policy.Policy:
+  if not isinstance(policy, _policy.Policy):
+    raise TypeError(f"policy must be a mor_jax.Policy, got {policy!r}.")
+  return policy
+
+
+def _check_operand(x, name: str) -> jax.Array:
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{name} must be a floating-point array, got dtype {x.dtype}.")
+  return x
+
+
+def _canonical(dimension_numbers, lhs_shape, rhs_shape) -> tuple:
+  """``dimension_numbers`` as tuples of ints, checked against the shapes."""
+  try:
+    (lc, rc), (lb, rb) = dimension_numbers
+    lc, rc, lb, rb = (tuple(operator.index(d) for d in dims)
+                      for dims in (lc, rc, lb, rb))
+  except (TypeError, ValueError):
+    raise ValueError(
+        "dimension_numbers must be ((lhs_contracting, rhs_contracting), "
+        "(lhs_batch, rhs_batch)), each a sequence of ints; got "
+        f"{dimension_numbers!r}.") from None
+  for name, shape, dims in (("lhs", lhs_shape, lc + lb),
+                            ("rhs", rhs_shape, rc + rb)):
+    bad = [d for d in dims if not 0 <= d < len(shape)]
+    if bad:
+      raise ValueError(
+          f"dimension_numbers {dimension_numbers} names dimension(s) {bad} of "
+          f"{name}, which has rank {len(shape)} (shape {tuple(shape)}).")
+    if len(set(dims)) != len(dims):
+      raise ValueError(
+          f"dimension_numbers {dimension_numbers} uses a dimension of {name} "
+          "twice.")
+  for kind, ls, rs in (("contracting", lc, rc), ("batch", lb, rb)):
+    if len(ls) != len(rs):
+      raise ValueError(
+          f"dimension_numbers pairs {len(ls)} {kind} dimension(s) of lhs with "
+          f"{len(rs)} of rhs.")
+    for a, b in zip(ls, rs):
+      if lhs_shape[a] != rhs_shape[b]:
+        raise ValueError(
+            f"{kind} dimension {a} of lhs (shape {tuple(lhs_shape)}) does not "
+            f"match dimension {b} of rhs (shape {tuple(rhs_shape)}).")
+  return (lc, rc), (lb, rb)
+
+
+def _views(dims, lhs_ndim: int, rhs_ndim: int) -> dict:
+  """(rows, K) dimension indices of each operand's 2-D view, per GEMM."""
+  (lc, rc), (lb, rb) = dims
+  lf = tuple(d for d in range(lhs_ndim) if d not in lc + lb)
+  rf = tuple(d for d in range(rhs_ndim) if d not in rc + rb)
+  # Output dimensions of lax.dot_general: batch, lhs free, rhs free.
+  ob = tuple(range(len(lb)))
+  olf = tuple(range(len(lb), len(lb) + len(lf)))
+  orf = tuple(range(len(lb) + len(lf), len(lb) + len(lf) + len(rf)))
+  return {
+      ("fprop", "activation"): (lb + lf, lc),
+      ("fprop", "weight"): (rb + rf, rc),
+      ("dgrad", "gradient"): (ob + olf, orf),
+      ("dgrad", "weight"): (rb + tuple(sorted(rc)), rf),
+      ("wgrad", "activation"): (lb + tuple(sorted(lc)), lf),
+      ("wgrad", "gradient"): (ob + orf, olf),
+  }
+
+
+def _quantize_view(x: jax.Array, recipe: _mor.Recipe, view
+                   ) -> tuple[jax.Array, NamedMoRStats]:
+  """MoR on the [rows, K] view of ``x``; the value comes back in x's layout."""
+  rows, k = view
+  perm = rows + k
+  xt = jnp.transpose(x, perm)
+  r = _mor.mor_quantize(xt.reshape(math.prod(xt.shape[:len(rows)]),
+                                   math.prod(xt.shape[len(rows):])), recipe)
+  stats = NamedMoRStats.from_result(r)
+  if len(recipe.candidates) == 1:  # BF16 only: the value is x itself.
+    return x, stats
+  return jnp.transpose(r.value.reshape(xt.shape), np.argsort(perm)), stats
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _mor_dot_general(lhs, rhs, probes, dims, policy, precision, pet):
+  return _forward(lhs, rhs, probes, dims, policy, precision, pet)[0]
+
+
+def _forward(lhs, rhs, probes, dims, policy, precision, pet):
+  del probes  # Only its cotangent matters.
+  views = _views(dims, lhs.ndim, rhs.ndim)
+  x, x_stats = _quantize_view(lhs, policy.activation,
+                              views["fprop", "activation"])
+  w, w_stats = _quantize_view(rhs, policy.weight, views["fprop", "weight"])
+  out = jax.lax.dot_general(x, w, dims, precision=precision,
+                            preferred_element_type=pet)
+  stats = {"fprop": {"activation": x_stats, "weight": w_stats}}
+  return (out, stats), (lhs, rhs)
+
+
+def _backward(dims, policy, precision, pet, residuals, cotangents):
+  lhs, rhs = residuals
+  g = cotangents[0]
+  views = _views(dims, lhs.ndim, rhs.ndim)
+  q = {}
+  for gemm, roles in GEMMS[1:]:
+    for role in roles:
+      x = {"activation": lhs, "weight": rhs, "gradient": g}[role]
+      q[gemm, role] = _quantize_view(x, getattr(policy, role),
+                                     views[gemm, role])
+
+  def gemm(a, b):
+    return jax.lax.dot_general(a, b, dims, precision=precision,
+                               preferred_element_type=pet)
+
+  w_dgrad, x_wgrad = q["dgrad", "weight"][0], q["wgrad", "activation"][0]
+  (dlhs,) = jax.linear_transpose(lambda a: gemm(a, w_dgrad),
+                                 _struct(lhs))(q["dgrad", "gradient"][0])
+  (drhs,) = jax.linear_transpose(lambda b: gemm(x_wgrad, b),
+                                 _struct(rhs))(q["wgrad", "gradient"][0])
+  stats = {gemm_: {role: q[gemm_, role][1] for role in roles}
+           for gemm_, roles in GEMMS[1:]}
+  return dlhs, drhs, stats
+
+
+def _struct(x: jax.Array) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+_mor_dot_general.defvjp(_forward, _backward)
+
+
+def dot_general_with_stats(
+    lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike, dimension_numbers,
+    probes: Stats | None = None, *, policy: _policy.Policy,
+    precision: Any = None, preferred_element_type: Any = None,
+) -> tuple[jax.Array, Stats]:
+  """``dot_general`` that also returns its statistics, for use outside Flax.
+
+  The forward statistics are returned; the backward ones are the cotangent of
+  ``probes``: differentiate with respect to ``probes`` to get them. Neither
+  carries a gradient. Called more than once with the same probes, the
+  cotangent is the sum over the calls.
+
+  Args:
+    lhs: the left operand (activations X), floating point.
+    rhs: the right operand (weights W), floating point.
+    dimension_numbers: as for ``jax.lax.dot_general``.
+    probes: ``mor_jax.zero_probes(policy)``, or None (then the backward
+      statistics are dropped).
+    policy: a ``mor_jax.Policy``.
+    precision: as for ``jax.lax.dot_general``.
+    preferred_element_type: as for ``jax.lax.dot_general``.
+
+  Returns:
+    ``(out, {"fprop": {"activation": s, "weight": s}})`` with each ``s`` a
+    ``NamedMoRStats``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, mor_jax
+    >>> x = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> w = jax.random.normal(jax.random.key(1), (16, 4))
+    >>> policy = mor_jax.Policy()
+    >>> def loss(w, probes):
+    ...   y, fwd = mor_jax.dot_general_with_stats(
+    ...       x, w, (((1,), (0,)), ((), ())), probes, policy=policy)
+    ...   return jnp.sum(y ** 2), fwd
+    >>> (_, fwd), (dw, bwd) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+    ...     w, mor_jax.zero_probes(policy))
+    >>> fwd["fprop"]["weight"].fraction_blocks   # W went to E4M3
+    Array([1., 0.], dtype=float32)
+    >>> sorted(bwd), sorted(bwd["dgrad"])
+    (['dgrad', 'wgrad'], ['gradient', 'weight'])
+  """
+  policy = _check_policy(policy)
+  lhs, rhs = _check_operand(lhs, "lhs"), _check_operand(rhs, "rhs")
+  dims = _canonical(dimension_numbers, lhs.shape, rhs.shape)
+  expected = zero_probes(policy)
+  if probes is None:
+    probes = expected
+  else:
+    want = jax.tree.map(_struct, expected)
+    got = jax.tree.map(lambda a: _struct(jnp.asarray(a)), probes)
+    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+      raise ValueError(
+          "probes must be mor_jax.zero_probes(policy) (the same structure, "
+          f"shapes and float32 dtype); got {got}, want {want}.")
+  if preferred_element_type is not None:
+    preferred_element_type = np.dtype(preferred_element_type)
+  return _mor_dot_general(lhs, rhs, probes, dims, policy, precision,
+                          preferred_element_type)
+
+
+def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
+                dimension_numbers, *, policy: _policy.Policy,
+                precision: Any = None,
+                preferred_element_type: Any = None) -> jax.Array:
+  """A drop-in for ``jax.lax.dot_general`` whose three GEMMs run through MoR.
+
+  A ``jax.custom_vjp``: the forward pass quantizes ``lhs`` with
+  ``policy.activation`` and ``rhs`` with ``policy.weight``; the backward
+  pass quantizes the output gradient with ``policy.gradient`` twice (for
+  dgrad and for wgrad) and re-quantizes each operand in the orientation of
+  the GEMM it enters: six MoR quantizations, each on the operand's 2-D
+  [rows, K] view (see the module docstring). Reverse-mode only (no jvp).
+  To read the statistics, use ``dot_general_with_stats`` or the Flax layers
+  of ``mor_jax.dense``.
+
+  Args:
+    lhs: the left operand (activations X), floating point.
+    rhs: the right operand (weights W), floating point.
+    dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch,
+      rhs_batch))`` as for ``jax.lax.dot_general``; any layout it accepts.
+    policy: a ``mor_jax.Policy``.
+    precision: as for ``jax.lax.dot_general``.
+    preferred_element_type: as for ``jax.lax.dot_general``.
+
+  Returns:
+    The output of ``jax.lax.dot_general`` on the quantized operands.
+
+  Examples:
+    >>> import functools, jax, jax.numpy as jnp, flax.linen as nn, mor_jax
+    >>> x = jax.random.normal(jax.random.key(0), (4, 8))
+    >>> y = mor_jax.dot_general(x, jnp.ones((8, 2)), (((1,), (0,)), ((), ())),
+    ...                         policy=mor_jax.Policy())
+    >>> y.shape
+    (4, 2)
+    >>> layer = nn.Dense(2, dot_general=functools.partial(
+    ...     mor_jax.dot_general, policy=mor_jax.Policy()))
+    >>> params = layer.init(jax.random.key(1), x)
+    >>> layer.apply(params, x).shape
+    (4, 2)
+  """
+  return dot_general_with_stats(
+      lhs, rhs, dimension_numbers, policy=policy, precision=precision,
+      preferred_element_type=preferred_element_type)[0]

@@ -1,0 +1,133 @@
+"""Which MoR recipe each GEMM operand gets: per layer, or by module path."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from mor_jax import _mor
+
+ROLES = ("activation", "weight", "gradient")
+
+# MOR_SPEC section 6: tensor-level MoR with one scale per contraction vector of
+# the operand's 2-D GEMM view, the partition a real FP8 GEMM can execute.
+DEFAULT_RECIPE = _mor.TensorLevelMoR(block_shape=(1, None))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Policy:
+  """One MoR recipe per GEMM role of a linear layer (MOR_SPEC section 6).
+
+  For Y = X W, ``activation`` quantizes X (in fprop and in wgrad), ``weight``
+  quantizes W (in fprop and in dgrad) and ``gradient`` quantizes dY (in dgrad
+  and in wgrad). Each recipe acts on the operand's 2-D GEMM view
+  [rows, K]: rows are the batch and non-contracting dimensions flattened, K
+  the dimensions contracted in that GEMM, so ``block_shape=(1, None)`` is one
+  scale per contraction vector and ``(128, 128)`` tiles
+  [non-contracting, contracting].
+
+  Attributes:
+    activation: recipe for the left operand (X).
+    weight: recipe for the right operand (W).
+    gradient: recipe for the output gradient (dY).
+
+  Examples:
+    >>> import mor_jax
+    >>> p = mor_jax.Policy(gradient=mor_jax.SubTensorMoR())
+    >>> p.activation
+    TensorLevelMoR(block_shape=(1, None), scaling='gam', group_shape=None, threshold=0.045)
+    >>> mor_jax.Policy.uniform(mor_jax.NoQuant()).weight
+    NoQuant(scaling='gam', group_shape=None)
+  """
+
+  activation: _mor.Recipe = DEFAULT_RECIPE
+  weight: _mor.Recipe = DEFAULT_RECIPE
+  gradient: _mor.Recipe = DEFAULT_RECIPE
+
+  def __post_init__(self):
+    for role in ROLES:
+      recipe = getattr(self, role)
+      if not isinstance(recipe, _mor.Recipe):
+        raise TypeError(
+            f"Policy.{role} must be a mor_jax.Recipe (e.g. "
+            f"mor_jax.TensorLevelMoR()), got {recipe!r}.")
+      if recipe.block_shape is not None and len(recipe.block_shape) != 2:
+        raise ValueError(
+            f"Policy.{role}.block_shape must have 2 entries, one for the rows "
+            "and one for the contracting dimension of the operand's 2-D GEMM "
+            f"view; got {recipe.block_shape}.")
+
+  @classmethod
+  def uniform(cls, recipe: _mor.Recipe) -> Policy:
+    """The same recipe for activations, weights and gradients."""
+    return cls(activation=recipe, weight=recipe, gradient=recipe)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolicyRules:
+  """A model-wide choice of Policy by module path, first matching rule wins.
+
+  A layer's path is its module names joined by "/" (e.g.
+  "Block_0/attn/qkv"); a rule applies where its regex matches the whole path
+  (``re.fullmatch``). ``None`` in place of a Policy keeps the layer a plain
+  ``lax.dot_general``: unquantized and without statistics.
+
+  Attributes:
+    rules: ((regex, Policy or None), ...), tried in order.
+    default: the Policy (or None) of a path no rule matches.
+
+  Examples:
+    >>> import mor_jax
+    >>> rules = mor_jax.PolicyRules(
+    ...     rules=((r".*/lm_head", None),
+    ...            (r".*/mlp/.*", mor_jax.Policy(gradient=mor_jax.NoQuant()))))
+    >>> rules.policy_for("Model/lm_head") is None
+    True
+    >>> rules.policy_for("Model/Block_0/mlp/fc1").gradient
+    NoQuant(scaling='gam', group_shape=None)
+    >>> rules.policy_for("Model/Block_0/attn/qkv") == mor_jax.Policy()
+    True
+  """
+
+  rules: tuple[tuple[str, Policy | None], ...] = ()
+  default: Policy | None = Policy()
+
+  def __post_init__(self):
+    try:
+      rules = tuple((pattern, policy) for pattern, policy in self.rules)
+    except (TypeError, ValueError):
+      raise ValueError(
+          "PolicyRules.rules must be a sequence of (regex, Policy or None) "
+          f"pairs, got {self.rules!r}.") from None
+    for i, (pattern, policy) in enumerate(rules):
+      try:
+        re.compile(pattern)
+      except (TypeError, re.error) as e:
+        raise ValueError(
+            f"PolicyRules.rules[{i}][0] must be a regular expression, got "
+            f"{pattern!r} ({e}).") from None
+      _check_policy(policy, f"PolicyRules.rules[{i}][1]")
+    _check_policy(self.default, "PolicyRules.default")
+    object.__setattr__(self, "rules", rules)
+
+  def policy_for(self, path: str) -> Policy | None:
+    """The Policy of the layer at ``path`` ("/"-joined module names)."""
+    for pattern, policy in self.rules:
+      if re.fullmatch(pattern, path):
+        return policy
+    return self.default
+
+
+def _check_policy(policy, name: str) -> None:
+  if policy is not None and not isinstance(policy, Policy):
+    raise TypeError(f"{name} must be a mor_jax.Policy or None, got {policy!r}.")
+
+
+def resolve(policy: Policy | PolicyRules | None, path: str) -> Policy | None:
+  """The Policy that applies at ``path``; checks the argument's type."""
+  if isinstance(policy, PolicyRules):
+    return policy.policy_for(path)
+  if policy is not None and not isinstance(policy, Policy):
+    raise TypeError("policy must be a mor_jax.Policy, a mor_jax.PolicyRules "
+                    f"or None, got {policy!r}.")
+  return policy

@@ -1,0 +1,643 @@
+"""Flax linen layers whose matrix multiplies run through MoR (MOR_SPEC section 6).
+
+Three ways to put MoR into a linen model, all with the parameters (names,
+shapes, initial values) of Flax's own layers, so checkpoints move freely:
+
+- the layers: ``MoRDense``, ``MoRDenseGeneral`` and ``MoREinsum`` take the
+  arguments of ``nn.Dense``, ``nn.DenseGeneral`` and ``nn.Einsum`` plus a
+  ``policy``;
+- ``MoRDotGeneral``, for a model that exposes ``dot_general_cls``:
+  ``nn.Dense(..., dot_general_cls=functools.partial(MoRDotGeneral,
+  policy=p))``;
+- ``convert(model, policy)`` (or the ``intercept(policy)`` context), for a
+  model written without mor_jax: every ``nn.Dense``, ``nn.DenseGeneral`` and
+  ``nn.Einsum`` inside it runs as its MoR counterpart, its code unchanged.
+
+``policy`` is a ``mor_jax.Policy`` or a ``mor_jax.PolicyRules`` (a Policy
+chosen by the layer's module path; ``None`` leaves a layer unquantized).
+
+Statistics of all six quantizations of every layer, from a jit-compiled step
+and without host callbacks:
+
+- collection ``"mor_stats"``: forward statistics, written only where the
+  collection is mutable; per layer ``{"fprop": {"activation": s,
+  "weight": s}}``;
+- collection ``"mor_grads"``: zero-valued probes made by ``init``; their
+  gradient is the backward statistics, per layer ``{"dgrad": {"gradient": s,
+  "weight": s}, "wgrad": {"activation": s, "gradient": s}}``. Left out of
+  ``apply``, the layers use constant zeros and nothing else changes.
+
+Each ``s`` is a ``mor_jax.NamedMoRStats`` (float32 leaves). A layer applied
+more than once per step keeps the last application's forward statistics
+and the sum of all applications' backward ones (the cotangent of a shared
+input sums), e.g. ``fraction_e4m3`` of 2.0 for two applications in E4M3.
+Under ``nn.scan``, list both collections in ``variable_axes`` so each layer
+gets its own statistics. ``flatten_stats`` turns them into a flat dict.
+
+Examples:
+  >>> import jax, jax.numpy as jnp, optax, mor_jax
+  >>> from mor_jax.dense import MoRDense, flatten_stats
+  >>> model = MoRDense(4)
+  >>> x = jax.random.normal(jax.random.key(0), (8, 16))
+  >>> variables = model.init(jax.random.key(1), x)
+  >>> sorted(variables)
+  ['mor_grads', 'mor_stats', 'params']
+  >>> def loss_fn(params, probes, batch):
+  ...   out, state = model.apply({"params": params, "mor_grads": probes},
+  ...                            batch, mutable=["mor_stats"])
+  ...   return jnp.mean(out ** 2), state["mor_stats"]
+  >>> @jax.jit
+  ... def step(params, probes, batch):
+  ...   (loss, fwd), (g_params, g_probes) = jax.value_and_grad(
+  ...       loss_fn, argnums=(0, 1), has_aux=True)(params, probes, batch)
+  ...   return loss, g_params, flatten_stats(fwd, g_probes)
+  >>> loss, g_params, metrics = step(variables["params"],
+  ...                                variables["mor_grads"], x)
+  >>> float(metrics["fprop/activation/fraction_e4m3"])
+  1.0
+  >>> sorted(k for k in metrics if k.startswith("wgrad/gradient/"))
+  ['wgrad/gradient/amax', 'wgrad/gradient/dynamic_range', 'wgrad/gradient/elements_bf16', 'wgrad/gradient/elements_e4m3', 'wgrad/gradient/error', 'wgrad/gradient/error_e4m3', 'wgrad/gradient/fraction_bf16', 'wgrad/gradient/fraction_e4m3', 'wgrad/gradient/nonfinite']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import opt_einsum
+
+from mor_jax import _dot
+from mor_jax import _policy
+
+STATS = "mor_stats"
+GRADS = "mor_grads"
+
+Policy = _policy.Policy
+PolicyRules = _policy.PolicyRules
+PolicyLike = Policy | PolicyRules | None
+NamedMoRStats = _dot.NamedMoRStats
+
+_default_kernel_init = nn.initializers.lecun_normal()
+_default_bias_init = nn.initializers.zeros_init()
+
+
+def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
+                    rhs: jax.Array, dimension_numbers, precision=None,
+                    preferred_element_type=None) -> jax.Array:
+  """``mor_jax.dot_general`` inside a bound linen module, statistics in its scope.
+
+  The building block of every layer here, for writing new ones: the policy
+  is resolved from ``module.path``; the probes are the module's
+  ``"mor_grads"`` variables where present or creatable, else constant zeros;
+  the forward statistics go to ``"mor_stats"`` where that is mutable.
+
+  Args:
+    module: the bound module that owns the statistics (call this from its
+      compact method).
+    policy: a ``Policy``, a ``PolicyRules`` or None (plain
+      ``lax.dot_general``, no statistics).
+    lhs: the activations.
+    rhs: the weights.
+    dimension_numbers: as for ``jax.lax.dot_general``.
+    precision: as for ``jax.lax.dot_general``.
+    preferred_element_type: as for ``jax.lax.dot_general``.
+
+  Returns:
+    The product, as ``jax.lax.dot_general`` shapes it.
+  """
+  policy = _policy.resolve(policy, "/".join(module.path))
+  if policy is None:
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  probes = _dot.zero_probes(policy)
+  for gemm, zeros in probes.items():
+    if module.has_variable(GRADS, gemm) or module.is_mutable_collection(GRADS):
+      probes[gemm] = module.variable(GRADS, gemm, lambda z=zeros: z).value
+  out, stats = _dot.dot_general_with_stats(
+      lhs, rhs, dimension_numbers, probes, policy=policy, precision=precision,
+      preferred_element_type=preferred_element_type)
+  if module.is_mutable_collection(STATS):
+    module.put_variable(STATS, "fprop", stats["fprop"])
+  return out
+
+
+class _PolicyChecked(nn.Module):
+  """Checks the ``policy`` field where the layer is built."""
+
+  def __post_init__(self):
+    _policy.resolve(self.policy, "")
+    super().__post_init__()
+
+
+class MoRDotGeneral(_PolicyChecked):
+  """A ``dot_general`` with MoR, as a linen Module for ``dot_general_cls``.
+
+  Flax's ``nn.Dense`` and ``nn.DenseGeneral`` build ``dot_general_cls()``
+  inside their call, so this module is their child: its statistics live at
+  ``<layer path>/MoRDotGeneral_0``, and ``PolicyRules`` match that path.
+
+  Attributes:
+    policy: a ``mor_jax.Policy``, a ``mor_jax.PolicyRules`` or None.
+
+  Examples:
+    >>> import functools, jax, jax.numpy as jnp, flax.linen as nn, mor_jax
+    >>> from mor_jax.dense import MoRDotGeneral
+    >>> layer = nn.Dense(3, dot_general_cls=functools.partial(
+    ...     MoRDotGeneral, policy=mor_jax.Policy()))
+    >>> v = layer.init(jax.random.key(0), jnp.ones((2, 5)))
+    >>> jax.tree.map(jnp.shape, v["params"])
+    {'bias': (3,), 'kernel': (5, 3)}
+    >>> sorted(v["mor_stats"]["MoRDotGeneral_0"]["fprop"])
+    ['activation', 'weight']
+  """
+
+  policy: PolicyLike = Policy()
+
+  @nn.compact
+  def __call__(self, lhs: jax.Array, rhs: jax.Array, dimension_numbers,
+               precision=None, preferred_element_type=None) -> jax.Array:
+    """Computes ``lax.dot_general(lhs, rhs, ...)`` with MoR."""
+    return mor_dot_general(self, self.policy, lhs, rhs, dimension_numbers,
+                           precision, preferred_element_type)
+
+
+class MoRDense(_PolicyChecked):
+  """``flax.linen.Dense`` with MoR: the same parameters, ``policy`` added.
+
+  Attributes:
+    features: the number of output features.
+    policy: a ``mor_jax.Policy`` (default: tensor-level MoR, per-channel, for
+      all six quantizations), a ``mor_jax.PolicyRules`` or None.
+    use_bias: whether to add a bias to the output.
+    dtype: the dtype of the computation (default: inferred from the input
+      and the parameters).
+    param_dtype: the dtype of the parameters.
+    precision: as for ``jax.lax.dot_general``.
+    kernel_init: initializer of the kernel, shape (in features, features).
+    bias_init: initializer of the bias.
+    promote_dtype: as for ``nn.Dense``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from mor_jax.dense import MoRDense
+    >>> x = jnp.ones((2, 5))
+    >>> v = MoRDense(3).init(jax.random.key(0), x)
+    >>> ref = nn.Dense(3).init(jax.random.key(0), x)
+    >>> bool((v["params"]["kernel"] == ref["params"]["kernel"]).all())
+    True
+  """
+
+  features: int
+  _: dataclasses.KW_ONLY
+  policy: PolicyLike = Policy()
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable = _default_kernel_init
+  bias_init: Callable = _default_bias_init
+  promote_dtype: Callable = nn.dtypes.promote_dtype
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the layer along the last dimension of ``inputs``."""
+    return _dense(self, self.policy, inputs)
+
+
+def _dense(module, policy: PolicyLike, inputs: jax.Array) -> jax.Array:
+  """The body of ``nn.Dense`` with MoR, for any module with Dense's fields."""
+  kernel = module.param("kernel", module.kernel_init,
+                        (jnp.shape(inputs)[-1], module.features),
+                        module.param_dtype)
+  bias = (module.param("bias", module.bias_init, (module.features,),
+                       module.param_dtype) if module.use_bias else None)
+  inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias,
+                                              dtype=module.dtype)
+  y = mor_dot_general(module, policy, inputs, kernel,
+                      (((inputs.ndim - 1,), (0,)), ((), ())), module.precision)
+  if bias is not None:
+    y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+  return y
+
+
+class MoRDenseGeneral(_PolicyChecked):
+  """``flax.linen.DenseGeneral`` with MoR: the same parameters, ``policy`` added.
+
+  Attributes:
+    features: int or tuple of output features.
+    axis: int or tuple of input axes to contract.
+    batch_dims: leading input axes that the kernel also has (one kernel per
+      batch entry): batch dimensions of the GEMM.
+    policy: a ``mor_jax.Policy``, a ``mor_jax.PolicyRules`` or None.
+    use_bias: whether to add a bias to the output.
+    dtype: the dtype of the computation.
+    param_dtype: the dtype of the parameters.
+    kernel_init: initializer of the kernel (called on its 2-D shape, as
+      Flax does).
+    bias_init: initializer of the bias.
+    precision: as for ``jax.lax.dot_general``.
+    promote_dtype: as for ``nn.DenseGeneral``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from mor_jax.dense import MoRDenseGeneral
+    >>> layer = MoRDenseGeneral((4, 5), axis=(1, -1))
+    >>> v = layer.init(jax.random.key(0), jnp.ones((2, 3, 6, 7)))
+    >>> jax.tree.map(jnp.shape, v["params"])
+    {'bias': (4, 5), 'kernel': (3, 7, 4, 5)}
+  """
+
+  features: int | Sequence[int]
+  _: dataclasses.KW_ONLY
+  axis: int | Sequence[int] = -1
+  batch_dims: Sequence[int] = ()
+  policy: PolicyLike = Policy()
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = _default_kernel_init
+  bias_init: Callable = _default_bias_init
+  precision: Any = None
+  promote_dtype: Callable = nn.dtypes.promote_dtype
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Applies the layer along ``axis`` of ``inputs``."""
+    return _dense_general(self, self.policy, inputs)
+
+
+def _as_tuple(x) -> tuple[int, ...]:
+  return tuple(x) if isinstance(x, Sequence) else (x,)
+
+
+def _normalize(axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+  return tuple(sorted(a if a >= 0 else ndim + a for a in axes))
+
+
+def _dense_general(module, policy: PolicyLike, inputs: jax.Array) -> jax.Array:
+  """The body of ``nn.DenseGeneral`` with MoR (Flax's parameters and init)."""
+  features = _as_tuple(module.features)
+  ndim = inputs.ndim
+  axis = _normalize(_as_tuple(module.axis), ndim)
+  batch_dims = _normalize(_as_tuple(module.batch_dims), ndim)
+  if batch_dims and batch_dims != tuple(range(len(batch_dims))):
+    raise ValueError(f"batch_dims {module.batch_dims} must be consecutive "
+                     "leading dimensions starting from 0.")
+  nb, na, nf = len(batch_dims), len(axis), len(features)
+  batch_shape = tuple(inputs.shape[b] for b in batch_dims)
+
+  def reshaped_init(init, flat_shape):
+    # Flax initializes the 2-D (fan-in, fan-out) matrix, then reshapes it.
+    def wrapped(rng, shape, dtype=jnp.float32):
+      value = init(rng, tuple(int(d) for d in flat_shape(shape)), dtype)
+      if isinstance(value, nn.meta.AxisMetadata):
+        return nn.meta.replace_boxed(value,
+                                     jnp.reshape(value.unbox(), shape))
+      return jnp.reshape(value, shape)
+    return wrapped
+
+  kernel = module.param(
+      "kernel",
+      reshaped_init(module.kernel_init, lambda s: (
+          np.prod(s[:nb]) * np.prod(s[nb:nb + na]), np.prod(s[-nf:]))),
+      batch_shape + tuple(inputs.shape[a] for a in axis) + features,
+      module.param_dtype)
+  bias = None
+  if module.use_bias:
+    bias = module.param(
+        "bias",
+        reshaped_init(module.bias_init,
+                      lambda s: (np.prod(s[:nb]) * np.prod(s[-nf:]),)),
+        batch_shape + features, module.param_dtype)
+  inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias,
+                                              dtype=module.dtype)
+  out = mor_dot_general(
+      module, policy, inputs, kernel,
+      ((axis, tuple(range(nb, nb + na))), (batch_dims, tuple(range(nb)))),
+      module.precision)
+  if bias is not None:
+    # Broadcast over the input's non-batch, non-contracted dimensions.
+    kept = tuple(inputs.shape[d] if d in batch_dims else 1
+                 for d in range(ndim) if d not in axis)
+    out += jnp.reshape(bias, kept + features)
+  return out
+
+
+class MoREinsum(_PolicyChecked):
+  """``flax.linen.Einsum`` with MoR: the same parameters, ``policy`` added.
+
+  The einsum string is mapped to ``dot_general`` dimension numbers: labels
+  in the input, the kernel and the output are batch dimensions, labels in
+  both operands but not the output are contracted. Each label may appear
+  once per operand, and a label of one operand only must be in the output.
+
+  Attributes:
+    shape: the shape of the kernel.
+    einsum_str: e.g. "btd,dhk->bthk" (input first, kernel second); or pass
+      it to the call.
+    policy: a ``mor_jax.Policy``, a ``mor_jax.PolicyRules`` or None.
+    use_bias: whether to add a bias (over the kernel's output labels).
+    dtype: the dtype of the computation.
+    param_dtype: the dtype of the parameters.
+    precision: as for ``jax.lax.dot_general``.
+    kernel_init: initializer of the kernel.
+    bias_init: initializer of the bias.
+    promote_dtype: as for ``nn.Einsum``.
+    preferred_element_type: as for ``jax.lax.dot_general``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from mor_jax.dense import MoREinsum
+    >>> layer = MoREinsum((5, 6, 7), "abc,cde->abde")
+    >>> v = layer.init(jax.random.key(0), jnp.ones((3, 4, 5)))
+    >>> jax.tree.map(jnp.shape, v["params"])
+    {'bias': (6, 7), 'kernel': (5, 6, 7)}
+  """
+
+  shape: Sequence[int]
+  einsum_str: str | None = None
+  _: dataclasses.KW_ONLY
+  policy: PolicyLike = Policy()
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable = _default_kernel_init
+  bias_init: Callable = _default_bias_init
+  promote_dtype: Callable = nn.dtypes.promote_dtype
+  preferred_element_type: Any = None
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array,
+               einsum_str: str | None = None) -> jax.Array:
+    """Applies the einsum of ``inputs`` with the kernel (plus the bias)."""
+    return _einsum(self, self.policy, inputs, einsum_str)
+
+
+def _einsum_dimension_numbers(einsum_str: str, lhs_shape, rhs_shape):
+  """``dot_general`` dimension numbers of a two-operand einsum.
+
+  Contracted labels are taken in sorted order and batch labels in output
+  order, as ``jnp.einsum`` does, so the GEMM is the same.
+
+  Args:
+    einsum_str: an explicit two-operand equation ("...->...").
+    lhs_shape: the first operand's shape.
+    rhs_shape: the second operand's shape.
+
+  Returns:
+    ``(dimension_numbers, perm, rhs_labels, out_labels)``:
+    ``lax.transpose(lax.dot_general(lhs, rhs, dimension_numbers), perm)`` is
+    the einsum; the labels have any ellipsis expanded.
+  """
+  if "->" not in einsum_str or einsum_str.count(",") != 1:
+    raise ValueError(
+        "einsum_str must be explicit (with '->') and have exactly two "
+        f"operands, got {einsum_str!r}.")
+  operands, out, _ = opt_einsum.parser.parse_einsum_input(
+      (einsum_str, np.empty(lhs_shape, np.bool_),
+       np.empty(rhs_shape, np.bool_)))
+  lhs, rhs = operands.split(",")
+  for labels, name in ((lhs, "the input"), (rhs, "the kernel")):
+    if len(set(labels)) != len(labels):
+      raise ValueError(
+          f"einsum_str {einsum_str!r}: a label repeats within {name}; a "
+          "diagonal is not a GEMM.")
+  for c in lhs + rhs:
+    if c not in out and (c not in lhs or c not in rhs):
+      raise ValueError(
+          f"einsum_str {einsum_str!r}: label {c!r} is summed within one "
+          "operand; sum it before the layer.")
+  batch = [c for c in out if c in lhs and c in rhs]
+  contract = sorted(set(lhs) & set(rhs) - set(out))
+  dims = ((tuple(lhs.index(c) for c in contract),
+           tuple(rhs.index(c) for c in contract)),
+          (tuple(lhs.index(c) for c in batch),
+           tuple(rhs.index(c) for c in batch)))
+  names = batch + [c for c in lhs + rhs if c not in batch + contract]
+  return dims, tuple(names.index(c) for c in out), rhs, out
+
+
+def _einsum(module, policy: PolicyLike, inputs: jax.Array,
+            einsum_str: str | None) -> jax.Array:
+  """The body of ``nn.Einsum`` with MoR."""
+  einsum_str = nn.merge_param("einsum_str", module.einsum_str, einsum_str)
+  einsum_str = einsum_str.replace(" ", "")
+  kernel = module.param("kernel", module.kernel_init, module.shape,
+                        module.param_dtype)
+  dims, perm, rhs_labels, out_labels = _einsum_dimension_numbers(
+      einsum_str, inputs.shape, tuple(module.shape))
+  bias = None
+  if module.use_bias:
+    bias_shape = tuple(module.shape[rhs_labels.index(c)]
+                       for c in out_labels if c in rhs_labels)
+    bias = module.param("bias", module.bias_init, bias_shape,
+                        module.param_dtype)
+  inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias,
+                                              dtype=module.dtype)
+  y = mor_dot_general(module, policy, inputs, kernel, dims, module.precision,
+                      module.preferred_element_type)
+  if perm != tuple(range(len(perm))):
+    y = jax.lax.transpose(y, perm)
+  if bias is not None:
+    y += jnp.reshape(bias, tuple(module.shape[rhs_labels.index(c)]
+                                 if c in rhs_labels else 1
+                                 for c in out_labels))
+  return y
+
+
+# Flax's layers whose __call__ the interceptor replaces by the MoR body.
+_BODIES = {nn.Dense: _dense, nn.DenseGeneral: _dense_general,
+           nn.Einsum: _einsum}
+
+
+@contextlib.contextmanager
+def intercept(policy: PolicyLike = Policy()) -> Iterator[None]:
+  """Runs every Flax Dense, DenseGeneral and Einsum called inside with MoR.
+
+  Inside the context, the ``__call__`` of each ``nn.Dense``,
+  ``nn.DenseGeneral`` and ``nn.Einsum`` (exactly these classes, without a
+  custom ``dot_general`` or ``dot_general_cls``) runs the body of
+  ``MoRDense``, ``MoRDenseGeneral`` or ``MoREinsum`` in the layer's own
+  scope: the same parameters, statistics at the layer's path. It acts when
+  the model is traced, so enter it inside the jitted function (or use
+  ``convert``).
+
+  Args:
+    policy: a ``mor_jax.Policy``, or a ``mor_jax.PolicyRules`` matched
+      against each layer's path.
+
+  Yields:
+    Nothing.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from mor_jax.dense import intercept
+    >>> model = nn.Dense(3)
+    >>> with intercept():
+    ...   v = model.init(jax.random.key(0), jnp.ones((2, 5)))
+    >>> sorted(v)
+    ['mor_grads', 'mor_stats', 'params']
+  """
+  _policy.resolve(policy, "")  # Fails here on a bad type, not at trace time.
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    cls = type(module)
+    # A model that ``convert`` made from a bare Dense is a subclass of it.
+    body = _BODIES.get(cls.__dict__.get("_mor_converted_from", cls))
+    if (body is None or context.method_name != "__call__" or
+        getattr(module, "dot_general", None) is not None or
+        getattr(module, "dot_general_cls", None) is not None):
+      return next_fun(*args, **kwargs)
+    return body(module, policy, *args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
+            methods: Sequence[str] = ("__call__",)) -> nn.Module:
+  """A copy of ``model`` whose Flax Dense, DenseGeneral and Einsum run with MoR.
+
+  The copy is an instance of a subclass of ``type(model)`` whose ``methods``
+  run inside ``intercept(policy)``: same fields, same parameters, so
+  ``init``, ``apply`` and existing checkpoints work unchanged, and the
+  statistics appear at each layer's path.
+
+  Args:
+    model: an unbound linen Module (the top of the model).
+    policy: a ``mor_jax.Policy`` or a ``mor_jax.PolicyRules``.
+    methods: the methods that ``apply`` will call.
+
+  Returns:
+    The converted model.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from mor_jax.dense import convert, flatten_stats
+    >>> class MLP(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(2, name="out")(nn.relu(nn.Dense(8, name="hidden")(x)))
+    >>> model = convert(MLP())
+    >>> x = jnp.ones((4, 3))
+    >>> v = model.init(jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, v["params"])
+    {'hidden': {'bias': (8,), 'kernel': (3, 8)}, 'out': {'bias': (2,), 'kernel': (8, 2)}}
+    >>> _, state = model.apply(v, x, mutable=["mor_stats"])
+    >>> sorted(flatten_stats(state["mor_stats"]))[:2]
+    ['hidden/fprop/activation/amax', 'hidden/fprop/activation/dynamic_range']
+  """
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax.linen Module, got {model!r}.")
+  _policy.resolve(policy, "")
+  cls = type(model)
+  namespace = {}
+  for name in methods:
+    method = getattr(cls, name, None)
+    if not callable(method):
+      raise ValueError(f"methods: {cls.__name__} has no method {name!r}.")
+    namespace[name] = _intercepted(method, policy)
+  namespace["_mor_converted_from"] = cls
+  converted = type(cls.__name__, (cls,), namespace)
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.init and f.name not in ("parent", "name")}
+  return converted(**fields)
+
+
+def _intercepted(method: Callable, policy: PolicyLike) -> Callable:
+  def run(self, *args, **kwargs):
+    with intercept(policy):
+      return method(self, *args, **kwargs)
+  run.__name__ = run.__qualname__ = method.__name__
+  run.__doc__ = method.__doc__
+  return run
+
+
+def flatten_stats(mor_stats: Mapping | None = None,
+                  mor_grads: Mapping | None = None) -> dict[str, jax.Array]:
+  """The statistics as one flat ``{name: scalar}`` dict, ready for a logger.
+
+  Keys are ``"<module path>/<gemm>/<role>/<metric>"``, e.g.
+  ``"Block_0/qkv/fprop/activation/fraction_e4m3"``, with gemm/role one of
+  fprop/activation, fprop/weight (from ``mor_stats``), dgrad/gradient,
+  dgrad/weight, wgrad/activation, wgrad/gradient (from the gradient of
+  ``mor_grads``). Metrics, for candidate names lowercased (e4m3, bf16, ...):
+
+  - ``fraction_<name>``: share of decision units (the tensor, or blocks) in
+    that representation; ``elements_<name>``: share of elements;
+  - ``error``: mean relative error of the quantized tensor;
+    ``error_<name>``: the error had every unit taken that FP8 candidate;
+  - ``amax``, ``dynamic_range``; ``nonfinite`` (1.0 if a NaN or Inf).
+
+  Statistics with leading axes (layers stacked by ``nn.scan``, or a
+  ``vmap``) are split: ``"<module path>/<i>/<gemm>/<role>/<metric>"`` for
+  layer i (indices joined by "/" for several axes). Pure JAX: works inside
+  jit.
+
+  Args:
+    mor_stats: the ``"mor_stats"`` collection (or any nesting of it).
+    mor_grads: the gradient with respect to the ``"mor_grads"`` collection.
+
+  Returns:
+    A dict of 0-d float32 arrays.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from mor_jax.dense import MoRDense, flatten_stats
+    >>> layer = MoRDense(4)
+    >>> v = layer.init(jax.random.key(0), jnp.ones((2, 8)))
+    >>> _, state = layer.apply(v, jnp.ones((2, 8)), mutable=["mor_stats"])
+    >>> m = flatten_stats(state["mor_stats"])
+    >>> float(m["fprop/activation/fraction_e4m3"]), float(m["fprop/activation/error"])
+    (1.0, 0.0)
+  """
+  out = {}
+  for tree in (mor_stats, mor_grads):
+    if tree is not None:
+      for path, stats in _walk(tree, ()):
+        _add_metrics(out, path, stats)
+  return out
+
+
+def _walk(tree, path: tuple[str, ...]):
+  """Yields (path, stats) for every NamedMoRStats under ``tree``."""
+  if isinstance(tree, NamedMoRStats):
+    yield path, tree
+  elif isinstance(tree, Mapping):
+    for key, value in tree.items():
+      yield from _walk(value, path + (str(key),))
+  else:
+    raise TypeError(
+        "flatten_stats expects the 'mor_stats' collection and the gradient "
+        "of the 'mor_grads' collection (nested dicts of NamedMoRStats); found "
+        f"{type(tree).__name__} at {'/'.join(path)!r}.")
+
+
+def _add_metrics(out: dict, path: tuple[str, ...], s: NamedMoRStats) -> None:
+  if len(path) < 2:
+    raise ValueError(f"flatten_stats: statistics at {'/'.join(path)!r} lack "
+                     "the <gemm>/<role> keys that the layers write.")
+  names = [n.lower() for n in s.names]
+  metrics = {f"fraction_{n}": s.fraction_blocks[..., i]
+             for i, n in enumerate(names)}
+  metrics.update({f"elements_{n}": s.fraction_elements[..., i]
+                  for i, n in enumerate(names)})
+  metrics["error"] = s.chosen_error
+  # The last candidate is the BF16 fallback, whose error is 0 by definition.
+  metrics.update({f"error_{n}": s.error[..., i]
+                  for i, n in enumerate(names[:-1])})
+  metrics.update(amax=s.amax, dynamic_range=s.dynamic_range,
+                 nonfinite=s.nonfinite)
+  module, leaf = path[:-2], path[-2:]
+  for idx in np.ndindex(*s.amax.shape):
+    prefix = "/".join(module + tuple(map(str, idx)) + leaf)
+    for metric, value in metrics.items():
+      out[f"{prefix}/{metric}"] = value[idx]

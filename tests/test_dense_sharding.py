@@ -1,0 +1,166 @@
+"""MoRDense under jax.jit with NamedSharding on 8 (virtual CPU) devices.
+
+Data parallel, tensor parallel (kernel sharded on its input features, and on
+its output features) and both on a 2x4 mesh: outputs, gradients and every
+statistic of the six quantizations equal the single-device run. A
+tensor-level decision is taken on the whole global tensor, never one shard:
+the crafted cases below hold one shard that alone would go to BF16 while the
+whole tensor goes to E4M3.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import mor_jax
+from mor_jax.dense import MoRDense, flatten_stats
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs 8 devices: the root conftest.py sets "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=8 for CPU runs")
+
+B, T, K, N = 16, 4, 64, 64
+MODEL = MoRDense(N)
+
+
+def _outliers(shape, seed, axis=-1, scale=1e4):
+  x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+  idx = [slice(None)] * len(shape)
+  idx[axis] = slice(0, None, 16)
+  x[tuple(idx)] *= np.float32(scale)
+  return x
+
+
+# dL/dY: fixed, so that the backward quantizations see the same gradient in
+# every run (a loss like sum(sin(y)) would turn float32 rounding of y into
+# different gradients).
+DY = np.random.default_rng(9).standard_normal((B, T, N)).astype(np.float32)
+
+
+def _step(params, probes, x):
+  """Output, loss, gradients (params, input) and the flat statistics."""
+
+  def loss(params, probes, x):
+    y, state = MODEL.apply({"params": params, "mor_grads": probes}, x,
+                           mutable=["mor_stats"])
+    return jnp.sum(y * DY), (y, state["mor_stats"])
+
+  (value, (y, fwd)), (g_params, g_probes, g_x) = jax.value_and_grad(
+      loss, (0, 1, 2), has_aux=True)(params, probes, x)
+  return y, value, g_params, g_x, flatten_stats(fwd, g_probes)
+
+
+LAYOUTS = {
+    # name: (mesh shape, mesh axes, x spec, kernel spec, bias spec)
+    "data": ((8,), ("data",), P("data"), P(), P()),
+    "tensor_in": ((8,), ("model",), P(None, None, "model"), P("model", None),
+                  P()),
+    "tensor_out": ((8,), ("model",), P(), P(None, "model"), P("model")),
+    "data_tensor_out": ((2, 4), ("data", "model"), P("data"),
+                        P(None, "model"), P("model")),
+    "data_tensor_in": ((2, 4), ("data", "model"), P("data", None, "model"),
+                       P("model", None), P()),
+}
+
+
+def _mesh(shape, axes):
+  return Mesh(np.array(jax.devices()[:8]).reshape(shape), axes)
+
+
+def _run_sharded(layout, params, probes, x):
+  shape, axes, x_spec, k_spec, b_spec = LAYOUTS[layout]
+  mesh = _mesh(shape, axes)
+  put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+  params = {"kernel": put(params["kernel"], k_spec),
+            "bias": put(params["bias"], b_spec)}
+  probes = jax.tree.map(lambda a: put(a, P()), probes)
+  x = put(x, x_spec)
+  step = jax.jit(_step)
+  hlo = step.lower(params, probes, x).compile().as_text()
+  return step(params, probes, x), hlo, x
+
+
+@pytest.fixture(scope="module")
+def setup():
+  x = _outliers((B, T, K), 0)  # outlier features: fprop activation -> BF16
+  variables = MODEL.init(jax.random.key(0), x)
+  params, probes = variables["params"], variables["mor_grads"]
+  return params, probes, x, jax.jit(_step)(params, probes, x)
+
+
+def _assert_same(got, want):
+  y, loss, g_params, g_x, metrics = got
+  y0, loss0, g_params0, g_x0, metrics0 = want
+  # Where a contraction is split across devices the partial sums are added
+  # in another order: equal to float32 rounding.
+  for a, b in ((y, y0), (g_x, g_x0), (g_params["kernel"], g_params0["kernel"]),
+               (g_params["bias"], g_params0["bias"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
+                               atol=1e-6 * float(np.abs(b).max()))
+  np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+  assert set(metrics) == set(metrics0) and len(metrics) == 6 * 9
+  for key, value in metrics.items():
+    exact = any(m in key for m in ("fraction", "elements", "amax",
+                                   "nonfinite", "dynamic_range"))
+    if exact:  # decisions and maxima do not depend on the order of sums
+      np.testing.assert_array_equal(value, metrics0[key], err_msg=key)
+    else:
+      np.testing.assert_allclose(value, metrics0[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sharded_step_equals_single_device(setup, layout):
+  params, probes, x, want = setup
+  got, hlo, x_sharded = _run_sharded(layout, params, probes, x)
+  _assert_same(got, want)
+  # It really ran sharded: the input is split, and devices communicate.
+  assert len({s.data.shape for s in x_sharded.addressable_shards}) == 1
+  assert x_sharded.addressable_shards[0].data.size < x.size or layout in (
+      "tensor_out",)
+  assert "all-reduce" in hlo or "all-gather" in hlo
+  metrics = want[-1]
+  assert float(metrics["fprop/activation/fraction_bf16"]) == 1.0
+  assert float(metrics["wgrad/activation/fraction_e4m3"]) == 1.0
+
+
+def _shard_alone(a, view, recipe=mor_jax.TensorLevelMoR(block_shape=(1, None))):
+  return int(mor_jax.mor_quantize(view(a), recipe).choice)
+
+
+def test_global_decision_with_batch_sharded():
+  """Data parallel: the outlier tokens all sit on device 0."""
+  x = np.random.default_rng(1).standard_normal((B, T, K)).astype(np.float32)
+  x[: B // 8, :, ::16] *= np.float32(1e4)  # device 0's batch rows only
+  variables = MODEL.init(jax.random.key(0), x)
+  params, probes = variables["params"], variables["mor_grads"]
+  want = jax.jit(_step)(params, probes, x)
+  got, _, x_sharded = _run_sharded("data", params, probes, x)
+  _assert_same(got, want)
+  tokens = lambda a: np.asarray(a).reshape(-1, K)  # noqa: E731 fprop view
+  shard0 = x_sharded.addressable_shards[0]
+  assert shard0.index[0] == slice(0, B // 8)
+  assert _shard_alone(shard0.data, tokens) == 1  # alone: BF16
+  assert _shard_alone(x, tokens) == 0  # the whole tensor: E4M3
+  assert float(got[-1]["fprop/activation/fraction_e4m3"]) == 1.0
+
+
+def test_global_decision_with_kernel_sharded_on_output_features():
+  """Tensor parallel: outlier input rows in device 0's output columns only."""
+  x = np.random.default_rng(2).standard_normal((B, T, K)).astype(np.float32)
+  variables = MODEL.init(jax.random.key(0), x)
+  params, probes = variables["params"], variables["mor_grads"]
+  kernel = np.asarray(params["kernel"]).copy()
+  kernel[::16, : N // 8] *= np.float32(1e4)
+  params = {**params, "kernel": jnp.asarray(kernel)}
+  want = jax.jit(_step)(params, probes, x)
+  got, _, _ = _run_sharded("tensor_out", params, probes, x)
+  _assert_same(got, want)
+  columns = lambda w: np.asarray(w).T  # noqa: E731 fprop view [N, K]
+  assert _shard_alone(kernel[:, : N // 8], columns) == 1  # alone: BF16
+  assert _shard_alone(kernel, columns) == 0  # the whole tensor: E4M3
+  assert float(got[-1]["fprop/weight/fraction_e4m3"]) == 1.0
