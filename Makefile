@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/train_lm.py --preset demo
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,232 @@
+"""examples/train_lm.py: reproducible runs, the corpus split, the report, the
+command line, and the sharded step (8 virtual CPU devices, root conftest.py).
+
+A tiny configuration on a small corner of the standard library keeps the
+whole file near a minute on two cores; most of it is XLA compiling the MoR
+step, so the module shares one persistent compilation cache among its runs
+(a rerun of the same program loads the executable instead of compiling it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import shutil
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+from jax.sharding import PartitionSpec as P
+
+from examples import train_lm
+
+TINY = train_lm.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
+                       batch=8, steps=6, warmup=2, log_every=1, stats_every=1,
+                       eval_every=3, val_batches=2)
+RECIPE = "mor_channel"
+MESHES = {"data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2),
+          "data8": dict(data=8, fsdp=1, tensor=1)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla")),
+             "jax_persistent_cache_min_compile_time_secs": 0.0,
+             "jax_persistent_cache_min_entry_size_bytes": 0}
+  saved = {k: getattr(jax.config, k) for k in options}
+  for k, v in options.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+  yield
+  for k, v in saved.items():
+    jax.config.update(k, v)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  """The ``email`` package of the standard library: 0.4 MB, ~30 files."""
+  return train_lm.load_corpus(0.2, train_lm.stdlib_root() / "email")
+
+
+@pytest.fixture(scope="module")
+def train(corpus, tmp_path_factory):
+  """train(name, seed=0, mesh=None) -> the parsed Run, each name run once.
+
+  ``train.files[name]`` is the run's metrics file.
+  """
+  runs, files = {}, {}
+
+  def run(name: str, seed: int = 0, mesh=None) -> train_lm.Run:
+    if name not in runs:
+      out = tmp_path_factory.mktemp(name)
+      assert train_lm.train_recipe(RECIPE, dataclasses.replace(TINY, seed=seed),
+                                   corpus, out, progress=False,
+                                   mesh_shape=mesh)
+      files[name] = out / f"{RECIPE}.jsonl"
+      runs[name] = train_lm.Run.load(files[name])
+    return runs[name]
+  run.files = files
+  return run
+
+
+def test_same_seed_same_loss_curve_bit_for_bit(train):
+  a, b = train("seed0"), train("seed0_again")
+  assert a.steps_done == TINY.steps and a.val["loss"].size == 3
+  np.testing.assert_array_equal(a.train["loss"], b.train["loss"])
+  np.testing.assert_array_equal(a.val["loss"], b.val["loss"])
+  assert a.stats.keys() == b.stats.keys()
+  for k in a.stats:
+    np.testing.assert_array_equal(a.stats[k], b.stats[k], err_msg=k)
+
+
+def test_another_seed_gives_another_curve(train):
+  a, b = train("seed0"), train("seed1", seed=1)
+  assert np.all(a.train["loss"] != b.train["loss"])
+
+
+def test_statistics_of_every_block_layer_and_role(train):
+  run = train("seed0")
+  fractions = [k for k in run.stats if k.endswith("/fraction_e4m3")]
+  # 2 blocks x 4 layers x 3 GEMMs x 2 operands.
+  assert len(fractions) == 48
+  labels = {train_lm._row_label(k) for k in fractions}  # pylint: disable=protected-access
+  assert {"0 qkv fprop", "1 fc2 dgrad", "1 out wgrad"} <= labels
+
+
+def test_corpus_split_is_by_file_and_deterministic(tmp_path):
+  a, b = train_lm.load_corpus(0.05), train_lm.load_corpus(0.05)
+  assert (a.train_files, a.val_files, a.fingerprint) == (
+      b.train_files, b.val_files, b.fingerprint)
+  np.testing.assert_array_equal(a.train, b.train)
+  assert not set(a.train_files) & set(a.val_files)
+  assert all(train_lm.is_validation(f, 0.05) for f in a.val_files)
+  assert not any(train_lm.is_validation(f, 0.05) for f in a.train_files)
+  assert not any("site-packages" in f for f in a.train_files + a.val_files)
+  assert 0.02 < len(a.val_files) / (len(a.train_files) + len(a.val_files)) < 0.1
+  # The split follows the path alone: new contents, same split.
+  for i in range(40):
+    (tmp_path / f"m{i}.py").write_text(f"x = {i}\n")
+  (tmp_path / "notes.txt").write_text("not python")
+  first = train_lm.load_corpus(0.3, tmp_path)
+  for i in range(40):
+    (tmp_path / f"m{i}.py").write_text(f"y = {i * i}\n")
+  second = train_lm.load_corpus(0.3, tmp_path)
+  assert (first.train_files, first.val_files) == (second.train_files,
+                                                 second.val_files)
+  assert first.fingerprint != second.fingerprint
+  assert len(first.train_files) + len(first.val_files) == 40
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 virtual "
+                    "devices of the root conftest.py")
+@pytest.mark.parametrize("name", list(MESHES))
+def test_mesh_gives_the_one_device_run(train, name):
+  """Same losses up to the order of sums; every MoR decision identical."""
+  one, sharded = train("seed0"), train(name, mesh=MESHES[name])
+  assert sharded.header["mesh"] == MESHES[name]
+  assert sharded.mesh == train_lm.format_mesh(MESHES[name])
+  np.testing.assert_allclose(sharded.train["loss"], one.train["loss"],
+                             rtol=1e-4)
+  np.testing.assert_allclose(sharded.val["loss"], one.val["loss"], rtol=1e-4)
+  fractions = [k for k in one.stats if "/fraction_" in k]
+  assert len(fractions) == 96
+  for k in fractions:
+    np.testing.assert_array_equal(sharded.stats[k], one.stats[k], err_msg=k)
+
+
+def test_partition_specs_are_megatron_style():
+  spec = train_lm.partition_spec
+  assert spec(("blocks", "attn", "qkv", "kernel"), 3) == P(None, "fsdp",
+                                                          "tensor")
+  assert spec(("blocks", "mlp", "fc1", "bias"), 2) == P(None, "tensor")
+  assert spec(("blocks", "attn", "out", "kernel"), 3) == P(None, "tensor",
+                                                          "fsdp")
+  assert spec(("blocks", "mlp", "fc2", "bias"), 2) == P()
+  assert spec(("mu", "embed"), 2) == P()
+  assert spec((), 0) == P()
+
+
+def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
+  run1 = train("seed1", seed=1)
+  # A stand-in baseline: the seed-1 run under the name bf16, gzip-compressed
+  # as committed results are; and the seed-0 run plain, which shadows a .gz
+  # file of the same recipe (here the seed-1 one).
+  lines = train.files["seed1"].read_text().splitlines(keepends=True)
+  header = json.loads(lines[0])
+  header["recipe"] = "bf16"
+  with gzip.open(tmp_path / "bf16.jsonl.gz", "wt", encoding="utf-8") as f:
+    f.writelines([json.dumps(header) + "\n"] + lines[1:])
+  shutil.copy(train.files["seed0"], tmp_path)
+  with gzip.open(tmp_path / f"{RECIPE}.jsonl.gz", "wt", encoding="utf-8") as f:
+    f.writelines(lines)
+  train_lm.main(["--report", str(tmp_path)])
+  printed = capsys.readouterr().out
+  runs = train_lm.load_runs(tmp_path)
+  assert [r.recipe for r in runs] == ["bf16", RECIPE]
+  np.testing.assert_array_equal(runs[0].train["loss"], run1.train["loss"])
+  for name in ("summary.md", "summary.csv"):
+    assert (tmp_path / name).read_text().startswith("| recipe" if
+                                                    name.endswith("md") else
+                                                    "recipe")
+  for name in ("loss.png", "fp8_share.png", f"error_heatmap_{RECIPE}.png",
+               "error_heatmap_bf16.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+  table = (tmp_path / "summary.md").read_text()
+  assert table in printed
+  header, _, bf16, mor = table.splitlines()[:4]
+  assert "E4M3 all" in header and "tokens/s" in header
+  assert "1.0000" in bf16 and "100.0%" in mor
+
+
+def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
+  figures = []
+  monkeypatch.setattr(train_lm, "_save",
+                      lambda fig, path, tight=True: figures.append(fig))
+  assert train_lm.plot_error_heatmap(train("seed0"), tmp_path / "h.png")
+  (fig,) = figures
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:3]
+  boxes = [ax.get_tightbbox(renderer) for ax in panels]  # With tick labels.
+  for left, right in zip(boxes, boxes[1:]):
+    assert left.x1 < right.x0
+  labels = [t.get_text() for t in panels[1].get_yticklabels()]
+  assert labels[:3] == ["0 qkv fprop", "0 qkv dgrad", "0 out fprop"]
+  plt.close(fig)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipes", "bf16,foo"], "unknown recipe(s) ['foo']"),
+    (["--steps", "0"], "--steps must be > 0, got 0"),
+    (["--d-model", "30", "--heads", "4"], "--d-model 30 must be a multiple of "
+     "--heads 4"),
+    (["--stats-every", "15"], "--stats-every 15 must be a multiple of "
+     "--log-every"),
+    (["--mesh", "data=2,pipe=4"], "AXIS one of data, fsdp, tensor"),
+    (["--mesh", "data=0"], "must be a positive integer"),
+    (["--mesh", "data=3"], "spans 3 devices, but JAX sees"),
+    (["--coordinator", "h:1234"], "need --distributed"),
+    (["--report", "/nonexistent/dir"], "is not a directory"),
+])
+def test_bad_command_lines_fail_with_a_clear_message(argv, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    train_lm.main(argv)
+  assert e.value.code != 0
+  assert message in str(e.value.code) + capsys.readouterr().err
+
+
+@pytest.mark.skipif(jax.device_count() != 8, reason="needs exactly 8 devices")
+def test_mesh_must_divide_the_batch_and_widths(capsys):
+  for argv, message in [
+      (["--mesh", "data=8", "--batch", "12"],
+       "--batch 12 must be a multiple of data x fsdp = 8"),
+      (["--mesh", "data=2,tensor=4", "--d-ff", "66"],
+       "--d-ff 66 must be a multiple of tensor = 4")]:
+    with pytest.raises(SystemExit) as e:
+      train_lm.main(argv)
+    assert message in str(e.value.code) + capsys.readouterr().err
+
