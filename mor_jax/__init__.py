@@ -4,6 +4,9 @@ Users import ``mor_jax`` (numerics, MoR selection, the quantized
 dot_general) and ``mor_jax.dense`` (Flax layers). Everything else is private.
 """
 
+from mor_jax._dispatch import implementation as implementation
+from mor_jax._dispatch import set_implementation as set_implementation
+from mor_jax._dispatch import use_implementation as use_implementation
 from mor_jax._dot import NamedMoRStats as NamedMoRStats
 from mor_jax._dot import dot_general as dot_general
 from mor_jax._dot import dot_general_with_stats as dot_general_with_stats
@@ -64,8 +67,11 @@ __all__ = [
     "dot_general",
     "dot_general_with_stats",
     "fake_quantize",
+    "implementation",
     "mor_quantize",
     "quantize",
     "relative_error",
+    "set_implementation",
+    "use_implementation",
     "zero_probes",
 ]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _dispatch
 from mor_jax import _formats
 from mor_jax import _partition
 from mor_jax import _quantize
@@ -45,8 +46,9 @@ class Measurements:
   """
 
   def __init__(self, x: jax.Array, part: _partition.Partition,
-               stats: _quantize.BlockStats, recipe: Recipe):
+               stats: _quantize.BlockStats, recipe: Recipe, impl: str = "xla"):
     self._x, self._part, self.stats, self._recipe = x, part, stats, recipe
+    self._impl = impl
     self._quantized: dict[Representation, tuple[jax.Array, jax.Array]] = {}
     self._tensor = recipe.granularity == "tensor"
     self.amax = self._reduce(stats.amax, jnp.max)
@@ -66,7 +68,7 @@ class Measurements:
           self.stats.amax, fmt, r.scaling,
           _partition.group_blocks(r.group_shape, r.block_shape))
       self._quantized[fmt] = _quantize.quantize_with_scales(
-          self._x, self._part, scale, fmt, "values")
+          self._x, self._part, scale, fmt, "values", self._impl)
     return self._quantized[fmt]
 
   def error(self, fmt: Representation) -> jax.Array:
@@ -404,16 +406,18 @@ def mor_quantize(x: jax.typing.ArrayLike, recipe: Recipe) -> MoRResult:
     raise ValueError(
         f"recipe.block_shape {recipe.block_shape} has {len(recipe.block_shape)} "
         f"entries but x has {x.ndim} dimensions (shape {x.shape}).")
-  value, choice, stats = _mor_quantize(jax.lax.stop_gradient(x), recipe)
+  value, choice, stats = _mor_quantize(jax.lax.stop_gradient(x), recipe,
+                                       _dispatch.implementation())
   return MoRResult(_quantize.straight_through(x, value), choice, stats,
                    recipe.names)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _mor_quantize(x: jax.Array, recipe: Recipe):
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _mor_quantize(x: jax.Array, recipe: Recipe, impl: str):
   block_shape = recipe.block_shape or (None,) * x.ndim
   part = _partition.Partition.build(x.shape, block_shape)
-  m = Measurements(x, part, _quantize.block_stats(x, part), recipe)
+  m = Measurements(x, part, _quantize.block_stats(x, part, impl), recipe,
+                   impl)
 
   accepted = [_accept(pred, m, fmt) & ~m.nonfinite
               for fmt, pred in recipe.candidates[:-1]]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _dispatch
 from mor_jax import _formats
 from mor_jax import _numerics
 from mor_jax import _partition
@@ -75,8 +76,29 @@ class BlockStats(NamedTuple):
   min_nonzero: jax.Array
 
 
-def block_stats(x: jax.Array, part: _partition.Partition) -> BlockStats:
-  """Pass 1: the statistics of every block of ``x`` (XLA implementation)."""
+def _kernels(part: _partition.Partition, impl: str):
+  """(kernel module, tiling, interpret) if ``impl`` runs ``part`` in Pallas."""
+  use, interpret = _dispatch.resolve(impl)
+  if not use:
+    return None
+  # Imported here: mor_jax.kernels builds on this module.
+  from mor_jax.kernels import quantize as kq  # pylint: disable=g-import-not-at-top
+  tiling = kq.plan(part)
+  return None if tiling is None else (kq, tiling, interpret)
+
+
+def block_stats(x: jax.Array, part: _partition.Partition,
+                impl: str = "xla") -> BlockStats:
+  """Pass 1: the statistics of every block of ``x``.
+
+  ``impl`` ("auto", "pallas" or "xla", see ``mor_jax._dispatch``) picks the
+  Pallas kernel or the XLA code below; partitions the kernels cannot tile
+  use XLA.
+  """
+  kernels = _kernels(part, impl)
+  if kernels is not None:
+    kq, tiling, interpret = kernels
+    return kq.block_stats(x, part, tiling, interpret=interpret)
   xb = prepare(x, part)
   finite = jnp.isfinite(xb)
   ax = jnp.where(finite, jnp.abs(xb), 0.0)
@@ -92,8 +114,9 @@ def block_stats(x: jax.Array, part: _partition.Partition) -> BlockStats:
 
 def quantize_with_scales(x: jax.Array, part: _partition.Partition,
                          scale: jax.Array, fmt: Representation,
-                         output: str) -> tuple[jax.Array | None, jax.Array]:
-  """Pass 2: quantizes ``x`` with given per-block scales (XLA implementation).
+                         output: str, impl: str = "xla"
+                         ) -> tuple[jax.Array | None, jax.Array]:
+  """Pass 2: quantizes ``x`` with given per-block scales.
 
   Args:
     x: the array, any floating dtype.
@@ -102,11 +125,17 @@ def quantize_with_scales(x: jax.Array, part: _partition.Partition,
     fmt: E4M3 or E5M2.
     output: "codes" (FP8 codes), "values" (dequantized, in x's dtype, with
       NaN and +-inf of x passed through) or "none" (statistics only).
+    impl: as for ``block_stats``.
 
   Returns:
     (out, err_sum): ``out`` is the codes, the values or None, shaped like
     ``x``; ``err_sum`` holds per-block sums of the relative error terms.
   """
+  kernels = _kernels(part, impl)
+  if kernels is not None:
+    kq, tiling, interpret = kernels
+    return kq.quantize_with_scales(x, part, scale, fmt, output, tiling,
+                                   interpret=interpret)
   xb = prepare(x, part)
   scale_b = part.expand(scale)
   s = scale_and_round(xb, scale_b, fmt)
@@ -295,14 +324,16 @@ def compute_scales(x: jax.typing.ArrayLike, fmt: Representation, *,
   """
   x = jnp.asarray(x)
   return _compute_scales(
-      x, QuantSpec.build(x, fmt, block_shape, scaling, group_shape))
+      x, QuantSpec.build(x, fmt, block_shape, scaling, group_shape),
+      _dispatch.implementation())
 
 
 # The public functions validate their arguments, then call a jitted body with
-# the spec static: eagerly, one compiled call instead of hundreds of ops.
-@functools.partial(jax.jit, static_argnums=1)
-def _compute_scales(x: jax.Array, spec: QuantSpec) -> jax.Array:
-  return spec_scales(block_stats(x, spec.partition(x.shape)).amax, spec)
+# the spec static: eagerly, one compiled call instead of hundreds of ops. The
+# implementation setting is static too, so changing it retraces.
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _compute_scales(x: jax.Array, spec: QuantSpec, impl: str) -> jax.Array:
+  return spec_scales(block_stats(x, spec.partition(x.shape), impl).amax, spec)
 
 
 def spec_scales(amax: jax.Array, spec: QuantSpec) -> jax.Array:
@@ -338,17 +369,17 @@ def quantize(x: jax.typing.ArrayLike, fmt: Representation, *, block_shape,
   """
   x = jnp.asarray(x)
   spec = QuantSpec.build(x, fmt, block_shape, scaling, group_shape)
-  codes, scale = _quantize(x, spec)
+  codes, scale = _quantize(x, spec, "codes", _dispatch.implementation())
   return QuantizedArray(codes, scale, spec.fmt, spec.block_shape, spec.scaling,
                         spec.group_shape, np.dtype(x.dtype))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _quantize(x: jax.Array, spec: QuantSpec, output: str = "codes"
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _quantize(x: jax.Array, spec: QuantSpec, output: str, impl: str
               ) -> tuple[jax.Array, jax.Array]:
   part = spec.partition(x.shape)
-  scale = spec_scales(block_stats(x, part).amax, spec)
-  out, _ = quantize_with_scales(x, part, scale, spec.fmt, output)
+  scale = spec_scales(block_stats(x, part, impl).amax, spec)
+  out, _ = quantize_with_scales(x, part, scale, spec.fmt, output, impl)
   return out, scale
 
 
@@ -428,7 +459,8 @@ def fake_quantize(x: jax.typing.ArrayLike, fmt: Representation, *,
   """
   x = jnp.asarray(x)
   spec = QuantSpec.build(x, fmt, block_shape, scaling, group_shape)
-  values, _ = _quantize(jax.lax.stop_gradient(x), spec, "values")
+  values, _ = _quantize(jax.lax.stop_gradient(x), spec, "values",
+                        _dispatch.implementation())
   return straight_through(x, values)
 
 

@@ -30,12 +30,29 @@ PARTITIONS = [((None, None), None), ((1, None), None), ((128, 128), None),
                                         ("float32", "wide"),
                                         ("float16", "outlier_cols"),
                                         ("bfloat16", "tiny")])
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
 def test_gpu_matches_reference(block_shape, group_shape, scaling, fmt, dtype,
-                               kind):
+                               kind, impl):
   group_shape = group_shape if scaling == "gam" else None
   x = data.make(kind, (300, 520), data.DTYPES[dtype], seed=11)
   kw = dict(block_shape=block_shape, scaling=scaling, group_shape=group_shape)
+  with mor_jax.use_implementation(impl):
+    _check_on_gpu(x, fmt, block_shape, scaling, group_shape, kw)
 
+
+def test_gpu_runs_compiled_kernels():
+  """On one GPU "auto" means the compiled Triton kernels, not interpret mode."""
+  from mor_jax import _dispatch  # pylint: disable=g-import-not-at-top
+  assert _dispatch.resolve("pallas") == (True, False)
+  assert _dispatch.resolve("auto") == (jax.device_count() == 1, False)
+  x = jnp.ones((256, 256), jnp.bfloat16)
+  with mor_jax.use_implementation("pallas"):
+    jaxpr = str(jax.make_jaxpr(lambda v: mor_jax.quantize(
+        v, mor_jax.E4M3, block_shape=(128, 128)).data)(x))
+  assert "pallas_call" in jaxpr and "interpret=False" in jaxpr
+
+
+def _check_on_gpu(x, fmt, block_shape, scaling, group_shape, kw):
   @jax.jit
   def run(v):
     qa = mor_jax.quantize(v, FMTS[fmt], **kw)
