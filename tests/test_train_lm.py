@@ -230,3 +230,16 @@ def test_mesh_must_divide_the_batch_and_widths(capsys):
       train_lm.main(argv)
     assert message in str(e.value.code) + capsys.readouterr().err
 
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 virtual "
+                    "devices of the root conftest.py")
+def test_compare_runs_reports_equal_decisions(train, capsys):
+  from examples import compare_runs  # pylint: disable=g-import-not-at-top
+  diff = compare_runs.compare(train("seed0"), train("data8", mesh=MESHES["data8"]))
+  assert diff["steps"] == TINY.steps
+  assert diff["decisions_compared"] == 96 * TINY.steps
+  assert diff["decisions_differing"] == 0
+  assert diff["train_loss_max_rel_diff"] < 1e-4
+  assert compare_runs.main([str(train.files["seed0"]),
+                            str(train.files["data8"])]) == 0
+  assert "decisions_differing: 0" in capsys.readouterr().out

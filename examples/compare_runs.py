@@ -1,0 +1,57 @@
+"""Compares two runs of examples/train_lm.py: losses, every MoR decision, speed.
+
+Run: python examples/compare_runs.py ONE.jsonl[.gz] OTHER.jsonl[.gz]
+
+Meant for a sharded run against the one-device run of the same recipe, seed
+and global batch: losses agree up to the order of sums, decisions exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+from examples import train_lm
+
+
+def compare(one: train_lm.Run, other: train_lm.Run) -> dict[str, float]:
+  """Differences between two runs over the steps both ran."""
+  n = min(one.train["loss"].size, other.train["loss"].size)
+  v = min(one.val["loss"].size, other.val["loss"].size)
+  fractions = [k for k in one.stats if "/fraction_" in k]
+  m = min(one.stats_steps.size, other.stats_steps.size)
+  differing = sum(
+      int(np.sum(one.stats[k][:m] != other.stats.get(k, np.full(m, np.nan))[:m]))
+      for k in fractions)
+  rel = lambda a, b: float(np.max(np.abs(a - b) / np.abs(b))) if a.size else 0.0  # noqa: E731
+  return {
+      "steps": n,
+      "train_loss_max_rel_diff": rel(other.train["loss"][:n],
+                                     one.train["loss"][:n]),
+      "val_loss_max_rel_diff": rel(other.val["loss"][:v], one.val["loss"][:v]),
+      "decisions_compared": len(fractions) * m,
+      "decisions_differing": differing,
+      "tokens_per_s_ratio": other.tokens_per_s() / one.tokens_per_s(),
+  }
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("one", type=pathlib.Path, help="the reference run")
+  ap.add_argument("other", type=pathlib.Path, help="the run compared with it")
+  args = ap.parse_args(argv)
+  one, other = train_lm.Run.load(args.one), train_lm.Run.load(args.other)
+  print(f"{args.one}: mesh {one.mesh}, {one.step_ms():.1f} ms/step, "
+        f"{one.tokens_per_s():,.0f} tokens/s")
+  print(f"{args.other}: mesh {other.mesh}, {other.step_ms():.1f} ms/step, "
+        f"{other.tokens_per_s():,.0f} tokens/s")
+  for k, val in compare(one, other).items():
+    print(f"{k}: {val:.3g}" if isinstance(val, float) else f"{k}: {val}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
