@@ -168,15 +168,20 @@ def _is_finite(x: jax.Array) -> jax.Array:
   return (bits & _EXP_FIELD) != _EXP_FIELD
 
 
+def _in_array(t: Tiling) -> jax.Array:
+  """Which elements of this program's tile lie inside the array."""
+  i, j = pl.program_id(0), pl.program_id(1)
+  r = i * t.tile_rows + jax.lax.broadcasted_iota(
+      jnp.int32, (t.tile_rows, t.tile_cols), 0)
+  c = j * t.tile_cols + jax.lax.broadcasted_iota(
+      jnp.int32, (t.tile_rows, t.tile_cols), 1)
+  return (r < t.rows) & (c < t.cols)
+
+
 def _load_tile(x_ref, t: Tiling) -> jax.Array:
   """The tile in float32, subnormals flushed, outside the array zero."""
   if t.ragged:
-    i, j = pl.program_id(0), pl.program_id(1)
-    r = i * t.tile_rows + jax.lax.broadcasted_iota(
-        jnp.int32, (t.tile_rows, t.tile_cols), 0)
-    c = j * t.tile_cols + jax.lax.broadcasted_iota(
-        jnp.int32, (t.tile_rows, t.tile_cols), 1)
-    mask = (r < t.rows) & (c < t.cols)
+    mask = _in_array(t)
     x = pltriton.load(x_ref, mask=mask, other=0)
     x = jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
   else:
@@ -256,12 +261,7 @@ def _quantize_kernel(x_ref, scale_ref, recip_ref, *out_refs, t: Tiling,
   else:
     return
   if t.ragged:
-    i, j = pl.program_id(0), pl.program_id(1)
-    r = i * t.tile_rows + jax.lax.broadcasted_iota(
-        jnp.int32, (t.tile_rows, t.tile_cols), 0)
-    c = j * t.tile_cols + jax.lax.broadcasted_iota(
-        jnp.int32, (t.tile_rows, t.tile_cols), 1)
-    pltriton.store(out_ref, out, mask=(r < t.rows) & (c < t.cols))
+    pltriton.store(out_ref, out, mask=_in_array(t))
   else:
     out_ref[...] = out
 
