@@ -54,6 +54,13 @@ def set_implementation(name: str) -> None:
       "pallas" (the kernels; in interpret mode off a GPU, slow, for testing)
       or "xla". The environment variable ``MOR_JAX_IMPL`` sets the initial
       value.
+
+  Examples:
+    >>> import mor_jax
+    >>> mor_jax.set_implementation("xla")
+    >>> mor_jax.implementation()
+    'xla'
+    >>> mor_jax.set_implementation("auto")
   """
   global _current
   _current = _check(name, "name")
