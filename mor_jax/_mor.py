@@ -46,7 +46,7 @@ class Measurements:
   """
 
   def __init__(self, x: jax.Array, part: _partition.Partition,
-               stats: _quantize.BlockStats, recipe: Recipe, impl: str = "xla"):
+               stats: _quantize.BlockStats, recipe: Recipe, impl: str):
     self._x, self._part, self.stats, self._recipe = x, part, stats, recipe
     self._impl = impl
     self._quantized: dict[Representation, tuple[jax.Array, jax.Array]] = {}

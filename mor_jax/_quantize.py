@@ -88,7 +88,7 @@ def _kernels(part: _partition.Partition, impl: str):
 
 
 def block_stats(x: jax.Array, part: _partition.Partition,
-                impl: str = "xla") -> BlockStats:
+                impl: str) -> BlockStats:
   """Pass 1: the statistics of every block of ``x``.
 
   ``impl`` ("auto", "pallas" or "xla", see ``mor_jax._dispatch``) picks the
@@ -114,7 +114,7 @@ def block_stats(x: jax.Array, part: _partition.Partition,
 
 def quantize_with_scales(x: jax.Array, part: _partition.Partition,
                          scale: jax.Array, fmt: Representation,
-                         output: str, impl: str = "xla"
+                         output: str, impl: str
                          ) -> tuple[jax.Array | None, jax.Array]:
   """Pass 2: quantizes ``x`` with given per-block scales.
 
