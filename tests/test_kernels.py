@@ -182,9 +182,11 @@ def test_scanned_layers_train_the_same_with_either_implementation():
                                                           v["mor_grads"])
     return l, g, flatten_stats(fwd, bwd)
 
-  got = jax.jit(step)(variables)
+  # A new function for each trace: JAX would reuse the first trace of
+  # ``step``, implementation setting included.
+  got = jax.jit(lambda v: step(v))(variables)
   with mor_jax.use_implementation("xla"):
-    want = jax.jit(step)(variables)
+    want = jax.jit(lambda v: step(v))(variables)
   decisions = [k for k in want[2] if "/fraction_" in k]
   assert len(decisions) == 2 * 2 * 6  # layers x fractions x quantizations
   for k in decisions:
