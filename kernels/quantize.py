@@ -6,15 +6,17 @@ smallest finite nonzero magnitude. The scales (gam, e8m0, fp32) come from
 the block grid of amaxes in XLA: a few thousand numbers. Pass 2
 (``quantize_with_scales``) reads the tensor again and writes FP8 codes (or,
 for fake quantization, the dequantized values in the input dtype) and the
-per-tile sums of the relative-error terms. A tensor-level MoR decision is
-therefore two reads and one FP8 write of the tensor, the 5 bytes per
-element that ``benchmarks/quantize.py`` measures against the HBM ceiling.
+per-tile sums of the relative-error terms; a third kernel gives NaN and
++-inf their codes in the blocks pass 1 flagged, and returns at once
+elsewhere. A tensor-level MoR decision is therefore two reads and one FP8
+write of the tensor, the 5 bytes per element that
+``benchmarks/quantize.py`` measures against the HBM ceiling.
 
 Both functions have the contract of their XLA twins in ``mor_jax._quantize``
-and give bit-identical codes, scales and decisions: pass 1 reuses their
-float32 arithmetic, pass 2 rounds with the GPU's FP8 conversion, which lands
-on the same grid point. Error sums differ in the last bits (summation order,
-Triton's division).
+and give bit-identical codes, scales and decisions: pass 1 takes its
+statistics on the float32 bits, pass 2 rounds with the GPU's FP8
+conversion, which lands on the same grid point. Error sums differ in the
+last bits (summation order, Triton's division).
 
 Backend: Triton. These are tile-wise maps and row or tile reductions with
 masked edges, which Pallas' Triton backend expresses directly (a load with
@@ -32,7 +34,8 @@ tiles that never straddle a block. A tile yields one statistic ("tile"
 mode, blocks of 8 or more rows) or one per row ("rows" mode, per-channel
 and other short blocks); XLA then reduces these partials to the block grid.
 Partitions that cannot be folded into 2-D return ``None`` from ``plan`` and
-use the XLA implementation.
+use the XLA implementation. Under ``jit`` with sharded operands both passes
+run per shard (``mor_jax.kernels.sharding``).
 """
 
 from __future__ import annotations
@@ -51,18 +54,28 @@ from mor_jax import _formats
 from mor_jax import _numerics
 from mor_jax import _partition
 from mor_jax import _quantize
+from mor_jax.kernels import sharding
 
-# Tile budget: 16K elements (32 KB of bf16) per program, 16 warps for such a
-# tile (pass 2 is arithmetic-bound: more warps hide its latency; the best of
-# `benchmarks/quantize.py --sweep` on the H100); columns up to 512 keep
-# rows-mode partials small.
-TILE_ELEMENTS = 16384
+# Tile budget: 4K elements (8 KB of bf16) per program, 4 warps for such a
+# tile: the best of `benchmarks/quantize.py --sweep` on the H100, where tiles
+# from 2K to 16K elements were within 5%; columns up to 512 keep rows-mode
+# partials small.
+TILE_ELEMENTS = 4096
+PATCH_TILE_ELEMENTS = 16384
 MAX_TILE_COLS = 512
 WARPS_PER_8K_ELEMENTS = 8
 # Blocks with fewer tile rows than this are reduced per row instead.
 _MIN_TILE_ROWS = 8
 
-_EXP_FIELD = np.int32(np.float32(np.inf).view(np.int32))  # all exponent bits
+
+def _f32_bits(value) -> np.int32:
+  return np.float32(value).view(np.int32)
+
+
+_EXP_FIELD = _f32_bits(np.inf)  # all exponent bits: +inf
+_SIGN_BIT = _f32_bits(-0.0)
+_ABS_BITS = ~_SIGN_BIT
+_MIN_NORMAL_BITS = _f32_bits(np.finfo(np.float32).smallest_normal)
 
 
 def _pow2_ceil(n: int) -> int:
@@ -136,8 +149,12 @@ def _fold_rows(part: _partition.Partition) -> tuple[int, int] | None:
   return None
 
 
-def plan(part: _partition.Partition) -> Tiling | None:
-  """The tiling of ``part``, or None where the kernels do not apply."""
+def plan(part: _partition.Partition,
+         tile_elements: int | None = None) -> Tiling | None:
+  """The tiling of ``part``, or None where the kernels do not apply.
+
+  ``tile_elements``: the tile budget, ``TILE_ELEMENTS`` by default.
+  """
   if not part.shape or math.prod(part.shape) == 0:
     return None
   folded = _fold_rows(part)
@@ -149,7 +166,7 @@ def plan(part: _partition.Partition) -> Tiling | None:
     tc = min(MAX_TILE_COLS, _pow2_ceil(cols))
   else:
     tc = min(MAX_TILE_COLS, _largest_pow2_divisor(bc))
-  budget = max(1, TILE_ELEMENTS // tc)
+  budget = max(1, (tile_elements or TILE_ELEMENTS) // tc)
   if br == rows:
     tr, per_row = min(budget, _pow2_ceil(rows)), False
   elif min(budget, _largest_pow2_divisor(br)) >= _MIN_TILE_ROWS:
@@ -160,12 +177,11 @@ def plan(part: _partition.Partition) -> Tiling | None:
 
 
 # ----------------------------------------------------------------------------
-# Kernel bodies: float32 tiles, bit arithmetic from mor_jax._numerics.
-
-
-def _is_finite(x: jax.Array) -> jax.Array:
-  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
-  return (bits & _EXP_FIELD) != _EXP_FIELD
+# Kernel bodies. Both passes are bound by instructions as much as by memory
+# (pass 2 ran at 58% of the HBM ceiling with a float formulation), so the
+# tests on each element are integer compares on the float32 bits: one range
+# test says finite, normal and nonzero (float32 subnormals count as zeros,
+# as in the XLA path), and positive floats order like their bits.
 
 
 def _in_array(t: Tiling) -> jax.Array:
@@ -178,15 +194,23 @@ def _in_array(t: Tiling) -> jax.Array:
   return (r < t.rows) & (c < t.cols)
 
 
-def _load_tile(x_ref, t: Tiling) -> jax.Array:
-  """The tile in float32, subnormals flushed, outside the array zero."""
+def _load_tile(x_ref, t: Tiling, mask: jax.Array | None = None):
+  """(x in float32, its bits, |x|'s bits, counted) of the tile.
+
+  ``counted``: finite, normal and nonzero. Outside the array x is zero.
+  ``mask``: ``_in_array(t)`` if the caller has it.
+  """
   if t.ragged:
-    mask = _in_array(t)
+    mask = _in_array(t) if mask is None else mask
     x = pltriton.load(x_ref, mask=mask, other=0)
     x = jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
   else:
     x = x_ref[...]
-  return _numerics.flush_subnormals(x.astype(jnp.float32))
+  x = x.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  abs_bits = bits & _ABS_BITS
+  counted = (abs_bits >= _MIN_NORMAL_BITS) & (abs_bits < _EXP_FIELD)
+  return x, bits, abs_bits, counted
 
 
 def _reduce(v: jax.Array, op, t: Tiling) -> jax.Array:
@@ -196,79 +220,106 @@ def _reduce(v: jax.Array, op, t: Tiling) -> jax.Array:
   return jnp.reshape(op(v), (1,))
 
 
+def _as_float(bits: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def _stats_kernel(x_ref, amax_ref, nonfinite_ref, count_ref, min_ref, *,
                   t: Tiling):
-  x = _load_tile(x_ref, t)
-  finite = _is_finite(x)
-  ax = jnp.where(finite, jnp.abs(x), 0.0)
-  nonzero = ax != 0
-  amax_ref[...] = _reduce(ax, jnp.max, t)
-  nonfinite_ref[...] = _reduce((~finite).astype(jnp.int32), jnp.max, t)
-  count_ref[...] = _reduce(nonzero.astype(jnp.int32), jnp.sum, t)
-  min_ref[...] = _reduce(jnp.where(nonzero, ax, jnp.inf), jnp.min, t)
+  _, _, abs_bits, counted = _load_tile(x_ref, t)
+  amax_ref[...] = _as_float(_reduce(jnp.where(counted, abs_bits, 0), jnp.max,
+                                    t))
+  # NaN and +-inf have the largest magnitude bits of all.
+  nonfinite_ref[...] = (_reduce(abs_bits, jnp.max, t) >= _EXP_FIELD).astype(
+      jnp.int32)
+  count_ref[...] = _reduce(counted.astype(jnp.int32), jnp.sum, t)
+  # The bits of +inf where a block has no counted element, as in XLA.
+  min_ref[...] = _as_float(_reduce(jnp.where(counted, abs_bits, _EXP_FIELD),
+                                   jnp.min, t))
 
 
-def _round_in_hardware(x: jax.Array, finite: jax.Array, scale: jax.Array,
-                       fmt: _formats.Representation):
-  """(x * scale, its FP8 value in float32, the FP8 array) of finite ``x``.
-
-  Clipped first, the hardware conversion rounds to nearest even onto the
-  grid, bit for bit what ``mor_jax._numerics.round_to_grid`` computes with
-  integer arithmetic for the XLA path, in a fraction of the instructions
-  (pass 2 was bound by them: 1.40 ms against 0.72 ms on the H100). Inside a
-  Triton kernel the FP8 round trip is explicit and nothing deletes it, unlike
-  an XLA fusion on the GPU (MOR_SPEC section 8); non-finite elements come
-  out as 0 and are patched by the caller.
-  """
-  y = x * scale
-  yc = jnp.clip(jnp.where(finite, y, 0.0), -fmt.max, fmt.max)
-  q8 = yc.astype(fmt.dtype)
-  return y, q8.astype(jnp.float32), q8
-
-
-def _quantize_kernel(x_ref, scale_ref, recip_ref, *out_refs, t: Tiling,
+def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
                      fmt: _formats.Representation, output: str):
-  out_ref, err_ref = (out_refs if output != "none" else (None, *out_refs))
-  x = _load_tile(x_ref, t)
+  # refs: [recip_ref] (values only), [out_ref] (codes and values), err_ref.
+  recip_ref = refs[0] if output == "values" else None
+  out_ref = refs[-2] if output != "none" else None
+  err_ref = refs[-1]
+  x, bits, _, counted = _load_tile(x_ref, t)
   scale = scale_ref[...]
   if t.per_row:
     scale = scale[:, None]
-  finite = _is_finite(x)
-  y, q, q8 = _round_in_hardware(x, finite, scale, fmt)
-  counted = (x != 0) & finite
+  # Zeros, flushed subnormals and non-finite elements (``_patch_kernel``
+  # gives the latter their codes) scale to a zero of x's sign. The hardware
+  # conversion rounds to nearest even onto the grid, bit for bit what
+  # mor_jax._numerics.round_to_grid computes with integer arithmetic for the
+  # XLA path, in a fraction of the instructions, and saturates (satfinite)
+  # as the XLA path clips: scales from the amax keep |y| <= F (1 + 2**-23),
+  # which also rounds to F in interpret mode's ml_dtypes cast. Inside a
+  # Triton kernel the FP8 round trip is explicit and nothing deletes it,
+  # unlike an XLA fusion on the GPU (MOR_SPEC section 8).
+  y = jnp.where(counted, x * scale, _as_float(bits & _SIGN_BIT))
+  q8 = y.astype(fmt.dtype)
+  q = q8.astype(jnp.float32)
   # An element that rounds to zero has error 1. Triton divides float32 to
   # within 2 ulp (div.full), not correctly rounded: error sums may differ
   # from XLA's in the last bits, as summation order makes them anyway.
-  ay = jnp.where(counted, jnp.abs(y), 1.0)
-  term = jnp.where(q == 0, 1.0, jnp.abs(y - q) / ay)
+  term = jnp.where(q == 0, 1.0, jnp.abs(y - q) / jnp.abs(y))
   err_ref[...] = _reduce(jnp.where(counted, term, 0.0), jnp.sum, t)
   if output == "codes":
-    # The conversion saturates infinities: non-finite codes are set as
-    # ml_dtypes casts them (NaN; E4M3 has no infinity).
-    nan, pos_inf, neg_inf = _numerics.special_codes(fmt)
-    special = jnp.where(x != x, nan, jnp.where(x > 0, pos_inf, neg_inf))
-    out = jnp.where(finite,
-                    jax.lax.bitcast_convert_type(q8, jnp.uint8).astype(
-                        jnp.int32), special).astype(jnp.uint8)
+    out = jax.lax.bitcast_convert_type(q8, jnp.uint8)
   elif output == "values":
     recip = recip_ref[...]
     if t.per_row:
       recip = recip[:, None]
-    v = _numerics.flush_subnormals(q * recip).astype(out_ref.dtype)
-    # Non-finite inputs pass through unchanged (x here is the float32 copy:
-    # exact for NaN and +-inf in every input dtype).
-    out = jnp.where(finite, v, x.astype(out_ref.dtype))
+    out = _numerics.flush_subnormals(q * recip).astype(out_ref.dtype)
   else:
     return
+  _store_tile(out_ref, out, t)
+
+
+def _store_tile(out_ref, out: jax.Array, t: Tiling,
+                mask: jax.Array | None = None) -> None:
   if t.ragged:
-    pltriton.store(out_ref, out, mask=_in_array(t))
+    pltriton.store(out_ref, out, mask=_in_array(t) if mask is None else mask)
   else:
     out_ref[...] = out
 
 
+def _patch_kernel(flag_ref, x_ref, out_in_ref, out_ref, *, t: Tiling,
+                  fmt: _formats.Representation, output: str):
+  """Codes (or values) of the non-finite elements, in flagged tiles only.
+
+  Selecting them inside ``_quantize_kernel`` cost a third of its time (the
+  codes ran at 65% of the HBM ceiling with it, 86% without); tiles without
+  NaN or infinity (all, in training) return here before loading anything.
+  """
+  del out_in_ref  # aliased to out_ref
+  # Outside the branch: interpret mode gives program ids at the top level only.
+  mask = _in_array(t) if t.ragged else None
+
+  @pl.when(jnp.max(flag_ref[...]) != 0)
+  def _():
+    x, bits, abs_bits, _ = _load_tile(x_ref, t, mask)
+    out = (pltriton.load(out_ref, mask=mask, other=0) if t.ragged
+           else out_ref[...])
+    finite = abs_bits < _EXP_FIELD
+    if output == "codes":
+      # ml_dtypes' codes (NaN; E4M3 has no infinity): the conversion would
+      # saturate infinities.
+      nan, pos_inf, neg_inf = _numerics.special_codes(fmt)
+      special = jnp.where(abs_bits > _EXP_FIELD, nan,
+                          jnp.where(bits >= 0, pos_inf, neg_inf))
+      out = jnp.where(finite, out.astype(jnp.int32), special).astype(jnp.uint8)
+    else:
+      # Non-finite inputs pass through unchanged (x here is the float32
+      # copy: exact for NaN and +-inf in every input dtype).
+      out = jnp.where(finite, out, x.astype(out.dtype))
+    _store_tile(out_ref, out, t, mask)
+
+
 # ----------------------------------------------------------------------------
-# Wrappers: the contracts of mor_jax._quantize.block_stats and
-# quantize_with_scales.
+# The passes on one device's [rows, cols] array (or a shard of it), returning
+# per-block grids; kernels/sharding.py runs them per shard.
 
 
 def _compiler_params(t: Tiling):
@@ -289,6 +340,10 @@ def _partial_shape(t: Tiling, dtype) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((*t.grid, t.stats_per_tile), dtype)
 
 
+def _plan_2d(shape, block, tile_elements: int | None = None) -> Tiling:
+  return plan(_partition.Partition.build(shape, block), tile_elements)
+
+
 def _to_partial_grid(p: jax.Array, t: Tiling) -> jax.Array:
   """[nrt, nct, k] kernel partials -> [rows or row tiles, col tiles]."""
   nrt, nct, k = p.shape
@@ -297,92 +352,147 @@ def _to_partial_grid(p: jax.Array, t: Tiling) -> jax.Array:
   return jnp.transpose(p, (0, 2, 1)).reshape(nrt * k, nct)[:t.rows]
 
 
-def _reduce_to_blocks(p: jax.Array, t: Tiling, part: _partition.Partition,
-                      op, identity) -> jax.Array:
-  """Reduces kernel partials over each block; returns ``part.grid`` shape."""
+def _reduce_to_blocks(p: jax.Array, t: Tiling, op, identity) -> jax.Array:
+  """Reduces kernel partials over each block: the [GR, GC] block grid."""
   grid = _to_partial_grid(p, t)
   pp = _partition.Partition.build(grid.shape, t.partial_block)
   pad = [(0, q - d) for d, q in zip(pp.shape, pp.padded)]
   blocked = jnp.pad(grid, pad, constant_values=identity).reshape(
       pp.blocked_shape)
   if op is jnp.sum and jnp.issubdtype(p.dtype, jnp.floating):
-    out = _partition.block_sum(blocked, pp)
+    return _partition.block_sum(blocked, pp)
+  return op(blocked, axis=pp.block_axes)
+
+
+def _per_tile(grid_values: jax.Array, t: Tiling) -> jax.Array:
+  """Per-block values [GR, GC] -> the [nrt, nct, k] layout of the tiles."""
+  nrt, nct = t.grid
+  if t.per_row:
+    row_block = np.arange(nrt * t.tile_rows).reshape(nrt, t.tile_rows)
+    row_block = np.minimum(row_block // t.block_rows, grid_values.shape[0] - 1)
   else:
-    out = op(blocked, axis=pp.block_axes)
-  return out.reshape(part.grid)
+    row_block = (np.arange(nrt) // t.partial_block[0]).reshape(nrt, 1)
+  col_block = np.arange(nct) // t.partial_block[1]
+  return grid_values[row_block[:, None, :], col_block[None, :, None]]
 
 
-def _view_2d(x: jax.Array, t: Tiling) -> jax.Array:
-  return x.reshape(t.rows, t.cols)
+@dataclasses.dataclass(frozen=True)
+class _StatsPass:
+  """Pass 1: (amax, non-finite flag, count, min |x|) grids of a [rows, cols]."""
+
+  interpret: bool
+
+  def __call__(self, block, x):
+    t = _plan_2d(x.shape, block)
+    amax, nonfinite, count, min_nonzero = pl.pallas_call(
+        functools.partial(_stats_kernel, t=t),
+        grid=t.grid,
+        in_specs=[_tile_spec(t)],
+        out_specs=[_partial_spec(t)] * 4,
+        out_shape=[_partial_shape(t, jnp.float32),
+                   _partial_shape(t, jnp.int32), _partial_shape(t, jnp.int32),
+                   _partial_shape(t, jnp.float32)],
+        compiler_params=_compiler_params(t),
+        interpret=self.interpret,
+        name="mor_block_stats",
+    )(x)
+    return (_reduce_to_blocks(amax, t, jnp.max, 0.0),
+            _reduce_to_blocks(nonfinite, t, jnp.max, 0),
+            _reduce_to_blocks(count, t, jnp.sum, 0),
+            _reduce_to_blocks(min_nonzero, t, jnp.min, jnp.inf))
+
+
+@dataclasses.dataclass(frozen=True)
+class _QuantizePass:
+  """Pass 2: ([codes or values], error-sum grid) of a [rows, cols] array."""
+
+  fmt: _formats.Representation
+  output: str
+  interpret: bool
+
+  def __call__(self, block, x, scale, nonfinite):
+    t = _plan_2d(x.shape, block)
+    inputs = [x, _per_tile(scale, t)]
+    in_specs = [_tile_spec(t), _partial_spec(t)]
+    if self.output == "values":  # only values use the reciprocals
+      inputs.append(_per_tile(_quantize.reciprocal(scale), t))
+      in_specs.append(_partial_spec(t))
+    out_shape, out_specs = [], []
+    if self.output != "none":
+      dtype = jnp.uint8 if self.output == "codes" else x.dtype
+      out_shape.append(jax.ShapeDtypeStruct(x.shape, dtype))
+      out_specs.append(_tile_spec(t))
+    out_shape.append(_partial_shape(t, jnp.float32))
+    out_specs.append(_partial_spec(t))
+    *out, err = pl.pallas_call(
+        functools.partial(_quantize_kernel, t=t, fmt=self.fmt,
+                          output=self.output),
+        grid=t.grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=_compiler_params(t),
+        interpret=self.interpret,
+        name=f"mor_quantize_{self.output}",
+    )(*inputs)
+    if out:
+      out = [self._patch(block, x, out[0], nonfinite)]
+    return (*out, _reduce_to_blocks(err, t, jnp.sum, 0.0))
+
+  def _patch(self, block, x, out, nonfinite):
+    # Coarser tiles than pass 2's: the programs mostly return at once, and
+    # launching them is the whole cost.
+    t = _plan_2d(x.shape, block, PATCH_TILE_ELEMENTS)
+    return pl.pallas_call(
+        functools.partial(_patch_kernel, t=t, fmt=self.fmt,
+                          output=self.output),
+        grid=t.grid,
+        in_specs=[_partial_spec(t), _tile_spec(t), _tile_spec(t)],
+        out_specs=_tile_spec(t),
+        out_shape=jax.ShapeDtypeStruct(x.shape, out.dtype),
+        input_output_aliases={2: 0},
+        compiler_params=_compiler_params(t),
+        interpret=self.interpret,
+        name=f"mor_patch_{self.output}",
+    )(_per_tile(nonfinite, t), x, out)
+
+
+# ----------------------------------------------------------------------------
+# The contracts of mor_jax._quantize.block_stats and quantize_with_scales.
 
 
 def block_stats(x: jax.Array, part: _partition.Partition, t: Tiling, *,
                 interpret: bool) -> _quantize.BlockStats:
   """Pass 1 with Pallas: the statistics of every block of ``x``."""
-  partials = pl.pallas_call(
-      functools.partial(_stats_kernel, t=t),
-      grid=t.grid,
-      in_specs=[_tile_spec(t)],
-      out_specs=[_partial_spec(t)] * 4,
-      out_shape=[_partial_shape(t, jnp.float32), _partial_shape(t, jnp.int32),
-                 _partial_shape(t, jnp.int32), _partial_shape(t, jnp.float32)],
-      compiler_params=_compiler_params(t),
-      interpret=interpret,
-      name="mor_block_stats",
-  )(_view_2d(x, t))
-  amax, nonfinite, count, min_nonzero = partials
+  op = sharding.BlockwiseOp(_StatsPass(interpret),
+                            (t.block_rows, t.block_cols), n_like_x=0,
+                            combine=("max", "max", "sum", "min"))
+  amax, nonfinite, count, min_nonzero = sharding.blockwise(op)(
+      x.reshape(t.rows, t.cols))
   return _quantize.BlockStats(
-      amax=_reduce_to_blocks(amax, t, part, jnp.max, 0.0),
-      nonfinite=_reduce_to_blocks(nonfinite, t, part, jnp.max, 0) > 0,
-      count=_reduce_to_blocks(count, t, part, jnp.sum, 0),
-      min_nonzero=_reduce_to_blocks(min_nonzero, t, part, jnp.min, jnp.inf))
-
-
-def _per_tile(grid_values: jax.Array, t: Tiling,
-              part: _partition.Partition) -> jax.Array:
-  """Per-block values [part.grid] -> the [nrt, nct, k] layout of the tiles."""
-  nrt, nct = t.grid
-  g = grid_values.reshape(-(-t.rows // t.block_rows), -(-t.cols // t.block_cols))
-  if t.per_row:
-    row_block = np.arange(nrt * t.tile_rows).reshape(nrt, t.tile_rows)
-    row_block = np.minimum(row_block // t.block_rows, g.shape[0] - 1)
-  else:
-    per = t.partial_block[0]
-    row_block = (np.arange(nrt) // per).reshape(nrt, 1)
-  col_block = np.arange(nct) // t.partial_block[1]
-  return g[row_block[:, None, :], col_block[None, :, None]]
+      amax=amax.reshape(part.grid),
+      nonfinite=nonfinite.reshape(part.grid) > 0,
+      count=count.reshape(part.grid),
+      min_nonzero=min_nonzero.reshape(part.grid))
 
 
 def quantize_with_scales(x: jax.Array, part: _partition.Partition,
-                         scale: jax.Array, fmt: _formats.Representation,
-                         output: str, t: Tiling, *, interpret: bool
+                         scale: jax.Array, nonfinite: jax.Array,
+                         fmt: _formats.Representation, output: str, t: Tiling,
+                         *, interpret: bool
                          ) -> tuple[jax.Array | None, jax.Array]:
   """Pass 2 with Pallas: see ``mor_jax._quantize.quantize_with_scales``."""
-  out_shape, out_specs = [], []
+  op = sharding.BlockwiseOp(_QuantizePass(fmt, output, interpret),
+                            (t.block_rows, t.block_cols),
+                            n_like_x=int(output != "none"), combine=("sum",))
+  grid_2d = (-(-t.rows // t.block_rows), -(-t.cols // t.block_cols))
+  *out, err_sum = sharding.blockwise(op)(
+      x.reshape(t.rows, t.cols), scale.reshape(grid_2d),
+      nonfinite.reshape(grid_2d).astype(jnp.int32))
+  err_sum = err_sum.reshape(part.grid)
   if output == "codes":
-    out_shape.append(jax.ShapeDtypeStruct((t.rows, t.cols), jnp.uint8))
-  elif output == "values":
-    out_shape.append(jax.ShapeDtypeStruct((t.rows, t.cols), x.dtype))
-  if out_shape:
-    out_specs.append(_tile_spec(t))
-  out_shape.append(_partial_shape(t, jnp.float32))
-  out_specs.append(_partial_spec(t))
-  results = pl.pallas_call(
-      functools.partial(_quantize_kernel, t=t, fmt=fmt, output=output),
-      grid=t.grid,
-      in_specs=[_tile_spec(t), _partial_spec(t), _partial_spec(t)],
-      out_specs=out_specs,
-      out_shape=out_shape,
-      compiler_params=_compiler_params(t),
-      interpret=interpret,
-      name=f"mor_quantize_{output}",
-  )(_view_2d(x, t), _per_tile(scale, t, part),
-    _per_tile(_quantize.reciprocal(scale), t, part))
-  err_sum = _reduce_to_blocks(results[-1], t, part, jnp.sum, 0.0)
-  if output == "codes":
-    out = jax.lax.bitcast_convert_type(results[0], fmt.dtype).reshape(x.shape)
-  elif output == "values":
-    out = results[0].reshape(x.shape)
-  else:
-    out = None
-  return out, err_sum
+    return jax.lax.bitcast_convert_type(out[0], fmt.dtype).reshape(
+        x.shape), err_sum
+  if output == "values":
+    return out[0].reshape(x.shape), err_sum
+  return None, err_sum

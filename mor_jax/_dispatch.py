@@ -2,10 +2,9 @@
 
 "pallas": the kernels of ``mor_jax.kernels`` (interpret mode off a GPU);
 "xla": the reference in ``mor_jax._quantize``; "auto" (the default): Pallas
-where the process drives one GPU, XLA elsewhere. Both give identical codes,
-scales and decisions. "auto" keeps XLA on several devices because the kernels
-are not yet partitioned: under ``jit`` with sharded operands XLA would gather
-each operand onto every device to run them.
+on GPUs, XLA elsewhere. Both give identical codes, scales and decisions.
+Under ``jit`` with sharded operands the kernels run per shard
+(``mor_jax.kernels.sharding``).
 
 The choice is read when a function is traced. mor_jax's own jitted entry
 points take it as a static argument, so changing it retraces them; a jitted
@@ -50,7 +49,7 @@ def set_implementation(name: str) -> None:
   """Sets the implementation of the quantizers for later traces.
 
   Args:
-    name: "auto" (Pallas where the process drives one GPU, XLA elsewhere),
+    name: "auto" (Pallas on GPUs, XLA elsewhere),
       "pallas" (the kernels; in interpret mode off a GPU, slow, for testing)
       or "xla". The environment variable ``MOR_JAX_IMPL`` sets the initial
       value.
@@ -80,7 +79,6 @@ def use_implementation(name: str) -> Iterator[None]:
 def resolve(setting: str) -> tuple[bool, bool]:
   """(use Pallas, in interpret mode) for a setting, on this process's backend."""
   on_gpu = jax.default_backend() == "gpu"
-  if setting == "xla" or (setting == "auto" and
-                          (not on_gpu or jax.device_count() > 1)):
+  if setting == "xla" or (setting == "auto" and not on_gpu):
     return False, False
   return True, not on_gpu

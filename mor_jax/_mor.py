@@ -68,7 +68,8 @@ class Measurements:
           self.stats.amax, fmt, r.scaling,
           _partition.group_blocks(r.group_shape, r.block_shape))
       self._quantized[fmt] = _quantize.quantize_with_scales(
-          self._x, self._part, scale, fmt, "values", self._impl)
+          self._x, self._part, scale, self.stats.nonfinite, fmt, "values",
+          self._impl)
     return self._quantized[fmt]
 
   def error(self, fmt: Representation) -> jax.Array:

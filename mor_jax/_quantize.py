@@ -113,8 +113,8 @@ def block_stats(x: jax.Array, part: _partition.Partition,
 
 
 def quantize_with_scales(x: jax.Array, part: _partition.Partition,
-                         scale: jax.Array, fmt: Representation,
-                         output: str, impl: str
+                         scale: jax.Array, nonfinite: jax.Array,
+                         fmt: Representation, output: str, impl: str
                          ) -> tuple[jax.Array | None, jax.Array]:
   """Pass 2: quantizes ``x`` with given per-block scales.
 
@@ -122,6 +122,9 @@ def quantize_with_scales(x: jax.Array, part: _partition.Partition,
     x: the array, any floating dtype.
     part: its partition.
     scale: [G0, G1, ...] float32 scales.
+    nonfinite: [G0, G1, ...] bool, the blocks holding NaN or +-inf (pass 1's
+      ``BlockStats.nonfinite``): the kernels give the codes or values of
+      those elements in a second, cheap step that skips all other blocks.
     fmt: E4M3 or E5M2.
     output: "codes" (FP8 codes), "values" (dequantized, in x's dtype, with
       NaN and +-inf of x passed through) or "none" (statistics only).
@@ -134,8 +137,8 @@ def quantize_with_scales(x: jax.Array, part: _partition.Partition,
   kernels = _kernels(part, impl)
   if kernels is not None:
     kq, tiling, interpret = kernels
-    return kq.quantize_with_scales(x, part, scale, fmt, output, tiling,
-                                   interpret=interpret)
+    return kq.quantize_with_scales(x, part, scale, nonfinite, fmt, output,
+                                   tiling, interpret=interpret)
   xb = prepare(x, part)
   scale_b = part.expand(scale)
   s = scale_and_round(xb, scale_b, fmt)
@@ -378,8 +381,10 @@ def quantize(x: jax.typing.ArrayLike, fmt: Representation, *, block_shape,
 def _quantize(x: jax.Array, spec: QuantSpec, output: str, impl: str
               ) -> tuple[jax.Array, jax.Array]:
   part = spec.partition(x.shape)
-  scale = spec_scales(block_stats(x, part, impl).amax, spec)
-  out, _ = quantize_with_scales(x, part, scale, spec.fmt, output, impl)
+  stats = block_stats(x, part, impl)
+  scale = spec_scales(stats.amax, spec)
+  out, _ = quantize_with_scales(x, part, scale, stats.nonfinite, spec.fmt,
+                                output, impl)
   return out, scale
 
 

@@ -109,7 +109,8 @@ def test_pallas_and_xla_agree_under_jit_vmap_grad():
 def test_plan_tiles():
   big = _partition.Partition.build((16384, 16384), (128, 128))
   t = kq.plan(big)
-  assert (t.tile_rows, t.tile_cols, t.per_row) == (128, 128, False)
+  assert (t.tile_rows, t.tile_cols, t.per_row) == (
+      kq.TILE_ELEMENTS // 128, 128, False)
   t = kq.plan(_partition.Partition.build((16384, 16384), (1, None)))
   assert (t.tile_cols, t.per_row) == (512, True)
   t = kq.plan(_partition.Partition.build((300, 520), (1, 32)))
@@ -145,8 +146,7 @@ def test_setting_is_part_of_the_cache_key():
     assert not uses_kernels()
   assert uses_kernels()
   with mor_jax.use_implementation("auto"):
-    assert uses_kernels() == (jax.default_backend() == "gpu"
-                              and jax.device_count() == 1)
+    assert uses_kernels() == (jax.default_backend() == "gpu")
 
 
 def test_bad_setting_is_rejected():

@@ -1,0 +1,174 @@
+"""The Pallas kernels under jit with sharded operands, per shard.
+
+On 8 virtual CPU devices (interpret mode) and on a multi-GPU host alike:
+codes, scales, MoR decisions and statistics of a sharded tensor equal those
+of the whole tensor with the XLA reference, and the compiled program moves
+no more than per-block grids between devices wherever shard edges fall on
+block edges (kernels/sharding.py says what happens elsewhere).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import mor_jax
+from mor_jax.kernels import sharding
+from tests import data
+
+N_DEV = 8 if jax.default_backend() == "cpu" else 2
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < N_DEV,
+    reason=f"needs {N_DEV} devices: the root conftest.py sets "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=8 for CPU runs")
+
+SHAPE = (1024, 1024)
+# name: (mesh shape, mesh axes, spec). Shards hold 128 rows or columns (or
+# more), so 128x128 blocks never straddle a shard edge.
+LAYOUTS = {
+    "rows": ((N_DEV,), ("d",), P("d", None)),
+    "cols": ((N_DEV,), ("d",), P(None, "d")),
+    "rows_cols": ((2, N_DEV // 2), ("a", "b"), P("a", "b")),
+    "rows_two_axes": ((2, N_DEV // 2), ("a", "b"), P(("a", "b"), None)),
+}
+PARTITIONS = {
+    "tensor": ((None, None), None),
+    "channel": ((1, None), None),
+    "block_gam": ((128, 128), None),
+    "block_groups": ((128, 128), (256, None)),
+    "1x32": ((1, 32), None),
+}
+
+
+def _mesh(shape, axes):
+  return jax.make_mesh(shape, axes, devices=jax.devices()[:N_DEV],
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
+def _run(fn, x, sharding_=None):
+  """fn(x) under jit, and the compiled program's text."""
+  if sharding_ is not None:
+    x = jax.device_put(x, sharding_)
+  # A new function each time: JAX reuses the trace of a function it has seen,
+  # which would keep the implementation setting of that trace.
+  compiled = jax.jit(lambda v: fn(v)).lower(x).compile()
+  return compiled(x), compiled.as_text()
+
+
+def _collective_sizes(compiled_text: str) -> list[int]:
+  """Element counts of every cross-device transfer in compiled HLO."""
+  sizes = []
+  pattern = re.compile(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* "
+                       r"(all-gather|all-to-all|collective-permute|"
+                       r"all-reduce|reduce-scatter)(-start)?\(")
+  for m in pattern.finditer(compiled_text):
+    dims = [int(d) for d in m.group(2).split(",") if d]
+    sizes.append(int(np.prod(dims)) if dims else 1)
+  return sizes
+
+
+def _quantize_all(kw):
+  def fn(v):
+    qa = mor_jax.quantize(v, mor_jax.E4M3, **kw)
+    return qa.data, qa.scale, mor_jax.fake_quantize(v, mor_jax.E5M2, **kw)
+  return fn
+
+
+@pytest.mark.parametrize("partition", list(PARTITIONS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sharded_kernels_equal_whole_tensor_reference(layout, partition):
+  block_shape, group_shape = PARTITIONS[partition]
+  kw = dict(block_shape=block_shape, group_shape=group_shape)
+  x = data.make("outlier_cols", SHAPE, data.DTYPES["bfloat16"], seed=3)
+  mesh_shape, axes, spec = LAYOUTS[layout]
+  where = NamedSharding(_mesh(mesh_shape, axes), spec)
+  fn = _quantize_all(kw)
+  with mor_jax.use_implementation("xla"):
+    want, _ = _run(fn, x)
+  with mor_jax.use_implementation("pallas"):
+    got, text = _run(fn, x, where)
+  data.assert_codes_equal(got[0], want[0])
+  data.assert_bits_equal(got[1], want[1])
+  data.assert_within_ulp(np.asarray(got[2]), np.asarray(want[2]))
+  # The codes stay sharded as the input was; only per-block grids (one
+  # number per block) cross devices, never the tensor.
+  assert got[0].sharding.is_equivalent_to(where, 2)
+  biggest = max(_collective_sizes(text), default=0)
+  assert biggest <= got[1].size, (
+      f"a {biggest}-element transfer for {got[1].size} blocks: the tensor "
+      "was gathered")
+
+
+@pytest.mark.parametrize("recipe", [
+    mor_jax.TensorLevelMoR(block_shape=(1, None)),
+    mor_jax.TensorLevelMoR(block_shape=(128, 128)),
+    mor_jax.SubTensorMoR(mode="three_way"),
+], ids=["tensor_channel", "tensor_block", "sub_three_way"])
+@pytest.mark.parametrize("layout", ["rows", "rows_cols"])
+def test_sharded_decisions_equal_whole_tensor(recipe, layout):
+  # Outlier columns on one side only: one shard alone would decide otherwise.
+  x = data.make("normal", SHAPE, np.float32, seed=8)
+  x[:, :96] *= np.geomspace(1.0, 1e6, 96, dtype=np.float32)
+  mesh_shape, axes, spec = LAYOUTS[layout]
+  where = NamedSharding(_mesh(mesh_shape, axes), spec)
+
+  def fn(v):
+    r = mor_jax.mor_quantize(v, recipe)
+    return r.value, r.choice, r.stats
+
+  with mor_jax.use_implementation("xla"):
+    want, _ = _run(fn, x)
+  with mor_jax.use_implementation("pallas"):
+    got, _ = _run(fn, x, where)
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+  data.assert_within_ulp(np.asarray(got[0]), np.asarray(want[0]))
+  for g, w in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_leading_dimensions_fold_into_sharded_rows():
+  """[batch, seq, features] sharded on batch, per-token scaling."""
+  x = data.make("normal", (N_DEV * 2, 64, 256), data.DTYPES["bfloat16"], seed=4)
+  where = NamedSharding(_mesh((N_DEV,), ("d",)), P("d"))
+  fn = _quantize_all(dict(block_shape=(1, 1, None)))
+  with mor_jax.use_implementation("xla"):
+    want, _ = _run(fn, x)
+  with mor_jax.use_implementation("pallas"):
+    got, _ = _run(fn, x, where)
+  data.assert_codes_equal(got[0], want[0])
+  data.assert_bits_equal(got[1], want[1])
+
+
+def test_blocks_cut_by_shard_edges_are_gathered_and_still_exact():
+  """Shards of 128 columns, blocks of 256: the documented gather."""
+  x = data.make("normal", SHAPE, np.float32, seed=5)
+  where = NamedSharding(_mesh((N_DEV,), ("d",)), P(None, "d"))
+  fn = _quantize_all(dict(block_shape=(1, 256) if N_DEV == 8 else (1, 768)))
+  with mor_jax.use_implementation("xla"):
+    want, _ = _run(fn, x)
+  with mor_jax.use_implementation("pallas"):
+    got, text = _run(fn, x, where)
+  data.assert_codes_equal(got[0], want[0])
+  data.assert_bits_equal(got[1], want[1])
+  assert max(_collective_sizes(text)) >= x.size // N_DEV
+
+
+def test_split_per_dimension():
+  mesh = _mesh((2, N_DEV // 2), ("a", "b"))
+  # An axis of one device splits nothing (the "b" axis of a 2-GPU host).
+  b = ("b",) if N_DEV > 2 else ()
+  whole = sharding.split(mesh, P("a", "b"), (1024, 1024), (1024, 1024))
+  assert [(d.axes, d.spans) for d in whole] == [(("a",), True), (b, bool(b))]
+  blocks = sharding.split(mesh, P("a", "b"), (1024, 1024), (128, 128))
+  assert [(d.axes, d.spans) for d in blocks] == [(("a",), False), (b, False)]
+  # 100 rows do not split in 2 shards of whole 128-row blocks; 13 columns do
+  # not divide among 2 or 4 devices.
+  cut = sharding.split(mesh, P("a", "b"), (256 + 100, 13), (128, 1))
+  assert [(d.axes, d.spans) for d in cut] == [((), False), ((), False)]
