@@ -364,16 +364,22 @@ def _reduce_to_blocks(p: jax.Array, t: Tiling, op, identity) -> jax.Array:
   return op(blocked, axis=pp.block_axes)
 
 
-def _per_tile(grid_values: jax.Array, t: Tiling) -> jax.Array:
-  """Per-block values [GR, GC] -> the [nrt, nct, k] layout of the tiles."""
+def _per_tile(grid_values: jax.Array, t: Tiling
+              ) -> tuple[jax.Array, pl.BlockSpec]:
+  """Per-block values [GR, GC] as a kernel input: (array, its BlockSpec).
+
+  In tile mode each tile reads its block's value in place; in rows mode the
+  values are gathered into the [nrt, nct, tile_rows] layout of the tiles.
+  """
+  if not t.per_row:
+    pr, pc = t.partial_block
+    return grid_values, pl.BlockSpec((1, 1), lambda i, j: (i // pr, j // pc))
   nrt, nct = t.grid
-  if t.per_row:
-    row_block = np.arange(nrt * t.tile_rows).reshape(nrt, t.tile_rows)
-    row_block = np.minimum(row_block // t.block_rows, grid_values.shape[0] - 1)
-  else:
-    row_block = (np.arange(nrt) // t.partial_block[0]).reshape(nrt, 1)
+  row_block = np.arange(nrt * t.tile_rows).reshape(nrt, t.tile_rows)
+  row_block = np.minimum(row_block // t.block_rows, grid_values.shape[0] - 1)
   col_block = np.arange(nct) // t.partial_block[1]
-  return grid_values[row_block[:, None, :], col_block[None, :, None]]
+  return (grid_values[row_block[:, None, :], col_block[None, :, None]],
+          _partial_spec(t))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,11 +418,14 @@ class _QuantizePass:
 
   def __call__(self, block, x, scale, nonfinite):
     t = _plan_2d(x.shape, block)
-    inputs = [x, _per_tile(scale, t)]
-    in_specs = [_tile_spec(t), _partial_spec(t)]
+    grids = [scale]
     if self.output == "values":  # only values use the reciprocals
-      inputs.append(_per_tile(_quantize.reciprocal(scale), t))
-      in_specs.append(_partial_spec(t))
+      grids.append(_quantize.reciprocal(scale))
+    inputs, in_specs = [x], [_tile_spec(t)]
+    for g in grids:
+      array, spec = _per_tile(g, t)
+      inputs.append(array)
+      in_specs.append(spec)
     out_shape, out_specs = [], []
     if self.output != "none":
       dtype = jnp.uint8 if self.output == "codes" else x.dtype
@@ -443,18 +452,19 @@ class _QuantizePass:
     # Coarser tiles than pass 2's: the programs mostly return at once, and
     # launching them is the whole cost.
     t = _plan_2d(x.shape, block, PATCH_TILE_ELEMENTS)
+    flags, flag_spec = _per_tile(nonfinite, t)
     return pl.pallas_call(
         functools.partial(_patch_kernel, t=t, fmt=self.fmt,
                           output=self.output),
         grid=t.grid,
-        in_specs=[_partial_spec(t), _tile_spec(t), _tile_spec(t)],
+        in_specs=[flag_spec, _tile_spec(t), _tile_spec(t)],
         out_specs=_tile_spec(t),
         out_shape=jax.ShapeDtypeStruct(x.shape, out.dtype),
         input_output_aliases={2: 0},
         compiler_params=_compiler_params(t),
         interpret=self.interpret,
         name=f"mor_patch_{self.output}",
-    )(_per_tile(nonfinite, t), x, out)
+    )(flags, x, out)
 
 
 # ----------------------------------------------------------------------------
