@@ -93,10 +93,11 @@ def split(mesh, spec: P, shape: Sequence[int],
 class BlockwiseOp:
   """A block-wise op on a [rows, cols] array, partitioned per shard.
 
-  ``local(block, x, *grids)`` (hashable: a frozen dataclass) must compute, for an array and the per-block
-  grids that go with it, ``n_like_x`` arrays shaped like ``x`` followed by
-  per-block grids; ``combine`` names, per output grid, how partial grids of
-  one block are combined across devices ("max", "sum" or "min").
+  ``local(block, x, *grids)`` (hashable: a frozen dataclass) must compute,
+  for an array and the per-block grids that go with it, ``n_like_x`` arrays
+  shaped like ``x`` followed by per-block grids; ``combine`` names, per
+  output grid, how partial grids of one block are combined across devices
+  ("max", "sum" or "min").
   """
 
   local: Callable[..., tuple[jax.Array, ...]]

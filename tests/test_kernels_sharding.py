@@ -51,14 +51,22 @@ def _mesh(shape, axes):
                        axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
 
 
-def _run(fn, x, sharding_=None):
+def _run(fn, x):
   """fn(x) under jit, and the compiled program's text."""
-  if sharding_ is not None:
-    x = jax.device_put(x, sharding_)
   # A new function each time: JAX reuses the trace of a function it has seen,
   # which would keep the implementation setting of that trace.
   compiled = jax.jit(lambda v: fn(v)).lower(x).compile()
   return compiled(x), compiled.as_text()
+
+
+def _reference_and_sharded(fn, x, where):
+  """(fn(x) with XLA on one device, fn(x) with Pallas on ``where``'s shards,
+  the sharded program's text)."""
+  with mor_jax.use_implementation("xla"):
+    want, _ = _run(fn, x)
+  with mor_jax.use_implementation("pallas"):
+    got, text = _run(fn, jax.device_put(x, where))
+  return want, got, text
 
 
 def _collective_sizes(compiled_text: str) -> list[int]:
@@ -89,10 +97,7 @@ def test_sharded_kernels_equal_whole_tensor_reference(layout, partition):
   mesh_shape, axes, spec = LAYOUTS[layout]
   where = NamedSharding(_mesh(mesh_shape, axes), spec)
   fn = _quantize_all(kw)
-  with mor_jax.use_implementation("xla"):
-    want, _ = _run(fn, x)
-  with mor_jax.use_implementation("pallas"):
-    got, text = _run(fn, x, where)
+  want, got, text = _reference_and_sharded(fn, x, where)
   data.assert_codes_equal(got[0], want[0])
   data.assert_bits_equal(got[1], want[1])
   data.assert_within_ulp(np.asarray(got[2]), np.asarray(want[2]))
@@ -122,10 +127,7 @@ def test_sharded_decisions_equal_whole_tensor(recipe, layout):
     r = mor_jax.mor_quantize(v, recipe)
     return r.value, r.choice, r.stats
 
-  with mor_jax.use_implementation("xla"):
-    want, _ = _run(fn, x)
-  with mor_jax.use_implementation("pallas"):
-    got, _ = _run(fn, x, where)
+  want, got, _ = _reference_and_sharded(fn, x, where)
   np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
   data.assert_within_ulp(np.asarray(got[0]), np.asarray(want[0]))
   for g, w in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
@@ -138,10 +140,7 @@ def test_leading_dimensions_fold_into_sharded_rows():
   x = data.make("normal", (N_DEV * 2, 64, 256), data.DTYPES["bfloat16"], seed=4)
   where = NamedSharding(_mesh((N_DEV,), ("d",)), P("d"))
   fn = _quantize_all(dict(block_shape=(1, 1, None)))
-  with mor_jax.use_implementation("xla"):
-    want, _ = _run(fn, x)
-  with mor_jax.use_implementation("pallas"):
-    got, _ = _run(fn, x, where)
+  want, got, _ = _reference_and_sharded(fn, x, where)
   data.assert_codes_equal(got[0], want[0])
   data.assert_bits_equal(got[1], want[1])
 
@@ -151,10 +150,7 @@ def test_blocks_cut_by_shard_edges_are_gathered_and_still_exact():
   x = data.make("normal", SHAPE, np.float32, seed=5)
   where = NamedSharding(_mesh((N_DEV,), ("d",)), P(None, "d"))
   fn = _quantize_all(dict(block_shape=(1, 256) if N_DEV == 8 else (1, 768)))
-  with mor_jax.use_implementation("xla"):
-    want, _ = _run(fn, x)
-  with mor_jax.use_implementation("pallas"):
-    got, text = _run(fn, x, where)
+  want, got, text = _reference_and_sharded(fn, x, where)
   data.assert_codes_equal(got[0], want[0])
   data.assert_bits_equal(got[1], want[1])
   assert max(_collective_sizes(text)) >= x.size // N_DEV
