@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 
 import mor_jax
-from mor_jax import _partition
-from mor_jax import _quantize
-from mor_jax.kernels import quantize as kq
+from mor_jax.kernels import KernelConfig
+from mor_jax.kernels import TileConfig
 
 PARTITIONS = {
     "per-tensor": ((None, None), "gam"),
@@ -40,17 +39,22 @@ PARTITIONS = {
 BYTES_PER_ELEMENT = 5  # bf16 read twice, FP8 written once
 
 
-def mor_codes(x: jax.Array, block_shape, scaling: str, impl: str):
-  """Tensor-level MoR to E4M3 codes: (codes, scales, accepted)."""
-  recipe = mor_jax.TensorLevelMoR(block_shape=block_shape, scaling=scaling)
-  part = _partition.Partition.build(x.shape, block_shape)
-  stats = _quantize.block_stats(x, part, impl)
-  scale = _quantize.scales_from_amax(stats.amax, mor_jax.E4M3, scaling, None)
-  codes, err_sum = _quantize.quantize_with_scales(
-      x, part, scale, stats.nonfinite, mor_jax.E4M3, "codes", impl)
-  error = jnp.sum(err_sum) / jnp.maximum(jnp.sum(stats.count), 1)
-  accepted = (error < recipe.threshold) & ~jnp.any(stats.nonfinite)
-  return codes, scale, accepted
+def mor_codes(x: jax.Array, block_shape, scaling: str):
+  """Tensor-level MoR to E4M3 codes: (codes, scales, choice)."""
+  r = mor_jax.mor_codes(x, mor_jax.TensorLevelMoR(block_shape=block_shape,
+                                                  scaling=scaling))
+  return r.codes.data, r.codes.scale, r.choice
+
+
+def compiled(fn, x: jax.Array, impl: str,
+             config: KernelConfig = KernelConfig()):
+  """``fn`` compiled for ``x`` under the implementation ``impl`` and ``config``.
+
+  The setting is read when a function is traced, and the config is part of
+  every trace's key, so each call here compiles its own kernels.
+  """
+  with mor_jax.use_implementation(impl, config):
+    return jax.jit(fn).lower(x).compile()
 
 
 def timed(fn, *args, iters: int) -> float:
@@ -109,8 +113,7 @@ def main() -> None:
   for n in sizes:
     x = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
     for name, (block, scaling) in PARTITIONS.items():
-      fns = {impl: jax.jit(lambda v, impl=impl: mor_codes(v, block, scaling,
-                                                          impl))
+      fns = {impl: compiled(lambda v: mor_codes(v, block, scaling), x, impl)
              for impl in ("pallas", "xla")}
       outs = {impl: fn(x) for impl, fn in fns.items()}
       codes, scale, accepted = (zip(outs["pallas"], outs["xla"]))
@@ -130,39 +133,33 @@ def main() -> None:
     sweep(max(sizes), peak, args.iters)
 
 
+# (tile elements, warps per 8K elements): the default first.
+VARIANTS = ((4096, 8), (16384, 8), (8192, 8), (4096, 4), (2048, 8))
+
+
 def sweep(n: int, peak: float, iters: int) -> None:
-  """Kernel variants and the passes alone, 128x128 GAM blocks."""
+  """Kernel variants and the passes through the public API, 128x128 GAM."""
   x = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
   block = (128, 128)
-  part = _partition.Partition.build(x.shape, block)
   print(f"\n| variant ({n}^2, 128x128 gam) | ms | GB/s at 5 B/elem |"
         " % of ceiling |\n|---|---|---|---|")
-  saved = (kq.TILE_ELEMENTS, kq.WARPS_PER_8K_ELEMENTS)
-  for tile, warps in ((16384, 8), (8192, 8), (4096, 8), (4096, 4),
-                      (2048, 8)):
-    kq.TILE_ELEMENTS, kq.WARPS_PER_8K_ELEMENTS = tile, warps
-    fn = jax.jit(lambda v: mor_codes(v, block, "gam", "pallas"))
+  for tile, warps in VARIANTS:
+    config = KernelConfig(quantize=TileConfig(tile_elements=tile,
+                                              warps_per_8k=warps))
+    fn = compiled(lambda v: mor_codes(v, block, "gam"), x, "pallas", config)
     t = timed(fn, x, iters=iters)
     print(f"| tile {tile} elements, {warps} warps per 8K | {t * 1e3:.3f} |"
           f" {5 * n * n / t / 1e9:.0f} | {100 * 5 * n * n / t / peak:.1f}% |",
           flush=True)
-  kq.TILE_ELEMENTS, kq.WARPS_PER_8K_ELEMENTS = saved
-  stats = _quantize.block_stats(x, part, "pallas")
-  scale = _quantize.scales_from_amax(stats.amax, mor_jax.E4M3, "gam", None)
-  passes = {
-      "pass 1 alone (block stats, 2 B/elem)": (
-          jax.jit(lambda v: _quantize.block_stats(v, part, "pallas")), 2),
-      "pass 2 alone (codes + error sums, 3 B/elem)": (
-          jax.jit(lambda v: _quantize.quantize_with_scales(
-              v, part, scale, stats.nonfinite, mor_jax.E4M3, "codes",
-              "pallas")), 3),
-      "pass 2, error sums only (2 B/elem)": (
-          jax.jit(lambda v: _quantize.quantize_with_scales(
-              v, part, scale, stats.nonfinite, mor_jax.E4M3, "none",
-              "pallas")[1]), 2),
+  kw = dict(block_shape=block, scaling="gam")
+  steps = {
+      "pass 1 and the scales (compute_scales, 2 B/elem)": (
+          lambda v: mor_jax.compute_scales(v, mor_jax.E4M3, **kw), 2),
+      "both passes to codes (quantize, 5 B/elem)": (
+          lambda v: mor_jax.quantize(v, mor_jax.E4M3, **kw).data, 5),
   }
-  for name, (fn, b) in passes.items():
-    t = timed(fn, x, iters=iters)
+  for name, (fn, b) in steps.items():
+    t = timed(compiled(fn, x, "pallas"), x, iters=iters)
     print(f"| {name} | {t * 1e3:.3f} | {b * n * n / t / 1e9:.0f} (its bytes)"
           f" | {100 * b * n * n / t / peak:.1f}% |", flush=True)
 

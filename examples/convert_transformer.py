@@ -168,7 +168,7 @@ def report(metrics: dict[str, float]) -> str:
     for role in ROLES:
       pre = f"{layer}/{role}/"
       fmt = "E4M3" if metrics[pre + "fraction_e4m3"] == 1.0 else "BF16"
-      cells.append(f"{fmt} {metrics[pre + 'error']:.2%}".rjust(18))
+      cells.append(f"{fmt} {metrics[pre + 'chosen_error']:.2%}".rjust(18))
     name = layer.removesuffix("/MoRDotGeneral_0")
     lines.append(f"{name:18}" + "".join(cells))
   return "\n".join(lines)

@@ -12,11 +12,11 @@ elsewhere. A tensor-level MoR decision is therefore two reads and one FP8
 write of the tensor, the 5 bytes per element that
 ``benchmarks/quantize.py`` measures against the HBM ceiling.
 
-Both functions have the contract of their XLA twins in ``mor_jax._quantize``
-and give bit-identical codes, scales and decisions: pass 1 takes its
-statistics on the float32 bits, pass 2 rounds with the GPU's FP8
-conversion, which lands on the same grid point. Error sums differ in the
-last bits (summation order, Triton's division).
+``PallasPasses`` implements ``mor_jax._passes.Passes``, as the XLA reference
+``mor_jax._xla.XlaPasses`` does, with bit-identical codes, scales and
+decisions: pass 1 takes its statistics on the float32 bits, pass 2 rounds
+with the GPU's FP8 conversion, which lands on the same grid point. Error
+sums differ in the last bits (summation order, Triton's division).
 
 Backend: Triton. These are tile-wise maps and row or tile reductions with
 masked edges, which Pallas' Triton backend expresses directly (a load with
@@ -33,8 +33,8 @@ folded into rows where the partition allows), and cut into power-of-two
 tiles that never straddle a block. A tile yields one statistic ("tile"
 mode, blocks of 8 or more rows) or one per row ("rows" mode, per-channel
 and other short blocks); XLA then reduces these partials to the block grid.
-Partitions that cannot be folded into 2-D return ``None`` from ``plan`` and
-use the XLA implementation. Under ``jit`` with sharded operands both passes
+Partitions that cannot be folded into 2-D return ``None`` from ``plan``
+(``passes`` declines them) and use the XLA implementation. Under ``jit`` with sharded operands both passes
 run per shard (``mor_jax.kernels.sharding``).
 """
 
@@ -53,29 +53,43 @@ from jax.experimental.pallas import triton as pltriton
 from mor_jax import _formats
 from mor_jax import _numerics
 from mor_jax import _partition
-from mor_jax import _quantize
+from mor_jax import _passes
+from mor_jax import _scaling
 from mor_jax.kernels import sharding
-
-# Tile budget: 4K elements (8 KB of bf16) per program, 4 warps for such a
-# tile: the best of `benchmarks/quantize.py --sweep` on the H100, where tiles
-# from 2K to 16K elements were within 5%; columns up to 512 keep rows-mode
-# partials small.
-TILE_ELEMENTS = 4096
-PATCH_TILE_ELEMENTS = 16384
-MAX_TILE_COLS = 512
-WARPS_PER_8K_ELEMENTS = 8
-# Blocks with fewer tile rows than this are reduced per row instead.
-_MIN_TILE_ROWS = 8
+from mor_jax.kernels import tile
 
 
-def _f32_bits(value) -> np.int32:
-  return np.float32(value).view(np.int32)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TileConfig:
+  """Tile budget and launch settings of the quantization kernels.
 
+  A hashable value: it is part of the key of every trace and cache that
+  builds a kernel, so two configs never share a compiled kernel. The
+  defaults: 4K elements (8 KB of bf16) per program with 4 warps, the best of
+  ``benchmarks/quantize.py --sweep`` (docs/benchmarks.md); columns up to 512
+  keep per-row partials few.
 
-_EXP_FIELD = _f32_bits(np.inf)  # all exponent bits: +inf
-_SIGN_BIT = _f32_bits(-0.0)
-_ABS_BITS = ~_SIGN_BIT
-_MIN_NORMAL_BITS = _f32_bits(np.finfo(np.float32).smallest_normal)
+  Attributes:
+    tile_elements: elements per program in both passes.
+    patch_tile_elements: elements per program of the non-finite patch step,
+      whose programs mostly return at once (launching them is the cost).
+    max_tile_cols: widest tile.
+    warps_per_8k: warps per 8192 elements of tile (clamped to 2..16).
+    min_tile_rows: blocks with fewer tile rows are reduced per row instead.
+  """
+
+  tile_elements: int = 4096
+  patch_tile_elements: int = 16384
+  max_tile_cols: int = 512
+  warps_per_8k: int = 8
+  min_tile_rows: int = 8
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+        raise ValueError(f"TileConfig.{f.name} must be a positive power of "
+                         f"two, got {v!r}.")
 
 
 def _pow2_ceil(n: int) -> int:
@@ -149,11 +163,11 @@ def _fold_rows(part: _partition.Partition) -> tuple[int, int] | None:
   return None
 
 
-def plan(part: _partition.Partition,
+def plan(part: _partition.Partition, tiles: TileConfig,
          tile_elements: int | None = None) -> Tiling | None:
   """The tiling of ``part``, or None where the kernels do not apply.
 
-  ``tile_elements``: the tile budget, ``TILE_ELEMENTS`` by default.
+  ``tile_elements``: the tile budget, ``tiles.tile_elements`` by default.
   """
   if not part.shape or math.prod(part.shape) == 0:
     return None
@@ -163,13 +177,13 @@ def plan(part: _partition.Partition,
   rows, br = folded
   cols, bc = part.shape[-1], part.block[-1]
   if bc == cols:
-    tc = min(MAX_TILE_COLS, _pow2_ceil(cols))
+    tc = min(tiles.max_tile_cols, _pow2_ceil(cols))
   else:
-    tc = min(MAX_TILE_COLS, _largest_pow2_divisor(bc))
-  budget = max(1, (tile_elements or TILE_ELEMENTS) // tc)
+    tc = min(tiles.max_tile_cols, _largest_pow2_divisor(bc))
+  budget = max(1, (tile_elements or tiles.tile_elements) // tc)
   if br == rows:
     tr, per_row = min(budget, _pow2_ceil(rows)), False
-  elif min(budget, _largest_pow2_divisor(br)) >= _MIN_TILE_ROWS:
+  elif min(budget, _largest_pow2_divisor(br)) >= tiles.min_tile_rows:
     tr, per_row = min(budget, _largest_pow2_divisor(br)), False
   else:
     tr, per_row = min(budget, _pow2_ceil(rows)), True
@@ -177,40 +191,14 @@ def plan(part: _partition.Partition,
 
 
 # ----------------------------------------------------------------------------
-# Kernel bodies. Both passes are bound by instructions as much as by memory
-# (pass 2 ran at 58% of the HBM ceiling with a float formulation), so the
-# tests on each element are integer compares on the float32 bits: one range
-# test says finite, normal and nonzero (float32 subnormals count as zeros,
-# as in the XLA path), and positive floats order like their bits.
+# Kernel bodies (the per-element tests: kernels/tile.py).
 
 
-def _in_array(t: Tiling) -> jax.Array:
-  """Which elements of this program's tile lie inside the array."""
-  i, j = pl.program_id(0), pl.program_id(1)
-  r = i * t.tile_rows + jax.lax.broadcasted_iota(
-      jnp.int32, (t.tile_rows, t.tile_cols), 0)
-  c = j * t.tile_cols + jax.lax.broadcasted_iota(
-      jnp.int32, (t.tile_rows, t.tile_cols), 1)
-  return (r < t.rows) & (c < t.cols)
-
-
-def _load_tile(x_ref, t: Tiling, mask: jax.Array | None = None):
-  """(x in float32, its bits, |x|'s bits, counted) of the tile.
-
-  ``counted``: finite, normal and nonzero. Outside the array x is zero.
-  ``mask``: ``_in_array(t)`` if the caller has it.
-  """
-  if t.ragged:
-    mask = _in_array(t) if mask is None else mask
-    x = pltriton.load(x_ref, mask=mask, other=0)
-    x = jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
-  else:
-    x = x_ref[...]
-  x = x.astype(jnp.float32)
-  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
-  abs_bits = bits & _ABS_BITS
-  counted = (abs_bits >= _MIN_NORMAL_BITS) & (abs_bits < _EXP_FIELD)
-  return x, bits, abs_bits, counted
+def _mask(t: Tiling) -> jax.Array | None:
+  """The in-array mask of this program's tile, None where it is whole."""
+  if not t.ragged:
+    return None
+  return tile.in_array(t.rows, t.cols, t.tile_rows, t.tile_cols)
 
 
 def _reduce(v: jax.Array, op, t: Tiling) -> jax.Array:
@@ -220,22 +208,18 @@ def _reduce(v: jax.Array, op, t: Tiling) -> jax.Array:
   return jnp.reshape(op(v), (1,))
 
 
-def _as_float(bits: jax.Array) -> jax.Array:
-  return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
 def _stats_kernel(x_ref, amax_ref, nonfinite_ref, count_ref, min_ref, *,
                   t: Tiling):
-  _, _, abs_bits, counted = _load_tile(x_ref, t)
-  amax_ref[...] = _as_float(_reduce(jnp.where(counted, abs_bits, 0), jnp.max,
-                                    t))
+  _, _, abs_bits, counted = tile.load(x_ref, _mask(t))
+  amax_ref[...] = tile.as_float(
+      _reduce(jnp.where(counted, abs_bits, 0), jnp.max, t))
   # NaN and +-inf have the largest magnitude bits of all.
-  nonfinite_ref[...] = (_reduce(abs_bits, jnp.max, t) >= _EXP_FIELD).astype(
-      jnp.int32)
+  nonfinite_ref[...] = (
+      _reduce(abs_bits, jnp.max, t) >= tile.EXP_FIELD).astype(jnp.int32)
   count_ref[...] = _reduce(counted.astype(jnp.int32), jnp.sum, t)
   # The bits of +inf where a block has no counted element, as in XLA.
-  min_ref[...] = _as_float(_reduce(jnp.where(counted, abs_bits, _EXP_FIELD),
-                                   jnp.min, t))
+  min_ref[...] = tile.as_float(
+      _reduce(jnp.where(counted, abs_bits, tile.EXP_FIELD), jnp.min, t))
 
 
 def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
@@ -244,7 +228,7 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
   recip_ref = refs[0] if output == "values" else None
   out_ref = refs[-2] if output != "none" else None
   err_ref = refs[-1]
-  x, bits, _, counted = _load_tile(x_ref, t)
+  x, bits, _, counted = tile.load(x_ref, _mask(t))
   scale = scale_ref[...]
   if t.per_row:
     scale = scale[:, None]
@@ -256,15 +240,11 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
   # as the XLA path clips: scales from the amax keep |y| <= F (1 + 2**-23),
   # which also rounds to F in interpret mode's ml_dtypes cast. Inside a
   # Triton kernel the FP8 round trip is explicit and nothing deletes it,
-  # unlike an XLA fusion on the GPU (MOR_SPEC section 8).
-  y = jnp.where(counted, x * scale, _as_float(bits & _SIGN_BIT))
+  # unlike an XLA fusion on the GPU (docs/numerics.md section 7).
+  y = jnp.where(counted, x * scale, tile.as_float(bits & tile.SIGN_BIT))
   q8 = y.astype(fmt.dtype)
   q = q8.astype(jnp.float32)
-  # An element that rounds to zero has error 1. Triton divides float32 to
-  # within 2 ulp (div.full), not correctly rounded: error sums may differ
-  # from XLA's in the last bits, as summation order makes them anyway.
-  term = jnp.where(q == 0, 1.0, jnp.abs(y - q) / jnp.abs(y))
-  err_ref[...] = _reduce(jnp.where(counted, term, 0.0), jnp.sum, t)
+  err_ref[...] = _reduce(tile.error_terms(y, q, counted), jnp.sum, t)
   if output == "codes":
     out = jax.lax.bitcast_convert_type(q8, jnp.uint8)
   elif output == "values":
@@ -274,15 +254,7 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
     out = _numerics.flush_subnormals(q * recip).astype(out_ref.dtype)
   else:
     return
-  _store_tile(out_ref, out, t)
-
-
-def _store_tile(out_ref, out: jax.Array, t: Tiling,
-                mask: jax.Array | None = None) -> None:
-  if t.ragged:
-    pltriton.store(out_ref, out, mask=_in_array(t) if mask is None else mask)
-  else:
-    out_ref[...] = out
+  tile.store(out_ref, out, _mask(t))
 
 
 def _patch_kernel(flag_ref, x_ref, out_in_ref, out_ref, *, t: Tiling,
@@ -295,26 +267,26 @@ def _patch_kernel(flag_ref, x_ref, out_in_ref, out_ref, *, t: Tiling,
   """
   del out_in_ref  # aliased to out_ref
   # Outside the branch: interpret mode gives program ids at the top level only.
-  mask = _in_array(t) if t.ragged else None
+  mask = _mask(t)
 
   @pl.when(jnp.max(flag_ref[...]) != 0)
   def _():
-    x, bits, abs_bits, _ = _load_tile(x_ref, t, mask)
+    x, bits, abs_bits, _ = tile.load(x_ref, mask)
     out = (pltriton.load(out_ref, mask=mask, other=0) if t.ragged
            else out_ref[...])
-    finite = abs_bits < _EXP_FIELD
+    finite = abs_bits < tile.EXP_FIELD
     if output == "codes":
       # ml_dtypes' codes (NaN; E4M3 has no infinity): the conversion would
       # saturate infinities.
       nan, pos_inf, neg_inf = _numerics.special_codes(fmt)
-      special = jnp.where(abs_bits > _EXP_FIELD, nan,
+      special = jnp.where(abs_bits > tile.EXP_FIELD, nan,
                           jnp.where(bits >= 0, pos_inf, neg_inf))
       out = jnp.where(finite, out.astype(jnp.int32), special).astype(jnp.uint8)
     else:
       # Non-finite inputs pass through unchanged (x here is the float32
       # copy: exact for NaN and +-inf in every input dtype).
       out = jnp.where(finite, out, x.astype(out.dtype))
-    _store_tile(out_ref, out, t, mask)
+    tile.store(out_ref, out, mask)
 
 
 # ----------------------------------------------------------------------------
@@ -322,8 +294,8 @@ def _patch_kernel(flag_ref, x_ref, out_in_ref, out_ref, *, t: Tiling,
 # per-block grids; kernels/sharding.py runs them per shard.
 
 
-def _compiler_params(t: Tiling):
-  warps = WARPS_PER_8K_ELEMENTS * t.tile_rows * t.tile_cols // 8192
+def _compiler_params(t: Tiling, tiles: TileConfig):
+  warps = tiles.warps_per_8k * t.tile_rows * t.tile_cols // 8192
   return pltriton.CompilerParams(num_warps=min(max(warps, 2), 16),
                                  num_stages=1)
 
@@ -340,8 +312,9 @@ def _partial_shape(t: Tiling, dtype) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((*t.grid, t.stats_per_tile), dtype)
 
 
-def _plan_2d(shape, block, tile_elements: int | None = None) -> Tiling:
-  return plan(_partition.Partition.build(shape, block), tile_elements)
+def _plan_2d(shape, block, tiles: TileConfig,
+             tile_elements: int | None = None) -> Tiling:
+  return plan(_partition.Partition.build(shape, block), tiles, tile_elements)
 
 
 def _to_partial_grid(p: jax.Array, t: Tiling) -> jax.Array:
@@ -387,9 +360,10 @@ class _StatsPass:
   """Pass 1: (amax, non-finite flag, count, min |x|) grids of a [rows, cols]."""
 
   interpret: bool
+  tiles: TileConfig
 
   def __call__(self, block, x):
-    t = _plan_2d(x.shape, block)
+    t = _plan_2d(x.shape, block, self.tiles)
     amax, nonfinite, count, min_nonzero = pl.pallas_call(
         functools.partial(_stats_kernel, t=t),
         grid=t.grid,
@@ -398,7 +372,7 @@ class _StatsPass:
         out_shape=[_partial_shape(t, jnp.float32),
                    _partial_shape(t, jnp.int32), _partial_shape(t, jnp.int32),
                    _partial_shape(t, jnp.float32)],
-        compiler_params=_compiler_params(t),
+        compiler_params=_compiler_params(t, self.tiles),
         interpret=self.interpret,
         name="mor_block_stats",
     )(x)
@@ -413,14 +387,15 @@ class _QuantizePass:
   """Pass 2: ([codes or values], error-sum grid) of a [rows, cols] array."""
 
   fmt: _formats.Representation
-  output: str
+  output: _passes.Output
   interpret: bool
+  tiles: TileConfig
 
   def __call__(self, block, x, scale, nonfinite):
-    t = _plan_2d(x.shape, block)
+    t = _plan_2d(x.shape, block, self.tiles)
     grids = [scale]
     if self.output == "values":  # only values use the reciprocals
-      grids.append(_quantize.reciprocal(scale))
+      grids.append(_scaling.reciprocal(scale))
     inputs, in_specs = [x], [_tile_spec(t)]
     for g in grids:
       array, spec = _per_tile(g, t)
@@ -440,7 +415,7 @@ class _QuantizePass:
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=_compiler_params(t),
+        compiler_params=_compiler_params(t, self.tiles),
         interpret=self.interpret,
         name=f"mor_quantize_{self.output}",
     )(*inputs)
@@ -451,7 +426,7 @@ class _QuantizePass:
   def _patch(self, block, x, out, nonfinite):
     # Coarser tiles than pass 2's: the programs mostly return at once, and
     # launching them is the whole cost.
-    t = _plan_2d(x.shape, block, PATCH_TILE_ELEMENTS)
+    t = _plan_2d(x.shape, block, self.tiles, self.tiles.patch_tile_elements)
     flags, flag_spec = _per_tile(nonfinite, t)
     return pl.pallas_call(
         functools.partial(_patch_kernel, t=t, fmt=self.fmt,
@@ -461,48 +436,60 @@ class _QuantizePass:
         out_specs=_tile_spec(t),
         out_shape=jax.ShapeDtypeStruct(x.shape, out.dtype),
         input_output_aliases={2: 0},
-        compiler_params=_compiler_params(t),
+        compiler_params=_compiler_params(t, self.tiles),
         interpret=self.interpret,
         name=f"mor_patch_{self.output}",
     )(flags, x, out)
 
 
 # ----------------------------------------------------------------------------
-# The contracts of mor_jax._quantize.block_stats and quantize_with_scales.
+# The passes of mor_jax._passes.Passes, on any array the plan folds into 2-D.
 
 
-def block_stats(x: jax.Array, part: _partition.Partition, t: Tiling, *,
-                interpret: bool) -> _quantize.BlockStats:
-  """Pass 1 with Pallas: the statistics of every block of ``x``."""
-  op = sharding.BlockwiseOp(_StatsPass(interpret),
-                            (t.block_rows, t.block_cols), n_like_x=0,
-                            combine=("max", "max", "sum", "min"))
-  amax, nonfinite, count, min_nonzero = sharding.blockwise(op)(
-      x.reshape(t.rows, t.cols))
-  return _quantize.BlockStats(
-      amax=amax.reshape(part.grid),
-      nonfinite=nonfinite.reshape(part.grid) > 0,
-      count=count.reshape(part.grid),
-      min_nonzero=min_nonzero.reshape(part.grid))
+@dataclasses.dataclass(frozen=True)
+class PallasPasses:
+  """``mor_jax._passes.Passes`` with the kernels, for one tileable partition."""
+
+  part: _partition.Partition
+  t: Tiling
+  tiles: TileConfig
+  interpret: bool
+
+  @property
+  def _block(self) -> tuple[int, int]:
+    return self.t.block_rows, self.t.block_cols
+
+  def block_stats(self, x: jax.Array) -> _passes.BlockStats:
+    op = sharding.BlockwiseOp(_StatsPass(self.interpret, self.tiles),
+                              self._block, n_like_x=0,
+                              combine=("max", "max", "sum", "min"))
+    amax, nonfinite, count, min_nonzero = sharding.blockwise(op)(
+        x.reshape(self.t.rows, self.t.cols))
+    grid = self.part.grid
+    return _passes.BlockStats(
+        amax=amax.reshape(grid), nonfinite=nonfinite.reshape(grid) > 0,
+        count=count.reshape(grid), min_nonzero=min_nonzero.reshape(grid))
+
+  def quantize_with_scales(self, x, scale, nonfinite, fmt, output):
+    t = self.t
+    op = sharding.BlockwiseOp(
+        _QuantizePass(fmt, output, self.interpret, self.tiles), self._block,
+        n_like_x=int(output != "none"), combine=("sum",))
+    grid_2d = (-(-t.rows // t.block_rows), -(-t.cols // t.block_cols))
+    *out, err_sum = sharding.blockwise(op)(
+        x.reshape(t.rows, t.cols), scale.reshape(grid_2d),
+        nonfinite.reshape(grid_2d).astype(jnp.int32))
+    err_sum = err_sum.reshape(self.part.grid)
+    if output == "codes":
+      return jax.lax.bitcast_convert_type(out[0], fmt.dtype).reshape(
+          x.shape), err_sum
+    if output == "values":
+      return out[0].reshape(x.shape), err_sum
+    return None, err_sum
 
 
-def quantize_with_scales(x: jax.Array, part: _partition.Partition,
-                         scale: jax.Array, nonfinite: jax.Array,
-                         fmt: _formats.Representation, output: str, t: Tiling,
-                         *, interpret: bool
-                         ) -> tuple[jax.Array | None, jax.Array]:
-  """Pass 2 with Pallas: see ``mor_jax._quantize.quantize_with_scales``."""
-  op = sharding.BlockwiseOp(_QuantizePass(fmt, output, interpret),
-                            (t.block_rows, t.block_cols),
-                            n_like_x=int(output != "none"), combine=("sum",))
-  grid_2d = (-(-t.rows // t.block_rows), -(-t.cols // t.block_cols))
-  *out, err_sum = sharding.blockwise(op)(
-      x.reshape(t.rows, t.cols), scale.reshape(grid_2d),
-      nonfinite.reshape(grid_2d).astype(jnp.int32))
-  err_sum = err_sum.reshape(part.grid)
-  if output == "codes":
-    return jax.lax.bitcast_convert_type(out[0], fmt.dtype).reshape(
-        x.shape), err_sum
-  if output == "values":
-    return out[0].reshape(x.shape), err_sum
-  return None, err_sum
+def passes(part: _partition.Partition, tiles: TileConfig, *,
+           interpret: bool) -> PallasPasses | None:
+  """The kernels bound to ``part``, or None if ``plan`` cannot tile it."""
+  t = plan(part, tiles)
+  return None if t is None else PallasPasses(part, t, tiles, interpret)

@@ -1,36 +1,78 @@
-"""The one place that picks the implementation of the two quantization passes.
+"""The one place that picks the implementation of the quantization passes.
 
-"pallas": the kernels of ``mor_jax.kernels`` (interpret mode off a GPU);
-"xla": the reference in ``mor_jax._quantize``; "auto" (the default): Pallas
-on GPUs, XLA elsewhere. Both give identical codes, scales and decisions.
-Under ``jit`` with sharded operands the kernels run per shard
-(``mor_jax.kernels.sharding``).
+The table ``PASSES`` maps each implementation to a factory that binds it to
+a partition: "xla" (``mor_jax._xla``, the reference, for every partition)
+and "pallas" (``mor_jax.kernels.quantize``; it declines the partitions it
+cannot tile, which then use XLA). The setting is "auto" (Pallas on GPUs, XLA
+elsewhere), "pallas" (in interpret mode off a GPU) or "xla", together with
+the kernels' tuning (``mor_jax.kernels.KernelConfig``). Both implementations
+give identical codes, scales and decisions.
 
-The choice is read when a function is traced. mor_jax's own jitted entry
-points take it as a static argument, so changing it retraces them; a jitted
-function of yours that was traced before the change keeps what it traced.
+The setting is read when a function is traced. mor_jax's own jitted entry
+points take it (an ``Implementation``, hashable) as a static argument, so
+changing the name or the tuning retraces them; a jitted function of yours
+that was traced before the change keeps what it traced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 
-IMPLEMENTATIONS = ("auto", "pallas", "xla")
+from mor_jax import _partition
+from mor_jax import _passes
+from mor_jax import _xla
+from mor_jax import kernels
+
+NAMES = ("auto", "pallas", "xla")
 ENV_VAR = "MOR_JAX_IMPL"
 
 
-def _check(name: str, where: str) -> str:
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"{where} must be one of {IMPLEMENTATIONS}, got {name!r}.")
-  return name
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+  """A setting: the implementation's name and the kernels' tuning."""
+
+  name: str = "auto"
+  config: kernels.KernelConfig = kernels.KernelConfig()
+
+  def __post_init__(self):
+    if self.name not in NAMES:
+      raise ValueError(f"name must be one of {NAMES}, got {self.name!r}.")
+    if not isinstance(self.config, kernels.KernelConfig):
+      raise TypeError("config must be a mor_jax.kernels.KernelConfig, got "
+                      f"{self.config!r}.")
+
+  def uses_pallas(self) -> bool:
+    return self.name == "pallas" or (self.name == "auto" and on_gpu())
+
+  @property
+  def interpret(self) -> bool:
+    """Whether the kernels run in interpret mode (off a GPU)."""
+    return not on_gpu()
 
 
-_current = _check(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto",
-                  f"the environment variable {ENV_VAR}")
+def on_gpu() -> bool:
+  return jax.default_backend() == "gpu"
+
+
+def _from_env() -> Implementation:
+  name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+  if name not in NAMES:
+    raise ValueError(f"the environment variable {ENV_VAR} must be one of "
+                     f"{NAMES}, got {name!r}.")
+  return Implementation(name)
+
+
+_current = _from_env()
+
+
+def current() -> Implementation:
+  """The setting, as mor_jax's jitted functions take it."""
+  return _current
 
 
 def implementation() -> str:
@@ -42,17 +84,18 @@ def implementation() -> str:
     ...   mor_jax.implementation()
     'xla'
   """
-  return _current
+  return _current.name
 
 
-def set_implementation(name: str) -> None:
-  """Sets the implementation of the quantizers for later traces.
+def set_implementation(name: str,
+                       config: kernels.KernelConfig | None = None) -> None:
+  """Sets the implementation of the quantizers (and its tuning) for later traces.
 
   Args:
-    name: "auto" (Pallas on GPUs, XLA elsewhere),
-      "pallas" (the kernels; in interpret mode off a GPU, slow, for testing)
-      or "xla". The environment variable ``MOR_JAX_IMPL`` sets the initial
-      value.
+    name: "auto" (Pallas on GPUs, XLA elsewhere), "pallas" (the kernels; in
+      interpret mode off a GPU, slow, for testing) or "xla". The environment
+      variable ``MOR_JAX_IMPL`` sets the initial value.
+    config: the kernels' tile sizes; default ``mor_jax.kernels.KernelConfig()``.
 
   Examples:
     >>> import mor_jax
@@ -62,23 +105,47 @@ def set_implementation(name: str) -> None:
     >>> mor_jax.set_implementation("auto")
   """
   global _current
-  _current = _check(name, "name")
+  _current = Implementation(name, config or kernels.KernelConfig())
 
 
 @contextlib.contextmanager
-def use_implementation(name: str) -> Iterator[None]:
+def use_implementation(name: str, config: kernels.KernelConfig | None = None
+                       ) -> Iterator[None]:
   """Context manager form of ``set_implementation``."""
   global _current
-  saved, _current = _current, _check(name, "name")
+  saved = _current
+  set_implementation(name, config)
   try:
     yield
   finally:
     _current = saved
 
 
-def resolve(setting: str) -> tuple[bool, bool]:
-  """(use Pallas, in interpret mode) for a setting, on this process's backend."""
-  on_gpu = jax.default_backend() == "gpu"
-  if setting == "xla" or (setting == "auto" and not on_gpu):
-    return False, False
-  return True, not on_gpu
+def _pallas_passes(part: _partition.Partition,
+                   impl: Implementation) -> _passes.Passes | None:
+  return kernels.quantize.passes(part, impl.config.quantize,
+                                 interpret=impl.interpret)
+
+
+def _xla_passes(part: _partition.Partition,
+                impl: Implementation) -> _passes.Passes:
+  del impl
+  return _xla.XlaPasses(part)
+
+
+# Each factory returns the passes bound to a partition, or None where it
+# cannot run that partition.
+PASSES: dict[str, Callable[[_partition.Partition, Implementation],
+                           _passes.Passes | None]] = {
+                               "pallas": _pallas_passes,
+                               "xla": _xla_passes,
+                           }
+
+
+def passes(part: _partition.Partition, impl: Implementation) -> _passes.Passes:
+  """The passes that run ``part`` under the setting ``impl``."""
+  if impl.uses_pallas():
+    chosen = PASSES["pallas"](part, impl)
+    if chosen is not None:
+      return chosen
+  return PASSES["xla"](part, impl)

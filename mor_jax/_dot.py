@@ -21,7 +21,6 @@ forward pass ignores.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import operator
@@ -33,47 +32,15 @@ import numpy as np
 
 from mor_jax import _mor
 from mor_jax import _policy
+from mor_jax import _stats
 
 # (GEMM, roles of its two operands), in the order of the docstring above.
 GEMMS = (("fprop", ("activation", "weight")),
          ("dgrad", ("gradient", "weight")),
          ("wgrad", ("activation", "gradient")))
 
-Stats = dict[str, dict[str, "NamedMoRStats"]]
-
-
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=[f.name for f in dataclasses.fields(_mor.MoRStats)],
-    meta_fields=["names"])
-@dataclasses.dataclass(frozen=True)
-class NamedMoRStats(_mor.MoRStats):
-  """``MoRStats`` of one GEMM operand, float32 throughout, with its candidates' names.
-
-  Every leaf is float32 (``nonfinite`` is 0.0 or 1.0) so that the backward
-  statistics can be the cotangent of float32 probes; ``names`` is static
-  pytree metadata, so the statistics pass through jit, grad and scan.
-
-  Attributes:
-    names: the recipe's candidate names, indexing ``fraction_blocks``,
-      ``fraction_elements`` and ``error``; e.g. ("E4M3", "BF16").
-  """
-
-  names: tuple[str, ...] = ()
-
-  @classmethod
-  def from_result(cls, r: _mor.MoRResult) -> NamedMoRStats:
-    s = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), r.stats)
-    return cls(**{f.name: getattr(s, f.name)
-                  for f in dataclasses.fields(_mor.MoRStats)}, names=r.names)
-
-  @classmethod
-  def zeros(cls, recipe: _mor.Recipe) -> NamedMoRStats:
-    k = len(recipe.candidates)
-    vec, scalar = jnp.zeros((k,), jnp.float32), jnp.zeros((), jnp.float32)
-    return cls(fraction_blocks=vec, fraction_elements=vec, error=vec,
-               chosen_error=scalar, amax=scalar, dynamic_range=scalar,
-               nonfinite=scalar, names=recipe.names)
+NamedMoRStats = _stats.NamedMoRStats
+Stats = dict[str, dict[str, NamedMoRStats]]
 
 
 def zero_probes(policy: _policy.Policy) -> Stats:

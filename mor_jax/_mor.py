@@ -1,18 +1,18 @@
-"""MoR selection (MOR_SPEC section 5, the paper's Algorithm 2).
+"""MoR selection (docs/numerics.md section 5, the paper's Algorithm 2).
 
-A recipe is an ordered list of candidate representations, most aggressive
-first, each with an acceptance predicate, ending in BF16 (always accepted).
 Each decision unit (the whole tensor, or each block) takes the first
-candidate whose predicate holds. A unit holding NaN or Inf fails every
-predicate, falls back to BF16, and passes through unchanged.
+candidate of the recipe (``mor_jax._recipes``) whose predicate holds. A unit
+holding NaN or Inf fails every predicate, falls back to BF16, and passes
+through unchanged. ``mor_quantize`` returns the tensor in its chosen
+representations, dequantized; ``mor_codes`` returns the FP8 codes and scales
+of the recipe's FP8 candidate, which is what a real FP8 GEMM reads. Both
+share one selection, so their choices and statistics are the same bits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,20 +21,23 @@ import numpy as np
 from mor_jax import _dispatch
 from mor_jax import _formats
 from mor_jax import _partition
+from mor_jax import _passes
 from mor_jax import _quantize
+from mor_jax import _recipes
+from mor_jax import _scaling
 
 Representation = _formats.Representation
-E4M3, E5M2, BF16 = _formats.E4M3, _formats.E5M2, _formats.BF16
-GRANULARITIES = ("tensor", "block")
+Recipe = _recipes.Recipe
 
 
 class Measurements:
   """What acceptance predicates look at, one value per decision unit.
 
   Per decision unit means a 0-d array for tensor-level recipes and an array
-  shaped like the block grid for per-block ones. Quantization errors are
-  computed on first use and cached, so a predicate that compares two formats
-  (sub-tensor MoR's E4M3-versus-E5M2 test) costs one pass per format.
+  shaped like the block grid for per-block ones. Quantizations are computed
+  on first use and cached, so a predicate that compares two formats
+  (sub-tensor MoR's E4M3-versus-E5M2 test) costs one pass per format; a
+  format that is no candidate (a yardstick) writes nothing but error sums.
 
   Attributes:
     stats: the per-block ``BlockStats`` the units are reduced from.
@@ -45,31 +48,34 @@ class Measurements:
     count: number of finite nonzero elements.
   """
 
-  def __init__(self, x: jax.Array, part: _partition.Partition,
-               stats: _quantize.BlockStats, recipe: Recipe, impl: str):
-    self._x, self._part, self.stats, self._recipe = x, part, stats, recipe
-    self._impl = impl
-    self._quantized: dict[Representation, tuple[jax.Array, jax.Array]] = {}
+  def __init__(self, x: jax.Array, passes: _passes.Passes, recipe: Recipe,
+               output: _passes.Output):
+    self._x, self._passes, self._recipe = x, passes, recipe
+    self._output = output
+    self._quantized: dict[Representation, tuple] = {}
     self._tensor = recipe.granularity == "tensor"
-    self.amax = self._reduce(stats.amax, jnp.max)
-    self.min_nonzero = self._reduce(stats.min_nonzero, jnp.min)
-    self.nonfinite = self._reduce(stats.nonfinite, jnp.any)
-    self.count = self._reduce(stats.count, jnp.sum)
+    self.stats = passes.block_stats(x)
+    self.amax = self._reduce(self.stats.amax, jnp.max)
+    self.min_nonzero = self._reduce(self.stats.min_nonzero, jnp.min)
+    self.nonfinite = self._reduce(self.stats.nonfinite, jnp.any)
+    self.count = self._reduce(self.stats.count, jnp.sum)
     self.dynamic_range = _dynamic_range(self.amax, self.min_nonzero)
 
   def _reduce(self, grid, fn):
     return fn(grid) if self._tensor else grid
 
-  def quantized(self, fmt: Representation) -> tuple[jax.Array, jax.Array]:
-    """(values of x quantized to ``fmt`` and back, per-block error sums)."""
+  def quantized(self, fmt: Representation
+                ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
+    """(codes or values of x in ``fmt``, per-block error sums, scales)."""
     if fmt not in self._quantized:
       r = self._recipe
-      scale = _quantize.scales_from_amax(
+      scale = _scaling.scales_from_amax(
           self.stats.amax, fmt, r.scaling,
-          _partition.group_blocks(r.group_shape, r.block_shape))
-      self._quantized[fmt] = _quantize.quantize_with_scales(
-          self._x, self._part, scale, self.stats.nonfinite, fmt, "values",
-          self._impl)
+          _scaling.group_blocks(r.group_shape, r.block_shape))
+      output = self._output if fmt in r.formats else "none"
+      out, err_sum = self._passes.quantize_with_scales(
+          self._x, scale, self.stats.nonfinite, fmt, output)
+      self._quantized[fmt] = out, err_sum, scale
     return self._quantized[fmt]
 
   def error(self, fmt: Representation) -> jax.Array:
@@ -82,245 +88,6 @@ def _dynamic_range(amax: jax.Array, min_nonzero: jax.Array) -> jax.Array:
   """amax / min |x != 0|, 0 where there is no nonzero element."""
   some = jnp.isfinite(min_nonzero)
   return jnp.where(some, amax / jnp.where(some, min_nonzero, 1.0), 0.0)
-
-
-Predicate = Callable[[Measurements, Representation], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class ErrorBelow:
-  """Accepts a unit whose relative error in the candidate format is < threshold."""
-
-  threshold: float
-
-  def __post_init__(self):
-    if not (isinstance(self.threshold, (int, float)) and
-            0 < self.threshold and np.isfinite(self.threshold)):
-      raise ValueError(
-          f"threshold must be a positive finite number, got {self.threshold!r}.")
-
-  def __call__(self, m: Measurements, fmt: Representation) -> jax.Array:
-    return m.error(fmt) < self.threshold
-
-
-@dataclasses.dataclass(frozen=True)
-class ErrorNotAbove:
-  """Accepts a unit whose error in the candidate format is <= its error in ``yardstick``."""
-
-  yardstick: Representation = E5M2
-
-  def __call__(self, m: Measurements, fmt: Representation) -> jax.Array:
-    return m.error(fmt) <= m.error(self.yardstick)
-
-
-@dataclasses.dataclass(frozen=True)
-class DynamicRangeWithin:
-  """Accepts a unit whose max|x| / min|x != 0| fits the candidate's normal range."""
-
-  def __call__(self, m: Measurements, fmt: Representation) -> jax.Array:
-    return m.dynamic_range <= fmt.max / fmt.smallest_normal
-
-
-@dataclasses.dataclass(frozen=True)
-class Always:
-  """Accepts every finite unit."""
-
-  def __call__(self, m: Measurements, fmt: Representation) -> jax.Array:
-    return jnp.ones_like(m.nonfinite)
-
-
-def _check_candidates(candidates) -> tuple[tuple[Representation, Any], ...]:
-  try:
-    candidates = tuple((fmt, pred) for fmt, pred in candidates)
-  except (TypeError, ValueError):
-    raise ValueError(
-        "candidates must be a sequence of (representation, predicate) pairs, "
-        f"got {candidates!r}.") from None
-  if not candidates or candidates[-1] != (BF16, None):
-    raise ValueError(
-        "candidates must end with (mor_jax.BF16, None), the fallback that is "
-        f"always accepted; got {candidates!r}.")
-  for i, (fmt, pred) in enumerate(candidates[:-1]):
-    _formats.as_fp8(fmt, name=f"candidates[{i}][0]")
-    if not callable(pred):
-      raise ValueError(
-          f"candidates[{i}][1] must be a predicate (measurements, fmt) -> "
-          f"bool array, got {pred!r}.")
-  return candidates
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Recipe:
-  """A MoR recipe: ordered (representation, predicate) candidates ending in BF16.
-
-  The generic form; ``TensorLevelMoR``, ``SubTensorMoR``, ``Static`` and
-  ``NoQuant`` are instances of it. A predicate is any callable
-  ``(Measurements, Representation) -> bool array`` (one value per decision
-  unit); make it hashable (a frozen dataclass) so recipes can key jit caches.
-
-  Attributes:
-    candidates: ((fmt, predicate), ..., (mor_jax.BF16, None)).
-    granularity: "tensor" (one decision) or "block" (one per block).
-    block_shape: the partition inside FP8 candidates, one int or None per
-      dimension; per-block recipes also decide per block of it.
-    scaling: "fp32", "e8m0" or "gam".
-    group_shape: gam groups (a multiple of block_shape), None for one group.
-
-  Examples:
-    >>> import jax.numpy as jnp, mor_jax
-    >>> recipe = mor_jax.Recipe(
-    ...     candidates=((mor_jax.E5M2, mor_jax.ErrorBelow(0.06)),
-    ...                 (mor_jax.BF16, None)),
-    ...     granularity="tensor", block_shape=(1, None))
-    >>> int(mor_jax.mor_quantize(jnp.ones((4, 8)), recipe).choice)
-    0
-  """
-
-  candidates: tuple[tuple[Representation, Predicate | None], ...]
-  granularity: str = "tensor"
-  block_shape: tuple[int | None, ...] | None = (128, 128)
-  scaling: str = "gam"
-  group_shape: tuple[int | None, ...] | None = None
-
-  def __post_init__(self):
-    object.__setattr__(self, "candidates", _check_candidates(self.candidates))
-    if self.granularity not in GRANULARITIES:
-      raise ValueError(f"granularity must be one of {GRANULARITIES}, got "
-                       f"{self.granularity!r}.")
-    _partition.check_scaling(self.scaling)
-    if self.block_shape is None:
-      if len(self.candidates) > 1 or self.group_shape is not None:
-        raise ValueError("block_shape is required when an FP8 candidate is "
-                         "present.")
-      return
-    block = _partition.check_shape_arg(self.block_shape,
-                                       _rank_of(self.block_shape),
-                                       "block_shape")
-    object.__setattr__(self, "block_shape", block)
-    object.__setattr__(self, "group_shape", _partition.check_group_shape(
-        self.group_shape, block, self.scaling))
-
-  @property
-  def names(self) -> tuple[str, ...]:
-    """Names of the candidates, indexed by choice code."""
-    return tuple(fmt.name for fmt, _ in self.candidates)
-
-
-def _accept(pred: Predicate, m: Measurements, fmt: Representation):
-  ok = jnp.asarray(pred(m, fmt))
-  if ok.dtype != jnp.bool_ or ok.shape != m.nonfinite.shape:
-    raise TypeError(
-        f"predicate {pred!r} for {fmt.name} must return a bool array of shape "
-        f"{m.nonfinite.shape} (one per decision unit), got {ok.dtype}{list(ok.shape)}.")
-  return ok
-
-
-def _rank_of(shape) -> int:
-  try:
-    return len(shape)
-  except TypeError:
-    raise ValueError(
-        "block_shape must be a sequence with one entry (int or None) per "
-        f"dimension, got {shape!r}.") from None
-
-
-def _derived(**kwargs):
-  """A field a subclass computes in __post_init__ (not an argument)."""
-  return dataclasses.field(init=False, repr=False, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TensorLevelMoR(Recipe):
-  """Tensor-level MoR: the whole tensor in E4M3 if its error < threshold, else BF16.
-
-  The paper's main result (98.38% of tensors in E4M3 with per-channel scales).
-
-  Attributes:
-    threshold: acceptance bound on the mean relative error (default 4.5%).
-    block_shape: the partition of the E4M3 candidate: (1, None) is
-      per-channel of a 2-D operand, (None, None) per-tensor.
-    scaling: "fp32", "e8m0" or "gam".
-
-  Examples:
-    >>> import jax, mor_jax
-    >>> x = jax.random.normal(jax.random.key(0), (256, 256))
-    >>> r = mor_jax.mor_quantize(x, mor_jax.TensorLevelMoR(block_shape=(1, None)))
-    >>> r.choice, r.stats.error
-    (Array(0, dtype=int32), Array([0.02253294, 0.        ], dtype=float32))
-  """
-
-  threshold: float = 0.045
-  candidates: tuple = _derived(default=())
-  granularity: str = _derived(default="tensor")
-
-  def __post_init__(self):
-    object.__setattr__(self, "candidates",
-                       ((E4M3, ErrorBelow(self.threshold)), (BF16, None)))
-    super().__post_init__()
-
-
-SUB_TENSOR_MODES = ("two_way", "three_way")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SubTensorMoR(Recipe):
-  """Sub-tensor MoR: each block in E4M3, (E5M2,) or BF16.
-
-  two_way: E4M3 where its block error is <= E5M2's (E5M2 is the yardstick),
-  else BF16. three_way: E4M3 as above, else E5M2 where the block's dynamic
-  range fits E5M2's normal range, else BF16.
-
-  Attributes:
-    mode: "two_way" or "three_way".
-    block_shape: the blocks, default 128x128.
-    scaling: default "gam" with the whole tensor as one group.
-  """
-
-  mode: str = "two_way"
-  candidates: tuple = _derived(default=())
-  granularity: str = _derived(default="block")
-
-  def __post_init__(self):
-    if self.mode not in SUB_TENSOR_MODES:
-      raise ValueError(
-          f"mode must be one of {SUB_TENSOR_MODES}, got {self.mode!r}.")
-    e4m3 = (E4M3, ErrorNotAbove(E5M2))
-    extra = ((E5M2, DynamicRangeWithin()),) if self.mode == "three_way" else ()
-    object.__setattr__(self, "candidates", (e4m3, *extra, (BF16, None)))
-    super().__post_init__()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Static(Recipe):
-  """Always one FP8 format; only blocks holding NaN or Inf fall back to BF16.
-
-  The usual FP8 baselines: ``Static(E4M3)`` is per-tensor current scaling;
-  ``Static(E4M3, block_shape=(1, 32), scaling="e8m0")`` is MXFP8-like.
-  """
-
-  fmt: Representation = dataclasses.field(kw_only=False)
-  block_shape: tuple[int | None, ...] = (None, None)
-  scaling: str = "fp32"
-  candidates: tuple = _derived(default=())
-  granularity: str = _derived(default="block")
-
-  def __post_init__(self):
-    object.__setattr__(self, "candidates",
-                       ((_formats.as_fp8(self.fmt), Always()), (BF16, None)))
-    super().__post_init__()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class NoQuant(Recipe):
-  """The BF16 baseline: values unchanged (in their own dtype)."""
-
-  candidates: tuple = _derived(default=())
-  granularity: str = _derived(default="tensor")
-  block_shape: None = _derived(default=None)
-
-  def __post_init__(self):
-    object.__setattr__(self, "candidates", ((BF16, None),))
-    super().__post_init__()
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -374,6 +141,41 @@ class MoRResult:
   names: tuple[str, ...]
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["codes", "choice", "stats"],
+                   meta_fields=["names"])
+@dataclasses.dataclass(frozen=True)
+class MoRCodes:
+  """The outcome of ``mor_codes``: a pytree.
+
+  Attributes:
+    codes: a ``QuantizedArray``: x in the recipe's FP8 candidate, codes and
+      one float32 scale per block of ``recipe.block_shape``, whatever the
+      choice. A unit whose ``choice`` is 0 is represented by its codes; any
+      other unit keeps x (BF16: "kept as it came").
+    choice: as for ``MoRResult``.
+    stats: as for ``MoRResult``, the same bits.
+    names: as for ``MoRResult``.
+  """
+
+  codes: _quantize.QuantizedArray
+  choice: jax.Array
+  stats: MoRStats
+  names: tuple[str, ...]
+
+
+def _check(x, recipe) -> jax.Array:
+  x = jnp.asarray(x)
+  _quantize.check_input(x)
+  if not isinstance(recipe, Recipe):
+    raise TypeError(f"recipe must be a mor_jax.Recipe, got {recipe!r}.")
+  if recipe.block_shape is not None and len(recipe.block_shape) != x.ndim:
+    raise ValueError(
+        f"recipe.block_shape {recipe.block_shape} has {len(recipe.block_shape)} "
+        f"entries but x has {x.ndim} dimensions (shape {x.shape}).")
+  return x
+
+
 def mor_quantize(x: jax.typing.ArrayLike, recipe: Recipe) -> MoRResult:
   """Picks, per tensor or per block, the first representation that holds ``x``.
 
@@ -399,33 +201,83 @@ def mor_quantize(x: jax.typing.ArrayLike, recipe: Recipe) -> MoRResult:
     (('E4M3', 'E5M2', 'BF16'), Array([[2, 0],
            [0, 0]], dtype=int32))
   """
-  x = jnp.asarray(x)
-  _quantize.check_input(x)
-  if not isinstance(recipe, Recipe):
-    raise TypeError(f"recipe must be a mor_jax.Recipe, got {recipe!r}.")
-  if recipe.block_shape is not None and len(recipe.block_shape) != x.ndim:
-    raise ValueError(
-        f"recipe.block_shape {recipe.block_shape} has {len(recipe.block_shape)} "
-        f"entries but x has {x.ndim} dimensions (shape {x.shape}).")
-  value, choice, stats = _mor_quantize(jax.lax.stop_gradient(x), recipe,
-                                       _dispatch.implementation())
+  x = _check(x, recipe)
+  value, choice, stats = _mor(jax.lax.stop_gradient(x), recipe, "values",
+                              _dispatch.current())
   return MoRResult(_quantize.straight_through(x, value), choice, stats,
                    recipe.names)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _mor_quantize(x: jax.Array, recipe: Recipe, impl: str):
+def mor_codes(x: jax.typing.ArrayLike, recipe: Recipe) -> MoRCodes:
+  """``mor_quantize``'s choice, with FP8 codes and scales instead of values.
+
+  What an FP8 GEMM reads: the codes of the recipe's one FP8 candidate and
+  their per-block scales, written by the same passes that make the choice
+  (no dequantized copy). The choice and the statistics are those of
+  ``mor_quantize(x, recipe)``, bit for bit. Not differentiable (codes have
+  no gradient).
+
+  Args:
+    x: a floating-point array.
+    recipe: a ``Recipe`` with exactly one FP8 candidate (``TensorLevelMoR``,
+      ``Static``, two-way ``SubTensorMoR``, or a generic one).
+
+  Returns:
+    A ``MoRCodes``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, mor_jax
+    >>> x = jax.random.normal(jax.random.key(0), (4, 64))
+    >>> r = mor_jax.mor_codes(x, mor_jax.TensorLevelMoR(block_shape=(1, None)))
+    >>> r.codes.data.dtype, r.codes.scale.shape, int(r.choice)
+    (dtype(float8_e4m3fn), (4, 1), 0)
+    >>> y = mor_jax.dequantize(r.codes)   # what mor_quantize returns as .value
+    >>> bool((y == mor_jax.mor_quantize(x, mor_jax.TensorLevelMoR(
+    ...     block_shape=(1, None))).value).all())
+    True
+  """
+  x = _check(x, recipe)
+  fp8 = [fmt for fmt in recipe.formats if fmt.is_fp8]
+  if len(fp8) != 1:
+    raise ValueError(
+        f"mor_codes needs a recipe with exactly one FP8 candidate, got "
+        f"{recipe.names}: codes of one array hold one FP8 format.")
+  (codes, scale), choice, stats = _mor(jax.lax.stop_gradient(x), recipe,
+                                       "codes", _dispatch.current())
+  qa = _quantize.QuantizedArray(codes, scale, fp8[0], recipe.block_shape,
+                                recipe.scaling, recipe.group_shape,
+                                np.dtype(x.dtype))
+  return MoRCodes(qa, choice, stats, recipe.names)
+
+
+def _accept(pred, m: Measurements, fmt: Representation) -> jax.Array:
+  ok = jnp.asarray(pred(m, fmt))
+  if ok.dtype != jnp.bool_ or ok.shape != m.nonfinite.shape:
+    raise TypeError(
+        f"predicate {pred!r} for {fmt.name} must return a bool array of shape "
+        f"{m.nonfinite.shape} (one per decision unit), got "
+        f"{ok.dtype}{list(ok.shape)}.")
+  return ok
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _mor(x: jax.Array, recipe: Recipe, output: _passes.Output,
+         impl: _dispatch.Implementation):
+  """(values, or (codes, scales) of the FP8 candidate; choice; MoRStats)."""
   block_shape = recipe.block_shape or (None,) * x.ndim
   part = _partition.Partition.build(x.shape, block_shape)
-  m = Measurements(x, part, _quantize.block_stats(x, part, impl), recipe,
-                   impl)
+  m = Measurements(x, _dispatch.passes(part, impl), recipe, output)
 
   accepted = [_accept(pred, m, fmt) & ~m.nonfinite
               for fmt, pred in recipe.candidates[:-1]]
   accepted.append(jnp.ones_like(m.nonfinite))
   # The first accepted candidate: argmax returns the first True.
   choice = jnp.argmax(jnp.stack(accepted), axis=0).astype(jnp.int32)
+  stats = _statistics(m, choice, recipe, part, x.size)
 
+  if output == "codes":
+    out, _, scale = m.quantized(recipe.candidates[0][0])
+    return (out, scale), choice, stats
   value = x
   for i, (fmt, _) in reversed(list(enumerate(recipe.candidates[:-1]))):
     chosen = choice == i
@@ -433,14 +285,18 @@ def _mor_quantize(x: jax.Array, recipe: Recipe, impl: str):
       chosen = part.from_blocks(jnp.broadcast_to(part.expand(chosen),
                                                  part.blocked_shape))
     value = jnp.where(chosen, m.quantized(fmt)[0], value)
+  return value, choice, stats
 
+
+def _statistics(m: Measurements, choice: jax.Array, recipe: Recipe,
+                part: _partition.Partition, size: int) -> MoRStats:
   k = len(recipe.candidates)
   onehot = (choice[..., None] == jnp.arange(k)).astype(jnp.float32)
   if recipe.granularity == "block":
     flat = onehot.reshape(-1, k)
     fraction_blocks = jnp.sum(flat, axis=0) / max(flat.shape[0], 1)
     sizes = jnp.asarray(part.block_sizes().ravel(), jnp.float32)
-    fraction_elements = sizes @ flat / max(x.size, 1)
+    fraction_elements = sizes @ flat / max(size, 1)
   else:
     fraction_blocks = fraction_elements = onehot
 
@@ -452,7 +308,7 @@ def _mor_quantize(x: jax.Array, recipe: Recipe, impl: str):
   st = m.stats
   amax = jnp.max(st.amax, initial=0.0)
   min_nonzero = jnp.min(st.min_nonzero, initial=jnp.inf)
-  stats = MoRStats(
+  return MoRStats(
       fraction_blocks=fraction_blocks,
       fraction_elements=fraction_elements,
       error=error,
@@ -460,4 +316,3 @@ def _mor_quantize(x: jax.Array, recipe: Recipe, impl: str):
       amax=amax,
       dynamic_range=_dynamic_range(amax, min_nonzero),
       nonfinite=jnp.any(st.nonfinite))
-  return value, choice, stats

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 BlockShape = Sequence[int | None]
-SCALINGS = ("fp32", "e8m0", "gam")
 # Block statistics are counted in int32.
 MAX_ELEMENTS = 2**31 - 1
 
@@ -50,32 +49,6 @@ def check_shape_arg(value, ndim: int, name: str) -> tuple[int | None, ...]:
         f"{name} has {len(value)} entries but the array has {ndim} "
         f"dimensions; give one entry (int or None) per dimension.")
   return tuple(_entry(v, f"{name}[{i}]") for i, v in enumerate(value))
-
-
-def check_scaling(scaling) -> str:
-  if scaling not in SCALINGS:
-    raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}.")
-  return scaling
-
-
-def check_group_shape(group_shape, block_shape: tuple[int | None, ...],
-                      scaling: str) -> tuple[int | None, ...] | None:
-  """Validates ``group_shape`` (gam only, a multiple of the block shape)."""
-  if group_shape is None:
-    return None
-  if scaling != "gam":
-    raise ValueError(
-        f"group_shape applies only to scaling='gam', got scaling={scaling!r}.")
-  group = check_shape_arg(group_shape, len(block_shape), "group_shape")
-  for i, (g, b) in enumerate(zip(group, block_shape)):
-    if g is None:
-      continue
-    if b is None or g % b:
-      raise ValueError(
-          f"group_shape[{i}]={g} is not a multiple of block_shape[{i}]={b}; "
-          "each group entry must be a multiple of the block entry, or None "
-          "for the whole dimension.")
-  return group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,33 +116,6 @@ class Partition:
     """A per-block array [G0, G1, ...] -> [G0, 1, G1, 1, ...] to broadcast."""
     return grid_values.reshape(
         tuple(n for g in self.grid for n in (g, 1)))
-
-
-def group_max(values: jax.Array, group_blocks: tuple[int, ...] | None
-              ) -> jax.Array:
-  """Max of a per-block grid over groups of blocks, broadcast back per block.
-
-  Args:
-    values: [G0, G1, ...] non-negative per-block values.
-    group_blocks: blocks per group along each dimension, or None for one group.
-
-  Returns:
-    An array shaped like ``values`` holding each block's group maximum.
-  """
-  if group_blocks is None:
-    return jnp.broadcast_to(jnp.max(values, initial=0.0), values.shape)
-  part = Partition.build(values.shape, group_blocks)
-  gmax = jnp.max(part.to_blocks(values), axis=part.block_axes, keepdims=True)
-  return part.from_blocks(jnp.broadcast_to(gmax, part.blocked_shape))
-
-
-def group_blocks(group_shape: tuple[int | None, ...] | None,
-                 block_shape: tuple[int | None, ...]) -> tuple[int, ...] | None:
-  """Group shape in units of blocks (None entries: every block of the dim)."""
-  if group_shape is None:
-    return None
-  return tuple(
-      2**31 - 1 if g is None else g // b for g, b in zip(group_shape, block_shape))
 
 
 # Longest run a single reduction stage adds up; longer axes are cut in chunks

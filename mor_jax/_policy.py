@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from mor_jax import _mor
+from mor_jax import _recipes
 
 ROLES = ("activation", "weight", "gradient")
 
 # MOR_SPEC section 6: tensor-level MoR with one scale per contraction vector of
 # the operand's 2-D GEMM view, the partition a real FP8 GEMM can execute.
-DEFAULT_RECIPE = _mor.TensorLevelMoR(block_shape=(1, None))
+DEFAULT_RECIPE = _recipes.TensorLevelMoR(block_shape=(1, None))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,14 +40,14 @@ class Policy:
     NoQuant(scaling='gam', group_shape=None)
   """
 
-  activation: _mor.Recipe = DEFAULT_RECIPE
-  weight: _mor.Recipe = DEFAULT_RECIPE
-  gradient: _mor.Recipe = DEFAULT_RECIPE
+  activation: _recipes.Recipe = DEFAULT_RECIPE
+  weight: _recipes.Recipe = DEFAULT_RECIPE
+  gradient: _recipes.Recipe = DEFAULT_RECIPE
 
   def __post_init__(self):
     for role in ROLES:
       recipe = getattr(self, role)
-      if not isinstance(recipe, _mor.Recipe):
+      if not isinstance(recipe, _recipes.Recipe):
         raise TypeError(
             f"Policy.{role} must be a mor_jax.Recipe (e.g. "
             f"mor_jax.TensorLevelMoR()), got {recipe!r}.")
@@ -58,7 +58,7 @@ class Policy:
             f"view; got {recipe.block_shape}.")
 
   @classmethod
-  def uniform(cls, recipe: _mor.Recipe) -> Policy:
+  def uniform(cls, recipe: _recipes.Recipe) -> Policy:
     """The same recipe for activations, weights and gradients."""
     return cls(activation=recipe, weight=recipe, gradient=recipe)
 
@@ -123,7 +123,7 @@ def _check_policy(policy, name: str) -> None:
     raise TypeError(f"{name} must be a mor_jax.Policy or None, got {policy!r}.")
 
 
-def resolve(policy: Policy | PolicyRules | None, path: str) -> Policy | None:
+def policy_at(policy: Policy | PolicyRules | None, path: str) -> Policy | None:
   """The Policy that applies at ``path``; checks the argument's type."""
   if isinstance(policy, PolicyRules):
     return policy.policy_for(path)

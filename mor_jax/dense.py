@@ -56,14 +56,14 @@ Examples:
   >>> float(metrics["fprop/activation/fraction_e4m3"])
   1.0
   >>> sorted(k for k in metrics if k.startswith("wgrad/gradient/"))
-  ['wgrad/gradient/amax', 'wgrad/gradient/dynamic_range', 'wgrad/gradient/elements_bf16', 'wgrad/gradient/elements_e4m3', 'wgrad/gradient/error', 'wgrad/gradient/error_e4m3', 'wgrad/gradient/fraction_bf16', 'wgrad/gradient/fraction_e4m3', 'wgrad/gradient/nonfinite']
+  ['wgrad/gradient/amax', 'wgrad/gradient/chosen_error', 'wgrad/gradient/dynamic_range', 'wgrad/gradient/elements_bf16', 'wgrad/gradient/elements_e4m3', 'wgrad/gradient/error_e4m3', 'wgrad/gradient/fraction_bf16', 'wgrad/gradient/fraction_e4m3', 'wgrad/gradient/nonfinite']
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -74,6 +74,21 @@ import opt_einsum
 
 from mor_jax import _dot
 from mor_jax import _policy
+from mor_jax import _stats
+
+__all__ = [
+    "GRADS",
+    "STATS",
+    "MoRDense",
+    "MoRDenseGeneral",
+    "MoRDotGeneral",
+    "MoREinsum",
+    "NamedMoRStats",
+    "convert",
+    "flatten_stats",
+    "intercept",
+    "mor_dot_general",
+]
 
 STATS = "mor_stats"
 GRADS = "mor_grads"
@@ -81,7 +96,8 @@ GRADS = "mor_grads"
 Policy = _policy.Policy
 PolicyRules = _policy.PolicyRules
 PolicyLike = Policy | PolicyRules | None
-NamedMoRStats = _dot.NamedMoRStats
+NamedMoRStats = _stats.NamedMoRStats
+flatten_stats = _stats.flatten_stats
 
 _default_kernel_init = nn.initializers.lecun_normal()
 _default_bias_init = nn.initializers.zeros_init()
@@ -111,7 +127,7 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
   Returns:
     The product, as ``jax.lax.dot_general`` shapes it.
   """
-  policy = _policy.resolve(policy, "/".join(module.path))
+  policy = _policy.policy_at(policy, "/".join(module.path))
   if policy is None:
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
@@ -131,7 +147,7 @@ class _PolicyChecked(nn.Module):
   """Checks the ``policy`` field where the layer is built."""
 
   def __post_init__(self):
-    _policy.resolve(self.policy, "")
+    _policy.policy_at(self.policy, "")
     super().__post_init__()
 
 
@@ -485,7 +501,7 @@ def intercept(policy: PolicyLike = Policy()) -> Iterator[None]:
     >>> sorted(v)
     ['mor_grads', 'mor_stats', 'params']
   """
-  _policy.resolve(policy, "")  # Fails here on a bad type, not at trace time.
+  _policy.policy_at(policy, "")  # Fails here on a bad type, not at trace time.
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
@@ -537,7 +553,7 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
   """
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen Module, got {model!r}.")
-  _policy.resolve(policy, "")
+  _policy.policy_at(policy, "")
   cls = type(model)
   namespace = {}
   for name in methods:
@@ -559,85 +575,3 @@ def _intercepted(method: Callable, policy: PolicyLike) -> Callable:
   run.__name__ = run.__qualname__ = method.__name__
   run.__doc__ = method.__doc__
   return run
-
-
-def flatten_stats(mor_stats: Mapping | None = None,
-                  mor_grads: Mapping | None = None) -> dict[str, jax.Array]:
-  """The statistics as one flat ``{name: scalar}`` dict, ready for a logger.
-
-  Keys are ``"<module path>/<gemm>/<role>/<metric>"``, e.g.
-  ``"Block_0/qkv/fprop/activation/fraction_e4m3"``, with gemm/role one of
-  fprop/activation, fprop/weight (from ``mor_stats``), dgrad/gradient,
-  dgrad/weight, wgrad/activation, wgrad/gradient (from the gradient of
-  ``mor_grads``). Metrics, for candidate names lowercased (e4m3, bf16, ...):
-
-  - ``fraction_<name>``: share of decision units (the tensor, or blocks) in
-    that representation; ``elements_<name>``: share of elements;
-  - ``error``: mean relative error of the quantized tensor;
-    ``error_<name>``: the error had every unit taken that FP8 candidate;
-  - ``amax``, ``dynamic_range``; ``nonfinite`` (1.0 if a NaN or Inf).
-
-  Statistics with leading axes (layers stacked by ``nn.scan``, or a
-  ``vmap``) are split: ``"<module path>/<i>/<gemm>/<role>/<metric>"`` for
-  layer i (indices joined by "/" for several axes). Pure JAX: works inside
-  jit.
-
-  Args:
-    mor_stats: the ``"mor_stats"`` collection (or any nesting of it).
-    mor_grads: the gradient with respect to the ``"mor_grads"`` collection.
-
-  Returns:
-    A dict of 0-d float32 arrays.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> from mor_jax.dense import MoRDense, flatten_stats
-    >>> layer = MoRDense(4)
-    >>> v = layer.init(jax.random.key(0), jnp.ones((2, 8)))
-    >>> _, state = layer.apply(v, jnp.ones((2, 8)), mutable=["mor_stats"])
-    >>> m = flatten_stats(state["mor_stats"])
-    >>> float(m["fprop/activation/fraction_e4m3"]), float(m["fprop/activation/error"])
-    (1.0, 0.0)
-  """
-  out = {}
-  for tree in (mor_stats, mor_grads):
-    if tree is not None:
-      for path, stats in _walk(tree, ()):
-        _add_metrics(out, path, stats)
-  return out
-
-
-def _walk(tree, path: tuple[str, ...]):
-  """Yields (path, stats) for every NamedMoRStats under ``tree``."""
-  if isinstance(tree, NamedMoRStats):
-    yield path, tree
-  elif isinstance(tree, Mapping):
-    for key, value in tree.items():
-      yield from _walk(value, path + (str(key),))
-  else:
-    raise TypeError(
-        "flatten_stats expects the 'mor_stats' collection and the gradient "
-        "of the 'mor_grads' collection (nested dicts of NamedMoRStats); found "
-        f"{type(tree).__name__} at {'/'.join(path)!r}.")
-
-
-def _add_metrics(out: dict, path: tuple[str, ...], s: NamedMoRStats) -> None:
-  if len(path) < 2:
-    raise ValueError(f"flatten_stats: statistics at {'/'.join(path)!r} lack "
-                     "the <gemm>/<role> keys that the layers write.")
-  names = [n.lower() for n in s.names]
-  metrics = {f"fraction_{n}": s.fraction_blocks[..., i]
-             for i, n in enumerate(names)}
-  metrics.update({f"elements_{n}": s.fraction_elements[..., i]
-                  for i, n in enumerate(names)})
-  metrics["error"] = s.chosen_error
-  # The last candidate is the BF16 fallback, whose error is 0 by definition.
-  metrics.update({f"error_{n}": s.error[..., i]
-                  for i, n in enumerate(names[:-1])})
-  metrics.update(amax=s.amax, dynamic_range=s.dynamic_range,
-                 nonfinite=s.nonfinite)
-  module, leaf = path[:-2], path[-2:]
-  for idx in np.ndindex(*s.amax.shape):
-    prefix = "/".join(module + tuple(map(str, idx)) + leaf)
-    for metric, value in metrics.items():
-      out[f"{prefix}/{metric}"] = value[idx]

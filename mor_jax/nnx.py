@@ -45,7 +45,10 @@ from flax import nnx
 
 from mor_jax import _dot
 from mor_jax import _policy
-from mor_jax import dense
+from mor_jax import _stats
+
+
+__all__ = ["ForwardStats", "GradProbes", "MoRLinear", "flatten_stats"]
 
 
 class ForwardStats(nnx.Variable):
@@ -122,7 +125,7 @@ class MoRLinear(nnx.Module):
     self.preferred_element_type = preferred_element_type
     self.policy = policy
     self.fprop = ForwardStats({
-        role: _dot.NamedMoRStats.zeros(getattr(policy, role))
+        role: _stats.NamedMoRStats.zeros(getattr(policy, role))
         for role in ("activation", "weight")})
     probes = _dot.zero_probes(policy)
     self.dgrad = GradProbes(probes["dgrad"])
@@ -163,4 +166,4 @@ def flatten_stats(model: nnx.Module,
   fwd = nnx.to_pure_dict(nnx.state(model, ForwardStats))
   bwd = (None if grads is None else
          nnx.to_pure_dict(nnx.filter_state(grads, GradProbes)))
-  return dense.flatten_stats(fwd, bwd)
+  return _stats.flatten_stats(fwd, bwd)

@@ -345,7 +345,7 @@ def test_optax_step_updates_params_and_reports_all_six(stack):
     assert not np.array_equal(before, after)
     for gemm, role in GEMM_ROLES:
       for metric in ("fraction_e4m3", "fraction_bf16", "elements_e4m3",
-                     "error", "error_e4m3", "amax", "dynamic_range",
+                     "chosen_error", "error_e4m3", "amax", "dynamic_range",
                      "nonfinite"):
         value = run["metrics"][f"layer_{i}/{gemm}/{role}/{metric}"]
         assert value.shape == () and value.dtype == jnp.float32

@@ -107,16 +107,20 @@ def test_pallas_and_xla_agree_under_jit_vmap_grad():
 
 
 def test_plan_tiles():
+  tiles = kq.TileConfig()
   big = _partition.Partition.build((16384, 16384), (128, 128))
-  t = kq.plan(big)
+  t = kq.plan(big, tiles)
   assert (t.tile_rows, t.tile_cols, t.per_row) == (
-      kq.TILE_ELEMENTS // 128, 128, False)
-  t = kq.plan(_partition.Partition.build((16384, 16384), (1, None)))
+      tiles.tile_elements // 128, 128, False)
+  t = kq.plan(big, kq.TileConfig(tile_elements=16384))
+  assert (t.tile_rows, t.tile_cols) == (128, 128)
+  t = kq.plan(_partition.Partition.build((16384, 16384), (1, None)), tiles)
   assert (t.tile_cols, t.per_row) == (512, True)
-  t = kq.plan(_partition.Partition.build((300, 520), (1, 32)))
+  t = kq.plan(_partition.Partition.build((300, 520), (1, 32)), tiles)
   assert t.tile_cols == 32
   # Blocks that cut across a folded leading dimension are left to XLA.
-  assert kq.plan(_partition.Partition.build((7, 33, 40), (1, 8, None))) is None
+  part = _partition.Partition.build((7, 33, 40), (1, 8, None))
+  assert kq.plan(part, tiles) is None
 
 
 def test_untileable_partition_falls_back_to_xla():

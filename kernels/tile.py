@@ -1,0 +1,77 @@
+"""What every Triton kernel here does to a tile: masks, loads, bit tests.
+
+The kernels are bound by instructions as much as by memory (pass 2 ran at
+58% of the HBM ceiling with a float formulation), so the tests on each
+element are integer compares on the float32 bits: one range test says
+finite, normal and nonzero (float32 subnormals count as zeros, as in the XLA
+path), and positive floats order like their bits.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+
+def _f32_bits(value) -> np.int32:
+  return np.float32(value).view(np.int32)
+
+
+EXP_FIELD = _f32_bits(np.inf)  # all exponent bits: +inf
+SIGN_BIT = _f32_bits(-0.0)
+ABS_BITS = ~SIGN_BIT
+MIN_NORMAL_BITS = _f32_bits(np.finfo(np.float32).smallest_normal)
+
+
+def in_array(rows: int, cols: int, tile_rows: int, tile_cols: int
+             ) -> jax.Array:
+  """Which elements of this program's tile (grid axes 0, 1) lie in the array."""
+  i, j = pl.program_id(0), pl.program_id(1)
+  r = i * tile_rows + jax.lax.broadcasted_iota(jnp.int32,
+                                               (tile_rows, tile_cols), 0)
+  c = j * tile_cols + jax.lax.broadcasted_iota(jnp.int32,
+                                               (tile_rows, tile_cols), 1)
+  return (r < rows) & (c < cols)
+
+
+def load(x_ref, mask: jax.Array | None):
+  """(x in float32, its bits, |x|'s bits, counted) of the tile.
+
+  ``counted``: finite, normal and nonzero. Where ``mask`` is False (outside
+  the array) x is zero; None loads the whole tile.
+  """
+  if mask is not None:
+    x = pltriton.load(x_ref, mask=mask, other=0)
+    x = jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
+  else:
+    x = x_ref[...]
+  x = x.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  abs_bits = bits & ABS_BITS
+  counted = (abs_bits >= MIN_NORMAL_BITS) & (abs_bits < EXP_FIELD)
+  return x, bits, abs_bits, counted
+
+
+def store(out_ref, out: jax.Array, mask: jax.Array | None) -> None:
+  if mask is not None:
+    pltriton.store(out_ref, out, mask=mask)
+  else:
+    out_ref[...] = out
+
+
+def as_float(bits: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def error_terms(y: jax.Array, q: jax.Array, counted: jax.Array) -> jax.Array:
+  """|y - q| / |y| where counted, else 0; an element rounded to 0 has error 1.
+
+  Triton divides float32 to within 2 ulp (div.full), not correctly rounded:
+  error sums may differ from XLA's in the last bits, as summation order
+  makes them anyway.
+  """
+  term = jnp.where(q == 0, 1.0, jnp.abs(y - q) / jnp.abs(y))
+  return jnp.where(counted, term, 0.0)
