@@ -8,7 +8,11 @@ mor_jax's private modules for the numerics they share with the XLA
 reference; ``mor_jax._dispatch`` is the only place that calls them.
 
 - ``quantize``: the two quantization passes (Triton backend).
-- ``sharding``: the passes per shard under ``jit`` (custom_partitioning).
+- ``dual``: both GEMM orientations of a matrix from one read (Triton).
+- ``wide``: the operands of a GEMM's BF16 path, written only when it falls
+  back (Triton).
+- ``gemm``: the FP8 GEMM that falls back to BF16 on the device (Mosaic GPU).
+- ``sharding``: the kernels per shard under ``jit`` (custom_partitioning).
 - ``KernelConfig``: their tuning, a hashable value that is part of every
   cache key, so two tunings never share a compiled kernel.
 """
@@ -17,9 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from mor_jax.kernels import dual as dual
+from mor_jax.kernels import gemm as gemm
 from mor_jax.kernels import quantize as quantize
 from mor_jax.kernels import sharding as sharding
+from mor_jax.kernels import wide as wide
+from mor_jax.kernels.dual import DualConfig as DualConfig
+from mor_jax.kernels.gemm import GemmConfig as GemmConfig
 from mor_jax.kernels.quantize import TileConfig as TileConfig
+from mor_jax.kernels.wide import WideConfig as WideConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -28,6 +38,9 @@ class KernelConfig:
 
   Attributes:
     quantize: tile sizes and warps of the quantization passes.
+    dual: tiles of the two-orientation passes.
+    wide: tiles of the BF16-path operands.
+    gemm: tiles of the GEMM.
 
   Examples:
     >>> import mor_jax
@@ -39,8 +52,13 @@ class KernelConfig:
   """
 
   quantize: TileConfig = TileConfig()
+  dual: DualConfig = DualConfig()
+  wide: WideConfig = WideConfig()
+  gemm: GemmConfig = GemmConfig()
 
   def __post_init__(self):
-    if not isinstance(self.quantize, TileConfig):
-      raise TypeError("quantize must be a mor_jax.kernels.TileConfig, got "
-                      f"{self.quantize!r}.")
+    for f in dataclasses.fields(self):
+      value, want = getattr(self, f.name), type(f.default)
+      if not isinstance(value, want):
+        raise TypeError(f"KernelConfig.{f.name} must be a "
+                        f"mor_jax.kernels.{want.__name__}, got {value!r}.")

@@ -21,6 +21,10 @@ The group amax of gam scaling and the decision are computed by XLA from the
 per-block grids, which it partitions by itself. One device, or a body of
 ``shard_map``, runs the kernels directly; under ``vmap`` the ops run the
 kernels batched, unpartitioned.
+
+``per_shard`` does the same for ops that say themselves how their operands
+and results are sharded (``ShardedOp``): the dual quantization passes and
+the GEMM's operands (kernels/dual.py, kernels/wide.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import jax
 from jax.experimental.custom_partitioning import custom_partitioning
@@ -195,5 +200,111 @@ def blockwise(op: BlockwiseOp) -> Callable[..., tuple[jax.Array, ...]]:
 
   def call(x, *grids):
     return batchable(*(jax.lax.stop_gradient(a) for a in (x, *grids)))
+
+  return call
+
+
+# ----------------------------------------------------------------------------
+# Ops that plan their own shardings.
+
+
+def axes_of(entry) -> tuple[str, ...]:
+  return _axes(entry)
+
+
+def entry(axes: tuple[str, ...]):
+  """The PartitionSpec entry of a dimension split over ``axes``."""
+  return _spec_entry(axes)
+
+
+def named(mesh, *specs: P) -> tuple[NamedSharding, ...]:
+  return tuple(NamedSharding(mesh, s) for s in specs)
+
+
+def combine(op: str, value: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  """Combines per-shard partials of ``value`` over ``axes`` ("max", ...)."""
+  return COMBINE[op](value, axes) if axes else value
+
+
+def layout(x) -> tuple[Any, tuple[tuple[str, ...], ...]]:
+  """(mesh, per dimension the mesh axes that split it evenly) of an operand.
+
+  A dimension the mesh does not divide evenly is gathered (no axes).
+  """
+  if not isinstance(x.sharding, NamedSharding):
+    raise NotImplementedError(
+        "mor_jax's Pallas kernels are partitioned by named mesh axes, but "
+        f"this operand's sharding is {x.sharding}. Shard with a "
+        "jax.sharding.NamedSharding, or set MOR_JAX_IMPL=xla.")
+  mesh = x.sharding.mesh
+  spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(
+      x.sharding.spec))
+  dims = []
+  for e, size in zip(spec, x.shape):
+    axes = _axes(e)
+    n = math.prod(mesh.shape[a] for a in axes)
+    dims.append(axes if n > 1 and size % n == 0 else ())
+  return mesh, tuple(dims)
+
+
+class ShardedOp(Protocol):
+  """An op that runs per shard (hashable: a frozen dataclass).
+
+  ``local(*args)`` computes on one device's shards; ``plan(arg_shapes)``
+  returns (mesh, result shardings, argument shardings, combine), where
+  ``combine`` turns the local results into the shards of the global ones
+  (collectives over mesh axes); ``rule`` is the op's Shardy rule. Under
+  ``vmap`` the op runs ``local`` batched, or ``batchable_local`` where a
+  kernel has no batching rule.
+  """
+
+  rule: str
+
+  def local(self, *args) -> tuple[jax.Array, ...]:
+    ...
+
+  def plan(self, arg_shapes) -> tuple[Any, tuple, tuple, Callable]:
+    ...
+
+
+@functools.lru_cache(maxsize=None)
+def per_shard(op: ShardedOp) -> Callable[..., tuple[jax.Array, ...]]:
+  """``op.local`` partitioned per shard under jit, batched under vmap.
+
+  Inputs are taken without gradient, as for ``blockwise``.
+  """
+
+  @jax.jit  # custom_partitioning takes a body without captured constants.
+  def body(*args):
+    return op.local(*args)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del mesh, result_shape
+    mesh, results, args, combine_fn = op.plan(arg_shapes)
+    return mesh, lambda *a: combine_fn(op.local(*a)), results, args
+
+  def infer(mesh, arg_shapes, result_shape):
+    del mesh, result_shape
+    return op.plan(arg_shapes)[1]
+
+  partitioned = custom_partitioning(body)
+  partitioned.def_partition(partition=partition,
+                            infer_sharding_from_operands=infer,
+                            sharding_rule=op.rule)
+
+  @jax.custom_batching.custom_vmap
+  def batchable(*args):
+    return partitioned(*args)
+
+  @batchable.def_vmap
+  def _batched(axis_size, in_batched, *args):
+    del axis_size
+    fn = getattr(op, "batchable_local", op.local)
+    outs = jax.vmap(fn, in_axes=[0 if b else None for b in in_batched])(
+        *args)
+    return outs, (True,) * len(outs)
+
+  def call(*args):
+    return batchable(*(jax.lax.stop_gradient(a) for a in args))
 
   return call

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 
 from mor_jax import _partition
 from mor_jax import _passes
@@ -119,6 +120,36 @@ def use_implementation(name: str, config: kernels.KernelConfig | None = None
     yield
   finally:
     _current = saved
+
+
+def fp8_tensor_cores() -> bool:
+  """Whether the default device has FP8 tensor cores (sm_89 and newer)."""
+  return on_gpu() and _capability() >= (8, 9)
+
+
+def _capability() -> tuple[int, int]:
+  cc = getattr(jax.devices()[0], "compute_capability", "0.0")
+  major, minor = str(cc).split(".")[:2]
+  return int(major), int(minor)
+
+
+def dual(impl: Implementation) -> _passes.DualPasses:
+  """Both orientations' passes of a matrix (kernels/dual.py)."""
+  if impl.uses_pallas():
+    return kernels.dual.PallasDual(impl.config.dual, impl.interpret)
+  return _xla.XlaDual()
+
+
+def gemm_backend(impl: Implementation, dtype) -> str:
+  """"pallas" (kernels/gemm.py) or "xla" (``lax.cond``) for a MoR GEMM.
+
+  The kernel runs on Hopper GPUs (sm_90) for 16-bit compute dtypes, unless
+  the setting is "xla".
+  """
+  hopper = on_gpu() and _capability()[0] == 9
+  wide_16 = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16),
+                                 jnp.dtype(jnp.float16))
+  return "pallas" if impl.name != "xla" and hopper and wide_16 else "xla"
 
 
 def _pallas_passes(part: _partition.Partition,

@@ -61,3 +61,19 @@ class Passes(Protocol):
       fmt: E4M3 or E5M2.
       output: see ``Output``.
     """
+
+
+class DualPasses(Protocol):
+  """Both GEMM orientations of a matrix x [R, C]: per-row scales on x and
+  on x^T (kernels/dual.py says why one pass serves both)."""
+
+  def stats(self, x: jax.Array) -> tuple[BlockStats, BlockStats]:
+    """Pass 1: the statistics of every row ([R, 1]) and column ([C, 1])."""
+
+  def codes(self, x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
+            fmt: _formats.Representation
+            ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Pass 2: codes of x [R, C] and of x^T [C, R], error sums [R, 1], [C, 1].
+
+    Codes at NaN or +-inf positions are unspecified.
+    """

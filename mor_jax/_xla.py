@@ -129,3 +129,23 @@ class XlaPasses:
     else:
       out = None
     return out, err_sum
+
+
+def _rows(shape) -> _partition.Partition:
+  return _partition.Partition.build(shape, (1, None))
+
+
+@dataclasses.dataclass(frozen=True)
+class XlaDual:
+  """``mor_jax._passes.DualPasses`` in jnp: the passes on x and on x^T."""
+
+  def stats(self, x):
+    return (XlaPasses(_rows(x.shape)).block_stats(x),
+            XlaPasses(_rows(x.T.shape)).block_stats(x.T))
+
+  def codes(self, x, row_scale, col_scale, fmt):
+    codes, row_err = XlaPasses(_rows(x.shape)).quantize_with_scales(
+        x, row_scale[:, None], None, fmt, "codes")
+    codes_t, col_err = XlaPasses(_rows(x.T.shape)).quantize_with_scales(
+        x.T, col_scale[:, None], None, fmt, "codes")
+    return codes, codes_t, row_err, col_err

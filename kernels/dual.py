@@ -1,0 +1,253 @@
+"""Both GEMM orientations of one matrix from one read: the cast-transpose.
+
+A linear layer quantizes each of X, W and dY twice, once per GEMM it enters
+(docs/numerics.md section 6): on a matrix T [R, C] once with one scale per
+row (the orientation whose GEMM contracts C) and once with one scale per
+column (the one that contracts R, which wants T^T K-major). With per-row or
+per-tensor scales, both come from one pass over T:
+
+- pass 1 (``dual_stats``) reads T once and gives the statistics of every row
+  and of every column (amax, non-finite flag, count of finite nonzero
+  elements, min |x|);
+- pass 2 (``dual_codes``), with the scales of both orientations, reads T
+  again and writes the codes of T [R, C] with the row scales and the codes
+  of T^T [C, R] with the column scales, and per-row and per-column sums of
+  the relative-error terms.
+
+Codes at NaN or +-inf positions are not specified: a tensor holding one is
+never represented in FP8 (docs/numerics.md section 5). ``PallasDual``
+implements ``mor_jax._passes.DualPasses``, as ``mor_jax._xla.XlaDual`` does
+in jnp, and ``mor_jax._dispatch`` chooses. Under ``jit`` with
+sharded operands both passes run per shard: the statistics of a row are
+combined across the mesh axes of the columns and vice versa, and the
+transposed codes are sharded transposed.
+
+Backend: Triton, as for the quantization passes (kernels/quantize.py says
+why); the transposed store goes through shared memory, which Triton lays out
+itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+from jax.sharding import PartitionSpec as P
+
+from mor_jax import _formats
+from mor_jax import _passes
+from mor_jax.kernels import sharding
+from mor_jax.kernels import tile
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DualConfig:
+  """Tiles of the two dual passes (hashable: part of every cache key)."""
+
+  tile_rows: int = 64
+  tile_cols: int = 128
+  num_warps: int = 4
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+        raise ValueError(f"DualConfig.{f.name} must be a positive power of "
+                         f"two, got {v!r}.")
+
+
+def _grid(shape, cfg: DualConfig) -> tuple[int, int]:
+  return -(-shape[0] // cfg.tile_rows), -(-shape[1] // cfg.tile_cols)
+
+
+def _mask(shape, cfg: DualConfig) -> jax.Array | None:
+  if shape[0] % cfg.tile_rows == 0 and shape[1] % cfg.tile_cols == 0:
+    return None
+  return tile.in_array(*shape, cfg.tile_rows, cfg.tile_cols)
+
+
+def _stats_kernel(x_ref, *refs, shape, cfg: DualConfig):
+  # refs: amax, nonfinite, count, min of the rows, then of the columns.
+  _, _, abs_bits, counted = tile.load(x_ref, _mask(shape, cfg))
+  for axis, (amax, nonfinite, count, low) in ((1, refs[:4]), (0, refs[4:])):
+    amax[...] = tile.as_float(jnp.max(jnp.where(counted, abs_bits, 0),
+                                      axis=axis))
+    # NaN and +-inf have the largest magnitude bits of all.
+    nonfinite[...] = (jnp.max(abs_bits, axis=axis) >= tile.EXP_FIELD).astype(
+        jnp.int32)
+    count[...] = jnp.sum(counted.astype(jnp.int32), axis=axis)
+    low[...] = tile.as_float(jnp.min(
+        jnp.where(counted, abs_bits, tile.EXP_FIELD), axis=axis))
+
+
+def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
+                  row_err_ref, col_err_ref, *, shape, cfg: DualConfig,
+                  fmt: _formats.Representation):
+  mask = _mask(shape, cfg)
+  x, bits, _, counted = tile.load(x_ref, mask)
+  zero = tile.as_float(bits & tile.SIGN_BIT)
+  for scale, out_ref, err_ref, axis in (
+      (row_scale_ref[...][:, None], codes_ref, row_err_ref, 1),
+      (col_scale_ref[...][None, :], codes_t_ref, col_err_ref, 0)):
+    # As in kernels/quantize.py: the hardware conversion rounds to nearest
+    # even onto the grid and saturates, as the XLA path rounds and clips.
+    y = jnp.where(counted, x * scale, zero)
+    q8 = y.astype(fmt.dtype)
+    err_ref[...] = jnp.sum(tile.error_terms(y, q8.astype(jnp.float32),
+                                            counted), axis=axis)
+    codes = jax.lax.bitcast_convert_type(q8, jnp.uint8)
+    if axis == 1:
+      tile.store(out_ref, codes, mask)
+    else:
+      tile.store(out_ref, codes.T, None if mask is None else mask.T)
+
+
+def _partials_spec(axis: int, n: int) -> pl.BlockSpec:
+  """Per-tile partials along ``axis`` (1: of rows, 0: of columns)."""
+  if axis == 1:
+    return pl.BlockSpec((None, n), lambda i, j: (j, i))
+  return pl.BlockSpec((None, n), lambda i, j: (i, j))
+
+
+def _partials_shape(shape, cfg: DualConfig, axis: int, dtype):
+  gr, gc = _grid(shape, cfg)
+  if axis == 1:
+    return jax.ShapeDtypeStruct((gc, gr * cfg.tile_rows), dtype)
+  return jax.ShapeDtypeStruct((gr, gc * cfg.tile_cols), dtype)
+
+
+def _compiler_params(cfg: DualConfig):
+  return pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=1)
+
+
+def _local_stats(x: jax.Array, cfg: DualConfig, interpret: bool):
+  """Per-row and per-column (amax, nonfinite, count, min) of one [R, C]."""
+  r, c = x.shape
+  specs, shapes = [], []
+  for axis, n in ((1, cfg.tile_rows), (0, cfg.tile_cols)):
+    for dtype in (jnp.float32, jnp.int32, jnp.int32, jnp.float32):
+      specs.append(_partials_spec(axis, n))
+      shapes.append(_partials_shape(x.shape, cfg, axis, dtype))
+  parts = pl.pallas_call(
+      functools.partial(_stats_kernel, shape=x.shape, cfg=cfg),
+      grid=_grid(x.shape, cfg),
+      in_specs=[pl.BlockSpec((cfg.tile_rows, cfg.tile_cols),
+                             lambda i, j: (i, j))],
+      out_specs=specs,
+      out_shape=shapes,
+      compiler_params=_compiler_params(cfg),
+      interpret=interpret,
+      name="mor_dual_stats",
+  )(x)
+  reduce = (jnp.max, jnp.max, jnp.sum, jnp.min)
+  rows = [op(p, axis=0)[:r] for op, p in zip(reduce, parts[:4])]
+  cols = [op(p, axis=0)[:c] for op, p in zip(reduce, parts[4:])]
+  return (*rows, *cols)
+
+
+def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
+                 cfg: DualConfig, fmt: _formats.Representation,
+                 interpret: bool):
+  """(codes [R, C], codes of x^T [C, R], row error sums, column error sums)."""
+  r, c = x.shape
+  tr, tc = cfg.tile_rows, cfg.tile_cols
+  codes, codes_t, row_err, col_err = pl.pallas_call(
+      functools.partial(_codes_kernel, shape=x.shape, cfg=cfg, fmt=fmt),
+      grid=_grid(x.shape, cfg),
+      in_specs=[pl.BlockSpec((tr, tc), lambda i, j: (i, j)),
+                pl.BlockSpec((tr,), lambda i, j: (i,)),
+                pl.BlockSpec((tc,), lambda i, j: (j,))],
+      out_specs=[pl.BlockSpec((tr, tc), lambda i, j: (i, j)),
+                 pl.BlockSpec((tc, tr), lambda i, j: (j, i)),
+                 _partials_spec(1, tr), _partials_spec(0, tc)],
+      out_shape=[jax.ShapeDtypeStruct((r, c), jnp.uint8),
+                 jax.ShapeDtypeStruct((c, r), jnp.uint8),
+                 _partials_shape(x.shape, cfg, 1, jnp.float32),
+                 _partials_shape(x.shape, cfg, 0, jnp.float32)],
+      compiler_params=_compiler_params(cfg),
+      interpret=interpret,
+      name="mor_dual_codes",
+  )(x, row_scale, col_scale)
+  as_fp8 = lambda u: jax.lax.bitcast_convert_type(u, fmt.dtype)  # noqa: E731
+  return (as_fp8(codes), as_fp8(codes_t), jnp.sum(row_err, axis=0)[:r],
+          jnp.sum(col_err, axis=0)[:c])
+
+
+# ----------------------------------------------------------------------------
+# Per shard: a row's statistics combine across the columns' mesh axes, a
+# column's across the rows'.
+
+_STATS_COMBINE = ("max", "max", "sum", "min")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stats:
+  cfg: DualConfig
+  interpret: bool
+  rule = "r c -> r, r, r, r, c, c, c, c"
+
+  def local(self, x):
+    return _local_stats(x, self.cfg, self.interpret)
+
+  def plan(self, arg_shapes):
+    mesh, (ra, ca) = sharding.layout(arg_shapes[0])
+    r, c = sharding.entry(ra), sharding.entry(ca)
+    results = sharding.named(mesh, *(P(r),) * 4, *(P(c),) * 4)
+
+    def combine(outs):
+      return (*(sharding.combine(op, v, ca)
+                for op, v in zip(_STATS_COMBINE, outs[:4])),
+              *(sharding.combine(op, v, ra)
+                for op, v in zip(_STATS_COMBINE, outs[4:])))
+
+    return mesh, results, sharding.named(mesh, P(r, c)), combine
+
+
+@dataclasses.dataclass(frozen=True)
+class _Codes:
+  cfg: DualConfig
+  fmt: _formats.Representation
+  interpret: bool
+  rule = "r c, r, c -> r c, c r, r, c"
+
+  def local(self, x, row_scale, col_scale):
+    return _local_codes(x, row_scale, col_scale, self.cfg, self.fmt,
+                        self.interpret)
+
+  def plan(self, arg_shapes):
+    mesh, (ra, ca) = sharding.layout(arg_shapes[0])
+    r, c = sharding.entry(ra), sharding.entry(ca)
+
+    def combine(outs):
+      codes, codes_t, row_err, col_err = outs
+      return (codes, codes_t, sharding.combine("sum", row_err, ca),
+              sharding.combine("sum", col_err, ra))
+
+    return (mesh, sharding.named(mesh, P(r, c), P(c, r), P(r), P(c)),
+            sharding.named(mesh, P(r, c), P(r), P(c)), combine)
+
+
+@dataclasses.dataclass(frozen=True)
+class PallasDual:
+  """``mor_jax._passes.DualPasses`` with the kernels."""
+
+  cfg: DualConfig
+  interpret: bool
+
+  def stats(self, x: jax.Array
+            ) -> tuple[_passes.BlockStats, _passes.BlockStats]:
+    outs = sharding.per_shard(_Stats(self.cfg, self.interpret))(x)
+    return tuple(
+        _passes.BlockStats(amax=a[:, None], nonfinite=(n > 0)[:, None],
+                           count=k[:, None], min_nonzero=m[:, None])
+        for a, n, k, m in (outs[:4], outs[4:]))
+
+  def codes(self, x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
+            fmt: _formats.Representation):
+    codes, codes_t, row_err, col_err = sharding.per_shard(
+        _Codes(self.cfg, fmt, self.interpret))(x, row_scale, col_scale)
+    return codes, codes_t, row_err[:, None], col_err[:, None]

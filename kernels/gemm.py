@@ -1,0 +1,344 @@
+"""An FP8 GEMM whose fallback to BF16 is decided on the device.
+
+For two operands on their K-major [rows, K] views, ``gemm`` computes
+
+  fp8 != 0:  Y = (A8 @ B8^T) * ra[:, None] * rb[None, :]   (FP8 tensor cores)
+  fp8 == 0:  Y = A @ B^T                                    (BF16 tensor cores)
+
+A8 and B8 are FP8 codes (E4M3 or E5M2, in any pairing), ra and rb the
+reciprocals of their per-row scales (one per contraction vector, so they
+factor out of the sum), and A and B the operands of the wide path. ``fp8``
+is a device scalar, MoR's decision, made just before: every thread block
+reads it and runs one of two K loops, so the choice costs no host round trip
+(``lax.cond`` on a GPU copies its predicate to the host and waits for it:
+30-60 us per GEMM, measured, see docs/benchmarks.md).
+
+Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
+``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
+gives exactly that: warp specialization (one warpgroup loads through TMA,
+two compute), a persistent grid and swizzled shared memory. On the H200, at
+16384 x 8192 x 8192, this kernel ran its FP8 path at 1327 TFLOP/s with the
+scales applied (cuBLAS through XLA: 1338) and its BF16 path at 705 (cuBLAS:
+737), while a Pallas Triton GEMM reached 470 in FP8 (docs/benchmarks.md).
+Like cuBLAS's default, the FP8 path accumulates in the tensor cores' own
+precision, without promoting partial sums. The kernel is Hopper-only
+(sm_90) and Mosaic GPU has no public interpret mode, so ``gemm_reference``,
+its jnp twin, is what runs elsewhere and what the GPU tests compare it
+with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.sharding import PartitionSpec as P
+
+from mor_jax.kernels import sharding
+
+# A x B^T: both operands contract their minor (K) dimension.
+TN = (((1,), (1,)), ((), ()))
+# The compute warpgroups of a block split its N extent.
+_COMPUTE_WGS = 2
+# Shared memory of an H100/H200 block (227 KiB), and room for barriers.
+_SMEM_BYTES = 232448
+_BARRIER_BYTES = 512
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GemmConfig:
+  """Tiles of the GEMM kernel (hashable: part of every cache key).
+
+  Attributes:
+    tile_m: output rows per block (and per compute warpgroup).
+    tile_n: output columns per compute warpgroup; a block spans 2 * tile_n.
+    tile_k_fp8: K per pipeline step of the FP8 loop (128 bytes of a row).
+    tile_k_wide: K per pipeline step of the 16-bit loop (128 bytes of a row).
+    stages: pipeline depth (shared-memory buffers per operand).
+    grid_tile_width: blocks per band of the planar-snake tile order (L2
+      reuse).
+    epilogue_tile: edge of the square tiles the output leaves through.
+  """
+
+  tile_m: int = 128
+  tile_n: int = 128
+  tile_k_fp8: int = 128
+  tile_k_wide: int = 64
+  stages: int = 4
+  grid_tile_width: int = 8
+  epilogue_tile: int = 64
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"GemmConfig.{f.name} must be a positive int, got "
+                         f"{v!r}.")
+
+  @property
+  def block_n(self) -> int:
+    return _COMPUTE_WGS * self.tile_n
+
+  @property
+  def k_multiple(self) -> int:
+    return max(self.tile_k_fp8, self.tile_k_wide)
+
+
+def _transforms(tile_minor: int, dtype) -> tuple:
+  """Shared-memory tiling and swizzle for rows of ``tile_minor`` elements."""
+  bits = jnp.dtype(dtype).itemsize * 8
+  swizzle = plgpu.find_swizzle(tile_minor * bits)
+  return (plgpu.TilingTransform((8, swizzle * 8 // bits)),
+          plgpu.SwizzleTransform(swizzle))
+
+
+def _stages(cfg: GemmConfig, out_dtype) -> dict[int, int]:
+  """Pipeline depth per operand width that fits the shared memory.
+
+  Each step holds a (tile_m + block_n) x tile_k tile of both operands; the
+  output leaves through 2 x 2 epilogue tiles per warpgroup, and each
+  warpgroup keeps its tile's float32 scales.
+  """
+  out_bytes = (_COMPUTE_WGS * 2 * cfg.epilogue_tile**2 *
+               jnp.dtype(out_dtype).itemsize)
+  scale_bytes = _COMPUTE_WGS * (cfg.tile_m + cfg.tile_n) * 4
+  room = _SMEM_BYTES - out_bytes - scale_bytes - _BARRIER_BYTES
+  stages = {}
+  for itemsize, tile_k in ((1, cfg.tile_k_fp8), (2, cfg.tile_k_wide)):
+    step = (cfg.tile_m + cfg.block_n) * tile_k * itemsize
+    stages[itemsize] = max(2, min(cfg.stages, room // step))
+  return stages
+
+
+def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
+            out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig):
+  m, k = a_ref.shape
+  n = b_ref.shape[0]
+  tm, tn, bn, et = cfg.tile_m, cfg.tile_n, cfg.block_n, cfg.epilogue_tile
+  m_iters, n_iters = m // tm, n // bn
+  stages = _stages(cfg, out_ref.dtype)
+
+  def run(a_gmem, b_gmem, tile_k: int, scaled: bool):
+    transforms = _transforms(tile_k, a_gmem.dtype)
+
+    def pipeline(body, compute_context):
+      return plgpu.emit_pipeline_warp_specialized(
+          body,
+          grid=(k // tile_k,),
+          memory_registers=40,
+          in_specs=[
+              plgpu.BlockSpec((tm, tile_k), lambda kk: (0, kk),
+                              transforms=transforms, memory_space=plgpu.SMEM),
+              plgpu.BlockSpec((bn, tile_k), lambda kk: (0, kk),
+                              transforms=transforms, memory_space=plgpu.SMEM),
+          ],
+          wg_axis="wg",
+          num_compute_wgs=_COMPUTE_WGS,
+          max_concurrent_steps=stages[jnp.dtype(a_gmem.dtype).itemsize],
+          compute_context=compute_context,
+      )
+
+    ignore = lambda *_, **__: None  # noqa: E731
+    allocations = pipeline(ignore, ignore).get_allocations(a_gmem, b_gmem)
+
+    @functools.partial(pl.run_scoped, allocs=allocations,
+                       collective_axes="wg")
+    def _(allocs):
+      wg = lax.axis_index("wg")
+
+      @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
+      def _(info):
+        (lin,) = info.index
+        im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
+                                    cfg.grid_tile_width)
+        rows = pl.ds(im * tm, tm)
+        cols = pl.ds(jn * bn + wg * tn, tn)  # this warpgroup's columns
+
+        def compute_context(run_pipeline):
+          @functools.partial(pl.run_scoped,
+                             acc_ref=plgpu.ACC((tm, tn), jnp.float32))
+          def _(acc_ref):
+            if scaled:  # fetch this tile's scales while the K loop runs
+              plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_smem.at[wg],
+                                      barriers.at[2 * wg])
+              plgpu.copy_gmem_to_smem(rb_ref.at[cols], rb_smem.at[wg],
+                                      barriers.at[2 * wg + 1])
+            run_pipeline(acc_ref)
+            acc = acc_ref[...]
+            if scaled:
+              # Per-row scales factor out of the sum over K: the FP8 GEMM
+              # applies them to the float32 accumulator.
+              plgpu.barrier_wait(barriers.at[2 * wg])
+              plgpu.barrier_wait(barriers.at[2 * wg + 1])
+              ra = plgpu.load(ra_smem.at[wg],
+                              layout=plgpu.Layout.WGMMA.reduce(1))
+              rb = plgpu.load(rb_smem.at[wg],
+                              layout=plgpu.Layout.WGMMA.reduce(0))
+              acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
+                     lax.broadcast_in_dim(rb, (tm, tn), [1]))
+            acc = acc.astype(out_ref.dtype)
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            for i in range(tm // et):
+              for j in range(tn // et):
+                slot = (i * (tn // et) + j) % 2
+                plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                out_smem[wg, slot] = acc[i * et:(i + 1) * et,
+                                         j * et:(j + 1) * et]
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(
+                    out_smem.at[wg, slot],
+                    out_ref.at[rows, cols].at[pl.ds(i * et, et),
+                                              pl.ds(j * et, et)])
+
+        def mma(_, a_smem, b_smem, acc_ref):
+          # B is K-major in shared memory, as FP8 wgmma requires.
+          plgpu.wgmma(acc_ref, a_smem, b_smem.at[pl.ds(wg * tn, tn)].T)
+          plgpu.wgmma_wait(0)
+          return acc_ref
+
+        pipeline(mma, compute_context)(
+            a_gmem.at[rows, :], b_gmem.at[pl.ds(jn * bn, bn), :],
+            allocations=allocs)
+
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+  # Every thread reads the decision; the branches allocate the same shared
+  # memory (a cond takes the larger of its branches' needs).
+  lax.cond(fp8_ref[...] != 0,
+           lambda: run(a8_ref, b8_ref, cfg.tile_k_fp8, True),
+           lambda: run(a_ref, b_ref, cfg.tile_k_wide, False))
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
+  m, k = a.shape
+  n = b.shape[0]
+  mp, np_, kp = (_round_up(m, config.tile_m), _round_up(n, config.block_n),
+                 _round_up(k, config.k_multiple))
+  if (mp, np_, kp) != (m, n, k):
+    pad2 = lambda x, r: jnp.pad(x, ((0, r - x.shape[0]), (0, kp - k)))  # noqa: E731
+    a8, a, ra = pad2(a8, mp), pad2(a, mp), jnp.pad(ra, (0, mp - m))
+    b8, b, rb = pad2(b8, np_), pad2(b, np_), jnp.pad(rb, (0, np_ - n))
+  et = config.epilogue_tile
+  cores = getattr(jax.devices()[0], "core_count", 132)
+  call = plgpu.kernel(
+      functools.partial(_kernel, cfg=config),
+      out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+      grid=(cores,),
+      grid_names=("grid",),
+      num_threads=_COMPUTE_WGS + 1,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      scratch_types=dict(
+          out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et, et), out_dtype,
+                              transforms=_transforms(et, out_dtype)),
+          ra_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_m), jnp.float32),
+          rb_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_n), jnp.float32),
+          barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS)),
+  )
+  y = call(fp8, a8, b8, ra, rb, a, b)
+  return y[:m, :n] if (mp, np_) != (m, n) else y
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gemm:
+  """The GEMM per shard: rows of A and B stay put, a sharded K is summed."""
+
+  out_dtype: jnp.dtype
+  config: GemmConfig
+  rule = ", m k, n k, m, n, m k, n k -> m n"  # the decision is a scalar
+
+  def local(self, *args):
+    return (_local_gemm(*args, out_dtype=self.out_dtype, config=self.config),)
+
+  def batchable_local(self, *args):
+    return (gemm_reference(*args, out_dtype=self.out_dtype),)
+
+  def plan(self, arg_shapes):
+    mesh, (ma, ka) = sharding.layout(arg_shapes[1])
+    _, (na, kb) = sharding.layout(arg_shapes[2])
+    # A mesh axis can split one dimension of the output; K is summed only
+    # where both operands split it alike.
+    na = tuple(ax for ax in na if ax not in ma)
+    k = ka if ka == kb and not set(ka) & set(ma + na) else ()
+    m_, n_, k_ = (sharding.entry(x) for x in (ma, na, k))
+    args = sharding.named(mesh, P(), P(m_, k_), P(n_, k_), P(m_), P(n_),
+                          P(m_, k_), P(n_, k_))
+
+    def combine(outs):
+      return (sharding.combine("sum", outs[0], k),)
+
+    return mesh, sharding.named(mesh, P(m_, n_)), args, combine
+
+
+def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
+         rb: jax.Array, a: jax.Array, b: jax.Array, *, out_dtype,
+         config: GemmConfig) -> jax.Array:
+  """See the module docstring; runs on Hopper GPUs only.
+
+  Args:
+    fp8: bool scalar: True runs the FP8 loop.
+    a8: [M, K] FP8 codes.
+    b8: [N, K] FP8 codes.
+    ra: [M] float32 output factors of A8's rows.
+    rb: [N] float32 output factors of B8's rows.
+    a: [M, K] 16-bit operand of the wide loop.
+    b: [N, K] 16-bit operand of the wide loop, a's dtype.
+    out_dtype: the output's dtype.
+    config: the tiles.
+
+  Returns:
+    [M, N] in ``out_dtype``. Shapes that the tiles do not divide are padded
+    with zeros (a copy of each operand), which leaves the product unchanged.
+    Under ``jit`` with sharded operands it runs per shard; under ``vmap``,
+    ``gemm_reference`` runs.
+  """
+  op = _Gemm(jnp.dtype(out_dtype), config)
+  return sharding.per_shard(op)(
+      jnp.asarray(fp8, jnp.int32), a8, b8, ra.astype(jnp.float32),
+      rb.astype(jnp.float32), a, b)[0]
+
+
+def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,
+            out_dtype, precision=None) -> jax.Array:
+  """The FP8 path in jnp: XLA's FP8 dot, the scales applied to its output.
+
+  E5M2 x E5M2 runs on the codes converted to BF16 (exact): cuBLAS would
+  silently compute that pair in F16. ``precision`` HIGHEST asks cuBLAS for
+  float32 accumulation, the default for its fast FP8 accumulation.
+  """
+  if a8.dtype == b8.dtype == jnp.float8_e5m2:
+    a8, b8 = a8.astype(jnp.bfloat16), b8.astype(jnp.bfloat16)
+  acc = lax.dot_general(a8, b8, TN, precision=precision,
+                        preferred_element_type=jnp.float32)
+  return (acc * ra[:, None] * rb[None, :]).astype(out_dtype)
+
+
+def gemm_reference(fp8: jax.Array, a8: jax.Array, b8: jax.Array,
+                   ra: jax.Array, rb: jax.Array, a: jax.Array, b: jax.Array,
+                   *, out_dtype, precision=None) -> jax.Array:
+  """``gemm`` in jnp: ``fp8_dot`` or XLA's wide dot, chosen by ``lax.cond``.
+
+  The reference of the GPU tests, and what runs under ``vmap``.
+  """
+  def fp8_branch(a8, b8, ra, rb, a, b):
+    del a, b
+    return fp8_dot(a8, b8, ra, rb, out_dtype=out_dtype, precision=precision)
+
+  def wide_branch(a8, b8, ra, rb, a, b):
+    del a8, b8, ra, rb
+    return lax.dot_general(a, b, TN, precision=precision,
+                           preferred_element_type=jnp.float32
+                           ).astype(out_dtype)
+
+  return lax.cond(jnp.asarray(fp8) != 0, fp8_branch, wide_branch,
+                  a8, b8, ra, rb, a, b)
