@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _dispatch
+from mor_jax import _fp8
 from mor_jax import _mor
 from mor_jax import _policy
 from mor_jax import _stats
@@ -154,6 +156,10 @@ def _mor_dot_general(lhs, rhs, probes, dims, policy, precision, pet):
 
 def _forward(lhs, rhs, probes, dims, policy, precision, pet):
   del probes  # Only its cotangent matters.
+  execution = _fp8.resolve(policy.execution, dims, policy)
+  if execution is not None:
+    return _forward_matrices(lhs, rhs, dims, policy, precision, pet,
+                             execution)
   views = _views(dims, lhs.ndim, rhs.ndim)
   x, x_stats = _quantize_view(lhs, policy.activation,
                               views["fprop", "activation"])
@@ -164,7 +170,39 @@ def _forward(lhs, rhs, probes, dims, policy, precision, pet):
   return (out, stats), (lhs, rhs)
 
 
+def _forward_matrices(lhs, rhs, dims, policy, precision, pet, execution):
+  """The forward pass as X [M, K] @ W [K, N] (``mor_jax._fp8``)."""
+  impl = _dispatch.current()
+  mats = _fp8.Matrices.of(dims, lhs, rhs, execution)
+  out_dtype = jax.eval_shape(
+      functools.partial(jax.lax.dot_general, dimension_numbers=dims,
+                        precision=precision, preferred_element_type=pet),
+      lhs, rhs).dtype
+  x_fprop, x_wgrad = _fp8.quantize(mats.x(lhs), policy.activation, impl)
+  w_dgrad, w_fprop = _fp8.quantize(mats.w(rhs), policy.weight, impl)
+  y = _fp8.gemm(x_fprop, w_fprop, execution, out_dtype, precision, impl)
+  stats = {"fprop": {"activation": x_fprop.stats, "weight": w_fprop.stats}}
+  return ((y.reshape(mats.out_shape()), stats),
+          (mats, x_wgrad, w_dgrad))
+
+
+def _backward_matrices(policy, precision, residuals, g):
+  mats, x_wgrad, w_dgrad = residuals
+  impl = _dispatch.current()
+  g_dgrad, g_wgrad = _fp8.quantize(g.reshape(mats.m_n), policy.gradient,
+                                   impl)
+  dx = _fp8.gemm(g_dgrad, w_dgrad, mats.execution, mats.lhs_dtype, precision,
+                 impl)
+  dw = _fp8.gemm(x_wgrad, g_wgrad, mats.execution, mats.rhs_dtype, precision,
+                 impl)
+  stats = {"dgrad": {"gradient": g_dgrad.stats, "weight": w_dgrad.stats},
+           "wgrad": {"activation": x_wgrad.stats, "gradient": g_wgrad.stats}}
+  return mats.lhs_of(dx), mats.rhs_of(dw), stats
+
+
 def _backward(dims, policy, precision, pet, residuals, cotangents):
+  if isinstance(residuals[0], _fp8.Matrices):
+    return _backward_matrices(policy, precision, residuals, cotangents[0])
   lhs, rhs = residuals
   g = cotangents[0]
   views = _views(dims, lhs.ndim, rhs.ndim)

@@ -264,17 +264,9 @@ def _accept(pred, m: Measurements, fmt: Representation) -> jax.Array:
 def _mor(x: jax.Array, recipe: Recipe, output: _passes.Output,
          impl: _dispatch.Implementation):
   """(values, or (codes, scales) of the FP8 candidate; choice; MoRStats)."""
-  block_shape = recipe.block_shape or (None,) * x.ndim
-  part = _partition.Partition.build(x.shape, block_shape)
-  m = Measurements(x, _dispatch.passes(part, impl), recipe, output)
-
-  accepted = [_accept(pred, m, fmt) & ~m.nonfinite
-              for fmt, pred in recipe.candidates[:-1]]
-  accepted.append(jnp.ones_like(m.nonfinite))
-  # The first accepted candidate: argmax returns the first True.
-  choice = jnp.argmax(jnp.stack(accepted), axis=0).astype(jnp.int32)
-  stats = _statistics(m, choice, recipe, part, x.size)
-
+  part = partition(x.shape, recipe)
+  m, choice, stats = select(x, _dispatch.passes(part, impl), recipe, output,
+                            part)
   if output == "codes":
     out, _, scale = m.quantized(recipe.candidates[0][0])
     return (out, scale), choice, stats
@@ -286,6 +278,25 @@ def _mor(x: jax.Array, recipe: Recipe, output: _passes.Output,
                                                  part.blocked_shape))
     value = jnp.where(chosen, m.quantized(fmt)[0], value)
   return value, choice, stats
+
+
+def partition(shape, recipe: Recipe) -> _partition.Partition:
+  """The partition a recipe decides on (one block for BF16-only recipes)."""
+  return _partition.Partition.build(
+      shape, recipe.block_shape or (None,) * len(shape))
+
+
+def select(x: jax.Array, passes: _passes.Passes, recipe: Recipe,
+           output: _passes.Output, part: _partition.Partition
+           ) -> tuple[Measurements, jax.Array, MoRStats]:
+  """Algorithm 2 on ``x``: (its measurements, the choice, the statistics)."""
+  m = Measurements(x, passes, recipe, output)
+  accepted = [_accept(pred, m, fmt) & ~m.nonfinite
+              for fmt, pred in recipe.candidates[:-1]]
+  accepted.append(jnp.ones_like(m.nonfinite))
+  # The first accepted candidate: argmax returns the first True.
+  choice = jnp.argmax(jnp.stack(accepted), axis=0).astype(jnp.int32)
+  return m, choice, _statistics(m, choice, recipe, part, x.size)
 
 
 def _statistics(m: Measurements, choice: jax.Array, recipe: Recipe,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
+from typing import Literal
 
 from mor_jax import _recipes
 
 ROLES = ("activation", "weight", "gradient")
+Execution = Literal["auto", "fp8", "emulate"]
+EXECUTIONS: tuple[Execution, ...] = typing.get_args(Execution)
 
 # MOR_SPEC section 6: tensor-level MoR with one scale per contraction vector of
 # the operand's 2-D GEMM view, the partition a real FP8 GEMM can execute.
@@ -26,10 +30,26 @@ class Policy:
   scale per contraction vector and ``(128, 128)`` tiles
   [non-contracting, contracting].
 
+  ``execution`` says how the GEMMs run (docs/numerics.md section 6.1):
+
+  - "emulate": BF16 GEMMs on the quantized-and-dequantized operands, the
+    reference, which runs everywhere;
+  - "fp8": each GEMM whose two operands MoR accepted in FP8 runs on FP8
+    tensor cores from the codes (the others in BF16 on the operands
+    "emulate" uses), with the choice made on the device: the same decisions
+    and statistics as "emulate", bit for bit. It needs per-tensor or
+    per-row scales (``block_shape`` (None, None) or (1, None)) and one
+    decision per tensor, and no batch dimensions; other dot_generals, and
+    policies with 128x128 blocks or sub-tensor MoR, run as "emulate". On a
+    CPU it runs XLA's FP8 dot;
+  - "auto" (the default): "fp8" on GPUs with FP8 tensor cores (sm_89 and
+    newer), "emulate" elsewhere.
+
   Attributes:
     activation: recipe for the left operand (X).
     weight: recipe for the right operand (W).
     gradient: recipe for the output gradient (dY).
+    execution: "auto", "fp8" or "emulate".
 
   Examples:
     >>> import mor_jax
@@ -43,8 +63,12 @@ class Policy:
   activation: _recipes.Recipe = DEFAULT_RECIPE
   weight: _recipes.Recipe = DEFAULT_RECIPE
   gradient: _recipes.Recipe = DEFAULT_RECIPE
+  execution: Execution = "auto"
 
   def __post_init__(self):
+    if self.execution not in EXECUTIONS:
+      raise ValueError(f"Policy.execution must be one of {EXECUTIONS}, got "
+                       f"{self.execution!r}.")
     for role in ROLES:
       recipe = getattr(self, role)
       if not isinstance(recipe, _recipes.Recipe):
@@ -58,9 +82,11 @@ class Policy:
             f"view; got {recipe.block_shape}.")
 
   @classmethod
-  def uniform(cls, recipe: _recipes.Recipe) -> Policy:
+  def uniform(cls, recipe: _recipes.Recipe,
+              execution: Execution = "auto") -> Policy:
     """The same recipe for activations, weights and gradients."""
-    return cls(activation=recipe, weight=recipe, gradient=recipe)
+    return cls(activation=recipe, weight=recipe, gradient=recipe,
+               execution=execution)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

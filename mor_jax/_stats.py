@@ -39,9 +39,13 @@ class NamedMoRStats(_mor.MoRStats):
 
   @classmethod
   def from_result(cls, r: _mor.MoRResult) -> NamedMoRStats:
-    s = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), r.stats)
+    return cls.of(r.stats, r.names)
+
+  @classmethod
+  def of(cls, stats: _mor.MoRStats, names: tuple[str, ...]) -> NamedMoRStats:
+    s = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), stats)
     return cls(**{f.name: getattr(s, f.name)
-                  for f in dataclasses.fields(_mor.MoRStats)}, names=r.names)
+                  for f in dataclasses.fields(_mor.MoRStats)}, names=names)
 
   @classmethod
   def zeros(cls, recipe: _recipes.Recipe) -> NamedMoRStats:

@@ -1,0 +1,219 @@
+"""MoR's FP8 execution against BF16 and Flax's FP8 Dense, in one run.
+
+Three measurements, each against its ceiling and peers in the same process:
+
+1. ``dense``: MoRDense forward and backward (three GEMMs, six MoR
+   quantizations) with the default policy, against ``nn.Dense`` in BF16 and
+   ``nn.Dense`` with Flax's ``Fp8DirectDotGeneralOp`` (per-tensor current
+   scaling, no fallback), at (tokens, in, out) = (16384, 8192, 8192) and
+   (16384, 8192, 28672) in bf16: MoR with every operand accepted
+   (execution "fp8"), with every operand rejected (threshold 1e-9: the BF16
+   fallback of every GEMM), and emulated.
+2. ``gemm``: one GEMM of (16384, 8192) x (8192, 8192)^T: cuBLAS BF16, cuBLAS
+   FP8 through XLA with its fast and its accurate accumulation (precision
+   DEFAULT and HIGHEST), and mor_jax's kernel (kernels/gemm.py) on its FP8
+   and its BF16 path; the relative Frobenius error of each FP8 result against
+   the exact product of the codes (float32 accumulation).
+3. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
+   the previous output (the cost of choosing at run time): XLA's FP8 dot
+   unconditionally, inside ``lax.cond``, and the kernel with its device-side
+   choice (alone, and with the BF16-path operand writers that return at
+   once).
+
+Run on a Hopper GPU: ``python benchmarks/gemm.py`` (``--only dense`` etc.).
+Each time is the median of rounds of queued calls; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.metadata
+import json
+import platform
+import statistics
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen import fp8_ops
+
+import mor_jax
+from mor_jax import kernels
+from mor_jax.dense import MoRDense
+
+TN = (((1,), (1,)), ((), ()))
+
+
+def timed(fn, *args, iters: int = 10, rounds: int = 5) -> float:
+  """Seconds per call: the median of ``rounds`` rounds of ``iters`` calls."""
+  jax.block_until_ready(fn(*args))
+  out = []
+  for _ in range(rounds):
+    t0 = time.perf_counter()
+    for _ in range(iters):
+      r = fn(*args)
+    jax.block_until_ready(r)
+    out.append((time.perf_counter() - t0) / iters)
+  return statistics.median(out)
+
+
+def say(**row) -> None:
+  print(json.dumps(row), flush=True)
+
+
+def rel(a, b) -> float:
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def dense_layer(kind: str, n: int):
+  kw = dict(use_bias=False, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  if kind == "bf16":
+    return nn.Dense(n, **kw)
+  if kind == "flax_fp8":
+    return nn.Dense(n, dot_general_cls=fp8_ops.Fp8DirectDotGeneralOp, **kw)
+  threshold = 1e-9 if kind == "mor_rejected" else 0.045
+  recipe = mor_jax.TensorLevelMoR(block_shape=(1, None), threshold=threshold)
+  execution = "emulate" if kind == "mor_emulate" else "fp8"
+  return MoRDense(n, policy=mor_jax.Policy.uniform(recipe, execution),
+                  **kw)
+
+
+def bench_dense(shapes, iters: int) -> None:
+  for m, k, n in shapes:
+    x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+    base = None
+    for kind in ("bf16", "flax_fp8", "mor_fp8", "mor_rejected",
+                 "mor_emulate"):
+      layer = dense_layer(kind, n)
+      v = layer.init(jax.random.key(1), x[:8])
+
+      def loss(v, x, layer=layer):
+        y = layer.apply(v, x, mutable=True)[0]
+        return jnp.sum(y.astype(jnp.float32) ** 2) * 1e-6
+
+      step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+      t = timed(step, v, x, iters=iters)
+      base = base or t
+      row = dict(bench="dense", shape=[m, k, n], layer=kind,
+                 ms=round(t * 1e3, 3), speedup_vs_bf16=round(base / t, 3),
+                 tflops=round(6 * m * n * k / t / 1e12, 1))
+      if kind.startswith("mor"):
+        _, state = layer.apply(v, x, mutable=["mor_stats"])
+        fprop = state["mor_stats"]["fprop"]
+        row["fprop_e4m3"] = [float(fprop[r].fraction_blocks[0])
+                             for r in ("activation", "weight")]
+      say(**row)
+
+
+def _codes(x):
+  """Per-row E4M3 codes and reciprocal scales of x through mor_jax."""
+  r = mor_jax.mor_codes(x, mor_jax.TensorLevelMoR(block_shape=(1, None)))
+  return r.codes.data, (1.0 / r.codes.scale[:, 0]).astype(jnp.float32)
+
+
+def bench_gemm(iters: int) -> None:
+  m, k, n = 16384, 8192, 8192
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
+  a8, ra = jax.jit(_codes)(a)
+  b8, rb = jax.jit(_codes)(b)
+  exact = jax.jit(lambda: jax.lax.dot_general(
+      a8.astype(jnp.bfloat16), b8.astype(jnp.bfloat16), TN,
+      preferred_element_type=jnp.float32) * ra[:, None] * rb[None, :])()
+  wide_ref = jax.lax.dot_general(a, b, TN, preferred_element_type=jnp.float32)
+  cfg = kernels.GemmConfig()
+  cases = {
+      "cublas_bf16": (lambda: jax.lax.dot_general(
+          a, b, TN, preferred_element_type=jnp.bfloat16), wide_ref),
+      "cublas_fp8_fast": (lambda: kernels.gemm.fp8_dot(
+          a8, b8, ra, rb, out_dtype=jnp.bfloat16), exact),
+      "cublas_fp8_accurate": (lambda: kernels.gemm.fp8_dot(
+          a8, b8, ra, rb, out_dtype=jnp.bfloat16,
+          precision=jax.lax.Precision.HIGHEST), exact),
+      "mor_kernel_fp8_path": (lambda: kernels.gemm.gemm(
+          True, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16, config=cfg),
+                              exact),
+      "mor_kernel_bf16_path": (lambda: kernels.gemm.gemm(
+          False, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16, config=cfg),
+                               wide_ref),
+  }
+  for name, (fn, ref) in cases.items():
+    fn = jax.jit(fn)
+    t = timed(fn, iters=iters)
+    say(bench="gemm", case=name, ms=round(t * 1e3, 3),
+        tflops=round(2 * m * n * k / t / 1e12, 1),
+        rel_frobenius=rel(fn(), ref))
+
+
+def bench_chain(iters: int) -> None:
+  """72 GEMMs of 4096^3, each on the codes of the previous output."""
+  m = 4096
+  w = jax.random.normal(jax.random.key(1), (m, m), jnp.bfloat16) * 0.02
+  w8, rw = jax.jit(_codes)(w)
+  cfg = kernels.KernelConfig()
+  ones = jnp.ones((m,), jnp.float32)
+
+  def step(kind, h, pred):
+    h8 = h.astype(jnp.float8_e4m3fn)
+    if kind == "xla_fp8":
+      return kernels.gemm.fp8_dot(h8, w8, ones, rw, out_dtype=jnp.bfloat16)
+    if kind == "xla_cond":
+      return jax.lax.cond(
+          pred, lambda: kernels.gemm.fp8_dot(h8, w8, ones, rw,
+                                             out_dtype=jnp.bfloat16),
+          lambda: jax.lax.dot_general(h, w, TN,
+                                      preferred_element_type=jnp.bfloat16))
+    wa, wb = h, w
+    if kind == "kernel_with_writers":
+      wa, wb = (kernels.wide.wide_operand(
+          ~pred, pred, q, r, x, transposed=False, dtype=jnp.bfloat16,
+          cfg=cfg.wide, interpret=False) for q, r, x in ((h8, ones, h),
+                                                         (w8, rw, w)))
+    return kernels.gemm.gemm(pred, h8, w8, ones, rw, wa, wb,
+                             out_dtype=jnp.bfloat16, config=cfg.gemm)
+
+  def chain(kind, preds, h):
+    # A scan with a known trip count compiles each variant once and adds no
+    # host synchronisation of its own.
+    return jax.lax.scan(lambda h, p: (step(kind, h, p) * 1e-2, None), h,
+                        preds)[0]
+
+  h0 = jax.random.normal(jax.random.key(0), (m, m), jnp.bfloat16)
+  for kind, preds in (("xla_fp8", (True,)), ("xla_cond", (True, False)),
+                      ("kernel", (True, False)),
+                      ("kernel_with_writers", (True, False))):
+    for p in preds:
+      fn = jax.jit(functools.partial(chain, kind))
+      t = timed(fn, jnp.full((72,), p), h0, iters=max(1, iters // 3),
+                rounds=3)
+      say(bench="chain", case=kind, fp8=p, ms=round(t * 1e3, 3))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--only", choices=("dense", "gemm", "chain"), default=None)
+  ap.add_argument("--iters", type=int, default=10)
+  ap.add_argument("--dense-shapes", default="16384x8192x8192,16384x8192x28672")
+  args = ap.parse_args()
+  dev = jax.devices()[0]
+  say(date=str(datetime.date.today()), device=dev.device_kind,
+      backend=jax.default_backend(), jax=jax.__version__,
+      jaxlib=importlib.metadata.version("jaxlib"), flax=flax.__version__,
+      python=platform.python_version(), mor_jax=mor_jax.__version__)
+  shapes = [tuple(int(d) for d in s.split("x"))
+            for s in args.dense_shapes.split(",")]
+  if args.only in (None, "gemm"):
+    bench_gemm(args.iters)
+  if args.only in (None, "chain"):
+    bench_chain(args.iters)
+  if args.only in (None, "dense"):
+    bench_dense(shapes, args.iters)
+
+
+if __name__ == "__main__":
+  main()

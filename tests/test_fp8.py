@@ -1,0 +1,318 @@
+"""FP8 execution (Policy.execution): the same decisions as emulation, real FP8.
+
+On a CPU "fp8" runs XLA's FP8 dot inside ``lax.cond`` and the Triton
+kernels (dual passes, BF16-path operands) in interpret mode; on a Hopper GPU
+the tests marked ``gpu`` run the compiled kernels, the Mosaic GPU GEMM
+among them, against the jnp references.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import mor_jax
+from mor_jax import kernels
+from mor_jax.dense import MoRDense
+from tests import data
+
+PER_ROW = mor_jax.TensorLevelMoR(block_shape=(1, None))
+REJECT = mor_jax.TensorLevelMoR(block_shape=(1, None), threshold=1e-9)
+DENSE = (((1,), (0,)), ((), ()))
+
+
+def _rel(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _run(x, w, dims, policy, impl="xla"):
+  """(y, dx, dw, all six statistics) of a jitted value_and_grad.
+
+  The loss is linear in y, so dY (and with it the gradient's statistics) is
+  the same whatever y is: the modes are compared on equal inputs.
+  """
+  def loss(x, w, probes):
+    y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes, policy=policy)
+    c = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+    return jnp.sum(y.astype(jnp.float32) * c), (y, fwd)
+
+  with mor_jax.use_implementation(impl):
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+    (dx, dw, bwd), (y, fwd) = fn(x, w, mor_jax.zero_probes(policy))
+  return y, dx, dw, (fwd, bwd)
+
+
+def _assert_same_stats(a, b):
+  for (path, u), v in zip(jax.tree_util.tree_flatten_with_path(a)[0],
+                          jax.tree.leaves(b)):
+    assert np.array_equal(np.asarray(u), np.asarray(v)), (
+        jax.tree_util.keystr(path), u, v)
+
+
+def _operands(shape_x, shape_w, dtype, seed=0):
+  x = data.make("normal", shape_x, np.float32, seed=seed)
+  w = data.make("normal", shape_w, np.float32, seed=seed + 1) * 0.05
+  return jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5),
+                                       (jnp.bfloat16, 1e-2)])
+@pytest.mark.parametrize("policy", [
+    mor_jax.Policy.uniform(PER_ROW),
+    mor_jax.Policy.uniform(REJECT),
+    # Mixed: activations rejected, so fprop and wgrad fall back and dgrad
+    # runs in FP8.
+    mor_jax.Policy(activation=REJECT),
+    mor_jax.Policy.uniform(mor_jax.Static(mor_jax.E4M3)),
+    mor_jax.Policy(gradient=mor_jax.NoQuant()),
+    mor_jax.Policy(gradient=mor_jax.TensorLevelMoR(
+        block_shape=(1, None), threshold=0.1, scaling="e8m0")),
+], ids=["accepted", "rejected", "mixed", "per_tensor_static", "bf16_grads",
+        "e8m0"])
+def test_fp8_equals_emulation(policy, dtype, tol):
+  x, w = _operands((48, 96), (96, 40), dtype)
+  em = _run(x, w, DENSE, _with(policy, "emulate"))
+  f8 = _run(x, w, DENSE, _with(policy, "fp8"))
+  _assert_same_stats(em[3], f8[3])
+  for got, want in zip(f8[:3], em[:3]):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert _rel(got, want) <= tol
+
+
+def _with(policy, execution):
+  return mor_jax.Policy(activation=policy.activation, weight=policy.weight,
+                        gradient=policy.gradient, execution=execution)
+
+
+@pytest.mark.parametrize("shapes,dims", [
+    (((4, 6, 32), (32, 24)), (((2,), (0,)), ((), ()))),
+    (((32, 20), (16, 32)), (((0,), (1,)), ((), ()))),
+    (((3, 8, 4, 5), (4, 5, 12)), (((2, 3), (0, 1)), ((), ()))),
+])
+def test_fp8_layouts_equal_emulation(shapes, dims):
+  x, w = _operands(*shapes, jnp.float32, seed=3)
+  policy = mor_jax.Policy()
+  em = _run(x, w, dims, _with(policy, "emulate"))
+  f8 = _run(x, w, dims, _with(policy, "fp8"))
+  _assert_same_stats(em[3], f8[3])
+  for got, want in zip(f8[:3], em[:3]):
+    assert _rel(got, want) <= 1e-5
+  # And the emulation equals lax.dot_general on the dequantized operands.
+  ref = jax.lax.dot_general(x, w, dims)
+  assert _rel(em[0], ref) < 0.05
+
+
+def test_e5m2_operands():
+  """E5M2 x E5M2 (XLA would compute it in F16 on cuBLAS): exact products."""
+  e5 = mor_jax.Recipe(candidates=((mor_jax.E5M2, mor_jax.ErrorBelow(0.2)),
+                                  (mor_jax.BF16, None)),
+                      block_shape=(1, None))
+  x, w = _operands((32, 64), (64, 16), jnp.float32)
+  policy = mor_jax.Policy.uniform(e5)
+  em = _run(x, w, DENSE, _with(policy, "emulate"))
+  f8 = _run(x, w, DENSE, _with(policy, "fp8"))
+  assert float(f8[3][0]["fprop"]["activation"].fraction_blocks[0]) == 1.0
+  _assert_same_stats(em[3], f8[3])
+  assert _rel(f8[0], em[0]) <= 1e-5
+
+
+def test_emulation_of_per_row_recipes_keeps_the_view_path_statistics():
+  """The matrix path's statistics are those of MoR on each operand's view."""
+  x, w = _operands((48, 96), (96, 40), jnp.float32)
+  y, _, _, (fwd, _) = _run(x, w, DENSE, _with(mor_jax.Policy(), "emulate"))
+  r = mor_jax.mor_quantize(x, PER_ROW)
+  s = fwd["fprop"]["activation"]
+  np.testing.assert_array_equal(s.error, r.stats.error)
+  np.testing.assert_array_equal(s.amax, r.stats.amax)
+  w_view = mor_jax.mor_quantize(w.T, PER_ROW)
+  assert _rel(y, r.value @ w_view.value.T) <= 1e-6
+
+
+def test_ineligible_policies_run_as_before():
+  """128x128 blocks and batch dimensions take the per-view path in any mode."""
+  x, w = _operands((48, 256), (256, 128), jnp.float32)
+  block = mor_jax.Policy.uniform(mor_jax.TensorLevelMoR())
+  a = _run(x, w, DENSE, _with(block, "fp8"))
+  b = _run(x, w, DENSE, _with(block, "emulate"))
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_policy_execution_is_checked():
+  with pytest.raises(ValueError, match="execution must be one of"):
+    mor_jax.Policy(execution="fast")
+  assert mor_jax.Policy().execution == "auto"
+
+
+def test_auto_is_emulation_off_fp8_tensor_cores():
+  from mor_jax import _fp8  # pylint: disable=g-import-not-at-top
+  want = "fp8" if jax.default_backend() == "gpu" else "emulate"
+  if jax.default_backend() == "gpu":
+    cc = tuple(int(v) for v in jax.devices()[0].compute_capability.split("."))
+    want = "fp8" if cc >= (8, 9) else "emulate"
+  assert _fp8.resolve("auto", DENSE, mor_jax.Policy()) == want
+
+
+def test_layer_trains_under_scan_remat_and_vmap():
+  policy = _with(mor_jax.Policy(), "fp8")
+
+  class Stack(__import__("flax").linen.Module):
+    @__import__("flax").linen.compact
+    def __call__(self, x):
+      nn = __import__("flax").linen
+      block = nn.remat(nn.scan(
+          lambda mdl, h, _: (MoRDense(16, policy=policy)(h), None),
+          variable_axes={"params": 0, "mor_stats": 0, "mor_grads": 0},
+          split_rngs={"params": True}, length=3))
+      return block(self, x, None)[0]
+
+  model = Stack()
+  x = jnp.ones((4, 16))
+  v = model.init(jax.random.key(0), x)
+  loss = lambda p, x: jnp.sum(model.apply(  # noqa: E731
+      {**v, "params": p}, x, mutable=["mor_stats"])[0] ** 2)
+  g = jax.jit(jax.grad(loss))(v["params"], x)
+  assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(g))
+  # vmap over a batch of inputs: the kernels' batching rules run.
+  y = jax.vmap(lambda xi: mor_jax.dot_general(
+      xi, jnp.ones((16, 8)), DENSE, policy=policy))(jnp.ones((2, 4, 16)))
+  assert y.shape == (2, 4, 8)
+
+
+# ----------------------------------------------------------------------------
+# The kernels against their jnp twins (interpret mode on a CPU).
+
+
+@pytest.mark.parametrize("shape", [(70, 130), (128, 256)])
+@pytest.mark.parametrize("fmt", [mor_jax.E4M3, mor_jax.E5M2])
+def test_dual_kernels_equal_xla(shape, fmt):
+  from mor_jax import _scaling, _xla  # pylint: disable=g-import-not-at-top
+  x = data.make("outlier_cols", shape, np.float32, seed=7)
+  x[3, :4] = [np.nan, np.inf, 0.0, 1e-40]
+  x = jnp.asarray(x, jnp.bfloat16)
+  interpret = jax.default_backend() != "gpu"
+  pallas = kernels.dual.PallasDual(
+      kernels.DualConfig(tile_rows=32, tile_cols=64), interpret)
+  xla = _xla.XlaDual()
+  for got, want in zip(pallas.stats(x), xla.stats(x)):
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows, cols = (_scaling.scales_from_amax(st.amax, fmt, "gam", None)[:, 0]
+                for st in xla.stats(x))
+  got, want = pallas.codes(x, rows, cols, fmt), xla.codes(x, rows, cols, fmt)
+  finite = np.isfinite(np.asarray(x, np.float32))
+  data.assert_codes_equal(np.asarray(got[0])[finite],
+                          np.asarray(want[0])[finite])
+  data.assert_codes_equal(np.asarray(got[1])[finite.T],
+                          np.asarray(want[1])[finite.T])
+  for a, b in zip(got[2:], want[2:]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6)
+
+
+@pytest.mark.parametrize("fallback,accepted,transposed", [
+    (True, True, False), (True, False, False), (True, False, True)])
+def test_wide_operand(fallback, accepted, transposed):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((70, 300)), jnp.bfloat16)
+  codes = jnp.asarray(rng.standard_normal((70, 300)) * 10,
+                      jnp.float8_e4m3fn)
+  recip = jnp.asarray(rng.uniform(0.01, 1, 70), jnp.float32)
+  got = kernels.wide.wide_operand(
+      jnp.bool_(fallback), jnp.bool_(accepted), codes, recip,
+      x.T if transposed else x, transposed=transposed, dtype=jnp.bfloat16,
+      cfg=kernels.WideConfig(tile_rows=32, tile_cols=128),
+      interpret=jax.default_backend() != "gpu")
+  # An accepted operand: its codes dequantized, bit for bit as the emulated
+  # path has them; a rejected one: as it came.
+  want = ((codes.astype(jnp.float32) * recip[:, None]).astype(jnp.bfloat16)
+          if accepted else x)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(want, np.float32))
+
+
+# ----------------------------------------------------------------------------
+# Sharded: per shard with global decisions.
+
+N_DEV = 8 if jax.default_backend() == "cpu" else 2
+
+
+@pytest.mark.skipif(jax.device_count() < N_DEV, reason=f"needs {N_DEV} devices")
+@pytest.mark.parametrize("spec", [P("d", None), P(None, "d"), P("a", "b")])
+def test_sharded_dual_and_layer_equal_one_device(spec):
+  axes = ("d",) if "d" in spec else ("a", "b")
+  mesh = jax.make_mesh((N_DEV,) if axes == ("d",) else (2, N_DEV // 2), axes,
+                       devices=jax.devices()[:N_DEV],
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+  x, w = _operands((64, 128), (128, 64), jnp.bfloat16, seed=11)
+  policy = _with(mor_jax.Policy(), "fp8")
+  one = _run(x, w, DENSE, policy, impl="pallas")
+  xs = jax.device_put(x, NamedSharding(mesh, spec))
+  ws = jax.device_put(w, NamedSharding(mesh, P(spec[1], None)))
+  many = _run(xs, ws, DENSE, policy, impl="pallas")
+  _assert_same_decisions(one[3], many[3])
+  for got, want in zip(many[:3], one[:3]):
+    assert _rel(got, want) <= 1e-2
+
+
+def _assert_same_decisions(a, b):
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# On a Hopper GPU: the compiled kernels.
+
+
+def _hopper() -> bool:
+  return (jax.default_backend() == "gpu" and
+          jax.devices()[0].compute_capability.startswith("9."))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
+@pytest.mark.parametrize("m,k,n", [(256, 512, 512), (200, 300, 130)])
+@pytest.mark.parametrize("fmts", [("E4M3", "E4M3"), ("E4M3", "E5M2"),
+                                  ("E5M2", "E5M2")])
+@pytest.mark.parametrize("fp8", [True, False])
+def test_gemm_kernel_equals_reference(m, k, n, fmts, fp8):
+  rng = np.random.default_rng(1)
+  a = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
+  b = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
+  dt = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}
+  a8, b8 = (jnp.asarray(v * 8, dt[f]) for v, f in ((a, fmts[0]),
+                                                   (b, fmts[1])))
+  ra = jnp.asarray(rng.uniform(0.5, 2, m), jnp.float32)
+  rb = jnp.asarray(rng.uniform(0.5, 2, n), jnp.float32)
+  args = (jnp.bool_(fp8), a8, b8, ra, rb, a, b)
+  got = kernels.gemm.gemm(*args, out_dtype=jnp.float32,
+                          config=kernels.GemmConfig())
+  want = kernels.gemm.gemm_reference(*args, out_dtype=jnp.float32,
+                                     precision=jax.lax.Precision.HIGHEST)
+  assert got.shape == (m, n)
+  assert _rel(got, want) <= 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy", [mor_jax.Policy(),
+                                    mor_jax.Policy.uniform(REJECT),
+                                    mor_jax.Policy(activation=REJECT)],
+                         ids=["accepted", "rejected", "mixed"])
+def test_fp8_on_gpu_equals_emulation(policy):
+  x, w = _operands((512, 1024), (1024, 768), jnp.bfloat16, seed=5)
+  em = _run(x, w, DENSE, _with(policy, "emulate"), impl="auto")
+  f8 = _run(x, w, DENSE, _with(policy, "fp8"), impl="auto")
+  _assert_same_stats(em[3], f8[3])
+  for got, want in zip(f8[:3], em[:3]):
+    assert _rel(got, want) <= 1e-2
+  if _hopper():
+    text = jax.jit(functools.partial(
+        _run, dims=DENSE, policy=_with(policy, "fp8"), impl="auto")).lower(
+            x, w).as_text()
+    assert "mosaic" in text.lower()
