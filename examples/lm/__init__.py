@@ -10,5 +10,7 @@ Laid out like flax's ``examples/lm1b`` so that each part reads on its own:
 - ``train``: optimizer, train and eval steps, checkpoints, the training loop;
 - ``report``: the summary table and the plots.
 
+Importing any of them leaves matplotlib alone (not imported, backend
+unchanged); ``report`` draws on ``matplotlib.figure.Figure`` only when asked.
 ``examples/train_lm.py`` is the command line.
 """

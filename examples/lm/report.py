@@ -2,7 +2,10 @@
 
 The table goes to the terminal, ``summary.md`` and ``summary.csv``; the
 plots (losses against bf16, E4M3 share per role, a heatmap of each layer's
-and GEMM's error) to PNG files beside them.
+and GEMM's error) to PNG files beside them. matplotlib is imported only when
+a plot is drawn, and then only ``matplotlib.figure.Figure``: no pyplot and
+no backend switch, so importing or calling this leaves an interactive
+session's matplotlib as it was.
 """
 
 from __future__ import annotations
@@ -11,15 +14,10 @@ import csv
 import pathlib
 from collections.abc import Sequence
 
-import matplotlib
 import numpy as np
 
 from .metrics import ROLES, Run, load_runs, split_key
 from .sharding import MESH_AXES
-
-matplotlib.use("Agg")
-import matplotlib.colors  # pylint: disable=g-import-not-at-top,wrong-import-position
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GEMMS_OF = {"activation": "fprop, wgrad", "weight": "fprop, dgrad",
             "gradient": "dgrad, wgrad"}
@@ -77,15 +75,25 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
 
 def _recipe_colors(runs: Sequence[Run]) -> dict[str, str]:
   """One colour per recipe in every plot, though some panels skip bf16."""
-  cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   return {r.recipe: cycle[k % len(cycle)] for k, r in enumerate(runs)}
+
+
+def _figure(**kwargs):
+  """A figure outside pyplot: no backend selected, none kept open to close.
+
+  ``savefig`` renders PNGs with Agg all the same.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  return Figure(**kwargs)
 
 
 def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
   """Training (smoothed) and validation loss, and their ratio to bf16."""
   base = next((r for r in runs if r.recipe == BASELINE), None)
-  fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex="col",
-                           height_ratios=(2, 1), squeeze=False)
+  fig = _figure(figsize=(12, 7))
+  axes = fig.subplots(2, 2, sharex="col", height_ratios=(2, 1), squeeze=False)
   colors = _recipe_colors(runs)
   for r in runs:
     n = max(1, r.steps_done // 50)
@@ -119,7 +127,8 @@ def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
 
 def plot_fp8_share(runs: Sequence[Run], path: pathlib.Path) -> None:
   """Share of quantizations in E4M3 per role over steps, one line per recipe."""
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+  fig = _figure(figsize=(14, 4))
+  axes = fig.subplots(1, 3, sharey=True)
   colors = _recipe_colors(runs)
   for ax, role in zip(axes, ROLES):
     for r in runs:
@@ -150,13 +159,14 @@ def plot_error_heatmap(run: Run, path: pathlib.Path) -> bool:
   vmax = max(2 * THRESHOLD, max(float(np.max(run.stats[k]))
                                 for keys in rows_by_role.values()
                                 for k in keys))
-  norm = matplotlib.colors.TwoSlopeNorm(vmin=0.0, vcenter=THRESHOLD, vmax=vmax)
+  from matplotlib.colors import TwoSlopeNorm  # pylint: disable=import-outside-toplevel
+  norm = TwoSlopeNorm(vmin=0.0, vcenter=THRESHOLD, vmax=vmax)
   n_rows = max(len(keys) for keys in rows_by_role.values())
   # Constrained layout reserves room for each panel's own row labels, which
   # differ between panels (the GEMMs of the role), so none overlaps the
   # panel to its left.
-  fig, axes = plt.subplots(1, 3, figsize=(15, 1.8 + 0.15 * n_rows),
-                           squeeze=False, layout="constrained")
+  fig = _figure(figsize=(15, 1.8 + 0.15 * n_rows), layout="constrained")
+  axes = fig.subplots(1, 3, squeeze=False)
   fig.get_layout_engine().set(wspace=0.04)
   image = None
   for ax, role in zip(axes[0], ROLES):
@@ -212,7 +222,6 @@ def _save(fig, path: pathlib.Path, tight: bool = True) -> None:
   if tight:
     fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def report(directory: pathlib.Path) -> str:
