@@ -1,6 +1,7 @@
 """Compares two runs of examples/train_lm.py: losses, every MoR decision, speed.
 
 Run: python examples/compare_runs.py ONE.jsonl[.gz] OTHER.jsonl[.gz]
+ or: python -m examples.compare_runs ONE.jsonl[.gz] OTHER.jsonl[.gz]
 
 Meant for a sharded run against the one-device run of the same recipe, seed
 and global batch: losses agree up to the order of sums, decisions exactly.
@@ -12,9 +13,14 @@ import argparse
 import pathlib
 import sys
 
+if not __package__:  # Run as a script: make the repository root importable.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
 from examples.lm.metrics import Run
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def compare(one: Run, other: Run) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """examples/train_lm.py and examples/lm/: reproducible runs, the corpus split,
-the report, the command line, and the sharded step (8 virtual CPU devices,
-root conftest.py).
+the report, the command line (in process and as scripts), and the sharded step
+(8 virtual CPU devices, root conftest.py).
 
 A tiny configuration on a small corner of the standard library keeps the
 whole file near a minute on two cores; most of it is XLA compiling the MoR
@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -26,6 +29,7 @@ from examples import train_lm
 from examples.lm import config, data, metrics, report, sharding
 from examples.lm import train as training
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = config.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
                      batch=8, steps=6, warmup=2, log_every=1, stats_every=1,
                      eval_every=3, val_batches=2)
@@ -247,3 +251,30 @@ def test_compare_runs_reports_equal_decisions(train, capsys):
                             str(train.files["data8"])]) == 0
   assert "decisions_differing: 0" in capsys.readouterr().out
 
+
+def _script(*argv: str, cwd: pathlib.Path) -> str:
+  """Runs ``python *argv`` in ``cwd``; its stdout (fails with its stderr)."""
+  done = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  return done.stdout
+
+
+def test_train_lm_runs_as_a_script_from_anywhere(tmp_path):
+  """`python examples/train_lm.py` finds examples.lm from any directory."""
+  printed = _script(str(ROOT / "examples" / "train_lm.py"), "--help",
+                    cwd=tmp_path)
+  assert printed.startswith("usage: train_lm.py")
+  assert "--time-limit SECONDS" in printed and "mor_channel" in printed
+
+
+def test_compare_runs_runs_as_a_script_and_as_a_module(train, tmp_path):
+  """Both spellings of its docstring's command line, on two real runs."""
+  train("seed0"), train("seed1", seed=1)  # Their metrics files, once.
+  files = [str(train.files["seed0"]), str(train.files["seed1"])]
+  script = _script(str(ROOT / "examples" / "compare_runs.py"), *files,
+                   cwd=tmp_path)
+  module = _script("-m", "examples.compare_runs", *files, cwd=ROOT)
+  assert script == module
+  assert f"steps: {TINY.steps}\n" in script
+  assert f"decisions_compared: {96 * TINY.steps}\n" in script
