@@ -159,6 +159,7 @@ def test_partition_specs_are_megatron_style():
 
 def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
   run1 = train("seed1", seed=1)
+  train("seed0")  # Run here too, so that the test also passes on its own.
   # A stand-in baseline: the seed-1 run under the name bf16, gzip-compressed
   # as committed results are; and the seed-0 run plain, which shadows a .gz
   # file of the same recipe (here the seed-1 one).
