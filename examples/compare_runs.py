@@ -1,6 +1,7 @@
 """Compares two runs of examples/train_lm.py: losses, every MoR decision, speed.
 
 Run: python examples/compare_runs.py ONE.jsonl[.gz] OTHER.jsonl[.gz]
+ or: python -m examples.compare_runs ONE.jsonl[.gz] OTHER.jsonl[.gz]
 
 Meant for a sharded run against the one-device run of the same recipe, seed
 and global batch: losses agree up to the order of sums, decisions exactly.
@@ -12,12 +13,17 @@ import argparse
 import pathlib
 import sys
 
+if not __package__:  # Run as a script: make the repository root importable.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
-from examples import train_lm
+from examples.lm.metrics import Run
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def compare(one: train_lm.Run, other: train_lm.Run) -> dict[str, float]:
+def compare(one: Run, other: Run) -> dict[str, float]:
   """Differences between two runs over the steps both ran."""
   n = min(one.train["loss"].size, other.train["loss"].size)
   v = min(one.val["loss"].size, other.val["loss"].size)
@@ -43,7 +49,7 @@ def main(argv=None) -> int:
   ap.add_argument("one", type=pathlib.Path, help="the reference run")
   ap.add_argument("other", type=pathlib.Path, help="the run compared with it")
   args = ap.parse_args(argv)
-  one, other = train_lm.Run.load(args.one), train_lm.Run.load(args.other)
+  one, other = Run.load(args.one), Run.load(args.other)
   print(f"{args.one}: mesh {one.mesh}, {one.step_ms():.1f} ms/step, "
         f"{one.tokens_per_s():,.0f} tokens/s")
   print(f"{args.other}: mesh {other.mesh}, {other.step_ms():.1f} ms/step, "

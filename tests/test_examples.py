@@ -1,8 +1,11 @@
-"""The examples: committed outputs match what they print now; quick runs."""
+"""The examples: committed outputs match what they print now; quick runs;
+importing them leaves matplotlib alone."""
 
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
@@ -37,3 +40,52 @@ def test_converted_transformer_trains_and_reports_statistics():
   table = convert_transformer.report(result.metrics)
   assert "Block_0/qkv " in table and "lm_head" not in table
 
+
+
+_MATPLOTLIB_UNTOUCHED = """
+import sys
+
+import numpy as np
+
+import examples.compare_runs
+import examples.train_lm
+from examples.lm import config, data, metrics, model, report, sharding, train
+
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
+assert not loaded, f"imported at import time: {loaded}"
+
+import matplotlib
+
+matplotlib.use("svg")  # A user's choice, which drawing must keep.
+backend = matplotlib.get_backend()
+# One layer's statistics: a GEMM of each role.
+layer = "blocks/attn/qkv/0/"
+roles = ("fprop/activation/", "fprop/weight/", "dgrad/gradient/")
+run = metrics.Run(
+    recipe="mor_channel", header={},
+    train={"step": np.arange(4.0), "loss": np.array([3.0, 2.5, 2.2, 2.0])},
+    val={"step": np.array([0.0, 3.0]), "loss": np.array([3.1, 2.1])},
+    stats_steps=np.arange(4),
+    stats={layer + r + m: np.full(4, v) for r in roles
+           for m, v in (("fraction_e4m3", 1.0), ("error_e4m3", 0.01))},
+    end={})
+out = sys.argv[1]
+report.plot_losses([run], f"{out}/loss.png")
+report.plot_fp8_share([run], f"{out}/fp8_share.png")
+assert report.plot_error_heatmap(run, f"{out}/heatmap.png")
+assert matplotlib.get_backend() == backend, matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+
+
+def test_examples_leave_matplotlib_alone(tmp_path):
+  """Importing the examples loads no matplotlib; plotting keeps the backend.
+
+  In a fresh interpreter, since this one may have loaded pyplot already.
+  """
+  done = subprocess.run(
+      [sys.executable, "-c", _MATPLOTLIB_UNTOUCHED, str(tmp_path)], cwd=ROOT,
+      capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  for name in ("loss.png", "fp8_share.png", "heatmap.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

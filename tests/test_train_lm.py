@@ -1,5 +1,6 @@
-"""examples/train_lm.py: reproducible runs, the corpus split, the report, the
-command line, and the sharded step (8 virtual CPU devices, root conftest.py).
+"""examples/train_lm.py and examples/lm/: reproducible runs, the corpus split,
+the report, the command line (in process and as scripts), and the sharded step
+(8 virtual CPU devices, root conftest.py).
 
 A tiny configuration on a small corner of the standard library keeps the
 whole file near a minute on two cores; most of it is XLA compiling the MoR
@@ -12,20 +13,26 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec as P
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from examples import train_lm
+from examples.lm import config, data, metrics, report, sharding
+from examples.lm import train as training
 
-TINY = train_lm.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
-                       batch=8, steps=6, warmup=2, log_every=1, stats_every=1,
-                       eval_every=3, val_batches=2)
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = config.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
+                     batch=8, steps=6, warmup=2, log_every=1, stats_every=1,
+                     eval_every=3, val_batches=2)
 RECIPE = "mor_channel"
 MESHES = {"data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2),
           "data8": dict(data=8, fsdp=1, tensor=1)}
@@ -49,7 +56,7 @@ def _compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def corpus():
   """The ``email`` package of the standard library: 0.4 MB, ~30 files."""
-  return train_lm.load_corpus(0.2, train_lm.stdlib_root() / "email")
+  return data.load_corpus(0.2, data.stdlib_root() / "email")
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +67,14 @@ def train(corpus, tmp_path_factory):
   """
   runs, files = {}, {}
 
-  def run(name: str, seed: int = 0, mesh=None) -> train_lm.Run:
+  def run(name: str, seed: int = 0, mesh=None) -> metrics.Run:
     if name not in runs:
       out = tmp_path_factory.mktemp(name)
-      assert train_lm.train_recipe(RECIPE, dataclasses.replace(TINY, seed=seed),
+      assert training.train_recipe(RECIPE, dataclasses.replace(TINY, seed=seed),
                                    corpus, out, progress=False,
                                    mesh_shape=mesh)
       files[name] = out / f"{RECIPE}.jsonl"
-      runs[name] = train_lm.Run.load(files[name])
+      runs[name] = metrics.Run.load(files[name])
     return runs[name]
   run.files = files
   return run
@@ -93,28 +100,28 @@ def test_statistics_of_every_block_layer_and_role(train):
   fractions = [k for k in run.stats if k.endswith("/fraction_e4m3")]
   # 2 blocks x 4 layers x 3 GEMMs x 2 operands.
   assert len(fractions) == 48
-  labels = {train_lm._row_label(k) for k in fractions}  # pylint: disable=protected-access
+  labels = {report._row_label(k) for k in fractions}  # pylint: disable=protected-access
   assert {"0 qkv fprop", "1 fc2 dgrad", "1 out wgrad"} <= labels
 
 
 def test_corpus_split_is_by_file_and_deterministic(tmp_path):
-  a, b = train_lm.load_corpus(0.05), train_lm.load_corpus(0.05)
+  a, b = data.load_corpus(0.05), data.load_corpus(0.05)
   assert (a.train_files, a.val_files, a.fingerprint) == (
       b.train_files, b.val_files, b.fingerprint)
   np.testing.assert_array_equal(a.train, b.train)
   assert not set(a.train_files) & set(a.val_files)
-  assert all(train_lm.is_validation(f, 0.05) for f in a.val_files)
-  assert not any(train_lm.is_validation(f, 0.05) for f in a.train_files)
+  assert all(data.is_validation(f, 0.05) for f in a.val_files)
+  assert not any(data.is_validation(f, 0.05) for f in a.train_files)
   assert not any("site-packages" in f for f in a.train_files + a.val_files)
   assert 0.02 < len(a.val_files) / (len(a.train_files) + len(a.val_files)) < 0.1
   # The split follows the path alone: new contents, same split.
   for i in range(40):
     (tmp_path / f"m{i}.py").write_text(f"x = {i}\n")
   (tmp_path / "notes.txt").write_text("not python")
-  first = train_lm.load_corpus(0.3, tmp_path)
+  first = data.load_corpus(0.3, tmp_path)
   for i in range(40):
     (tmp_path / f"m{i}.py").write_text(f"y = {i * i}\n")
-  second = train_lm.load_corpus(0.3, tmp_path)
+  second = data.load_corpus(0.3, tmp_path)
   assert (first.train_files, first.val_files) == (second.train_files,
                                                  second.val_files)
   assert first.fingerprint != second.fingerprint
@@ -128,7 +135,7 @@ def test_mesh_gives_the_one_device_run(train, name):
   """Same losses up to the order of sums; every MoR decision identical."""
   one, sharded = train("seed0"), train(name, mesh=MESHES[name])
   assert sharded.header["mesh"] == MESHES[name]
-  assert sharded.mesh == train_lm.format_mesh(MESHES[name])
+  assert sharded.mesh == sharding.format_mesh(MESHES[name])
   np.testing.assert_allclose(sharded.train["loss"], one.train["loss"],
                              rtol=1e-4)
   np.testing.assert_allclose(sharded.val["loss"], one.val["loss"], rtol=1e-4)
@@ -139,7 +146,7 @@ def test_mesh_gives_the_one_device_run(train, name):
 
 
 def test_partition_specs_are_megatron_style():
-  spec = train_lm.partition_spec
+  spec = sharding.partition_spec
   assert spec(("blocks", "attn", "qkv", "kernel"), 3) == P(None, "fsdp",
                                                           "tensor")
   assert spec(("blocks", "mlp", "fc1", "bias"), 2) == P(None, "tensor")
@@ -152,6 +159,7 @@ def test_partition_specs_are_megatron_style():
 
 def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
   run1 = train("seed1", seed=1)
+  train("seed0")  # Run here too, so that the test also passes on its own.
   # A stand-in baseline: the seed-1 run under the name bf16, gzip-compressed
   # as committed results are; and the seed-0 run plain, which shadows a .gz
   # file of the same recipe (here the seed-1 one).
@@ -165,7 +173,7 @@ def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
     f.writelines(lines)
   train_lm.main(["--report", str(tmp_path)])
   printed = capsys.readouterr().out
-  runs = train_lm.load_runs(tmp_path)
+  runs = metrics.load_runs(tmp_path)
   assert [r.recipe for r in runs] == ["bf16", RECIPE]
   np.testing.assert_array_equal(runs[0].train["loss"], run1.train["loss"])
   for name in ("summary.md", "summary.csv"):
@@ -184,19 +192,19 @@ def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
 
 def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(train_lm, "_save",
+  monkeypatch.setattr(report, "_save",
                       lambda fig, path, tight=True: figures.append(fig))
-  assert train_lm.plot_error_heatmap(train("seed0"), tmp_path / "h.png")
+  assert report.plot_error_heatmap(train("seed0"), tmp_path / "h.png")
   (fig,) = figures
-  fig.canvas.draw()
-  renderer = fig.canvas.get_renderer()
+  canvas = FigureCanvasAgg(fig)  # report draws without pyplot: no canvas yet.
+  canvas.draw()
+  renderer = canvas.get_renderer()
   panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:3]
   boxes = [ax.get_tightbbox(renderer) for ax in panels]  # With tick labels.
   for left, right in zip(boxes, boxes[1:]):
     assert left.x1 < right.x0
   labels = [t.get_text() for t in panels[1].get_yticklabels()]
   assert labels[:3] == ["0 qkv fprop", "0 qkv dgrad", "0 out fprop"]
-  plt.close(fig)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -243,3 +251,31 @@ def test_compare_runs_reports_equal_decisions(train, capsys):
   assert compare_runs.main([str(train.files["seed0"]),
                             str(train.files["data8"])]) == 0
   assert "decisions_differing: 0" in capsys.readouterr().out
+
+
+def _script(*argv: str, cwd: pathlib.Path) -> str:
+  """Runs ``python *argv`` in ``cwd``; its stdout (fails with its stderr)."""
+  done = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  return done.stdout
+
+
+def test_train_lm_runs_as_a_script_from_anywhere(tmp_path):
+  """`python examples/train_lm.py` finds examples.lm from any directory."""
+  printed = _script(str(ROOT / "examples" / "train_lm.py"), "--help",
+                    cwd=tmp_path)
+  assert printed.startswith("usage: train_lm.py")
+  assert "--time-limit SECONDS" in printed and "mor_channel" in printed
+
+
+def test_compare_runs_runs_as_a_script_and_as_a_module(train, tmp_path):
+  """Both spellings of its docstring's command line, on two real runs."""
+  train("seed0"), train("seed1", seed=1)  # Their metrics files, once.
+  files = [str(train.files["seed0"]), str(train.files["seed1"])]
+  script = _script(str(ROOT / "examples" / "compare_runs.py"), *files,
+                   cwd=tmp_path)
+  module = _script("-m", "examples.compare_runs", *files, cwd=ROOT)
+  assert script == module
+  assert f"steps: {TINY.steps}\n" in script
+  assert f"decisions_compared: {96 * TINY.steps}\n" in script

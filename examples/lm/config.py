@@ -1,0 +1,93 @@
+"""The settings (``Config``), the presets and the MoR recipes to compare."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mor_jax
+
+_E4M3 = mor_jax.E4M3
+RECIPES: dict[str, tuple[str, mor_jax.Policy]] = {
+    "bf16": ("BF16 GEMMs (NoQuant), the baseline",
+             mor_jax.Policy.uniform(mor_jax.NoQuant())),
+    "fp8_tensor": (
+        "E4M3 per-tensor current scaling (fp32 scale), no fallback: "
+        "Static falls back to BF16 only on a tensor holding NaN/Inf",
+        mor_jax.Policy.uniform(mor_jax.Static(_E4M3, block_shape=(None, None),
+                                              scaling="fp32"))),
+    "mor_tensor": ("MoR tensor-level, E4M3 per-tensor scale, else BF16",
+                   mor_jax.Policy.uniform(
+                       mor_jax.TensorLevelMoR(block_shape=(None, None)))),
+    "mor_channel": ("MoR tensor-level, E4M3 per-channel scales, else BF16",
+                    mor_jax.Policy.uniform(
+                        mor_jax.TensorLevelMoR(block_shape=(1, None)))),
+    "mor_block": ("MoR tensor-level, E4M3 128x128-block scales, else BF16",
+                  mor_jax.Policy.uniform(
+                      mor_jax.TensorLevelMoR(block_shape=(128, 128)))),
+    "mor_sub2": ("MoR sub-tensor two-way: each 128x128 block E4M3 or BF16",
+                 mor_jax.Policy.uniform(mor_jax.SubTensorMoR(mode="two_way"))),
+    "mor_sub3": ("MoR sub-tensor three-way: each block E4M3, E5M2 or BF16",
+                 mor_jax.Policy.uniform(
+                     mor_jax.SubTensorMoR(mode="three_way"))),
+}
+
+
+def flag(name: str) -> str:
+  """The command-line flag of a ``Config`` field: 'd_model' -> 'd-model'."""
+  return name.replace("_", "-")
+
+
+def _opt(default, help_text: str):
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+  """Model, data and optimisation settings; every field is a CLI flag."""
+
+  layers: int = _opt(2, "transformer blocks")
+  d_model: int = _opt(64, "model width")
+  heads: int = _opt(4, "attention heads")
+  d_ff: int = _opt(256, "MLP hidden width")
+  seq_len: int = _opt(64, "tokens (bytes) per sequence")
+  batch: int = _opt(16, "sequences per step")
+  steps: int = _opt(150, "optimizer steps")
+  lr: float = _opt(3e-3, "peak learning rate")
+  warmup: int = _opt(15, "linear warmup steps")
+  min_lr_ratio: float = _opt(0.1, "final learning rate / peak")
+  weight_decay: float = _opt(0.1, "AdamW weight decay (matrices only)")
+  clip: float = _opt(1.0, "global gradient-norm clip")
+  seed: int = _opt(0, "seed of the initial parameters and the batches")
+  val_fraction: float = _opt(0.05, "share of files held out for validation")
+  val_batches: int = _opt(8, "validation batches (fixed windows)")
+  eval_every: int = _opt(50, "validation every N steps (and at the end)")
+  log_every: int = _opt(10, "pull metrics to the host every N steps")
+  stats_every: int = _opt(10, "log MoR statistics every N steps")
+
+  def __post_init__(self):
+    may_be_zero = ("seed", "warmup", "weight_decay", "min_lr_ratio")
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if not value > 0 and not (f.name in may_be_zero and value == 0):
+        raise ValueError(f"--{flag(f.name)} must be "
+                         f"{'>= 0' if f.name in may_be_zero else '> 0'}, got "
+                         f"{value}.")
+    if self.val_fraction >= 1:
+      raise ValueError(f"--val-fraction must be < 1, got {self.val_fraction}.")
+    if self.d_model % self.heads:
+      raise ValueError(f"--d-model {self.d_model} must be a multiple of "
+                       f"--heads {self.heads}.")
+    if self.stats_every % self.log_every:
+      raise ValueError(f"--stats-every {self.stats_every} must be a multiple "
+                       f"of --log-every {self.log_every}.")
+
+
+PRESETS = {
+    # About 1 minute per recipe on 2 CPU cores.
+    "demo": (Config(), ("bf16", "mor_channel", "fp8_tensor")),
+    # 57M parameters, 8,192 tokens per step.
+    "gpu": (Config(layers=8, d_model=768, heads=12, d_ff=3072, seq_len=256,
+                   batch=32, steps=2000, lr=1e-3, warmup=100, val_batches=32,
+                   eval_every=250, log_every=50, stats_every=50),
+            ("bf16", "mor_channel", "mor_block", "fp8_tensor")),
+}

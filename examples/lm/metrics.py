@@ -1,0 +1,161 @@
+"""Metrics files: one JSON line per event, written while training, read back.
+
+Each recipe writes ``<out>/<recipe>.jsonl``: a "config" header, then "train"
+rows (loss, learning rate, gradient norm, step time), "stats" rows (every MoR
+statistic of every layer and role), "val" rows, "resume" markers and a final
+"done" or "stopped" row. Committed results are gzip-compressed
+(``*.jsonl.gz``). Writer and reader share this module so that the format
+lives in one place; ``Run`` is what the report and ``compare_runs`` read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from .config import RECIPES
+from .sharding import format_mesh
+
+ROLES = ("activation", "weight", "gradient")
+
+
+class Writer:
+  """Appends JSON lines to a recipe's metrics file (only in process 0)."""
+
+  def __init__(self, path: pathlib.Path, mode: str):
+    if jax.process_index():
+      path, mode = pathlib.Path(os.devnull), "w"
+    self._f = open(path, mode, encoding="utf-8")  # pylint: disable=consider-using-with
+
+  def write(self, **row):
+    self._f.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+  def flush(self):
+    self._f.flush()
+
+  def close(self):
+    self._f.close()
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The rows of a metrics file; a last line cut off by a killed run is skipped.
+
+  ``path`` may be gzip-compressed (``*.jsonl.gz``), as committed results are.
+  """
+  if path.name.endswith(".gz"):
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  else:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  rows = [json.loads(line) for line in lines[:-1]]
+  try:
+    rows.append(json.loads(lines[-1]))
+  except json.JSONDecodeError:
+    pass
+  return rows
+
+
+def split_key(key: str) -> tuple[str, str, str, str]:
+  """'<layer path>/<gemm>/<role>/<metric>' -> its four parts."""
+  layer, gemm, role, metric = key.rsplit("/", 3)
+  return layer, gemm, role, metric
+
+
+@dataclasses.dataclass
+class Run:
+  """One recipe's metrics file, parsed."""
+
+  recipe: str
+  header: dict[str, Any]
+  train: dict[str, np.ndarray]
+  val: dict[str, np.ndarray]
+  stats_steps: np.ndarray
+  stats: dict[str, np.ndarray]
+  end: dict[str, Any]
+
+  @classmethod
+  def load(cls, path: pathlib.Path) -> Run:
+    rows = read_jsonl(path)
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+      by_kind.setdefault(r["kind"], []).append(r)
+    train, val = by_kind.get("train", []), by_kind.get("val", [])
+    stats = by_kind.get("stats", [])
+    names = sorted(stats[0]["stats"]) if stats else []
+    return cls(
+        recipe=rows[0]["recipe"], header=rows[0],
+        train={k: np.array([r[k] for r in train], np.float64)
+               for k in ("step", "loss", "lr", "grad_norm", "step_time")},
+        val={k: np.array([r[k] for r in val], np.float64)
+             for k in ("step", "loss")},
+        stats_steps=np.array([r["step"] for r in stats], np.int64),
+        stats={n: np.array([r["stats"][n] for r in stats], np.float64)
+               for n in names},
+        end=(by_kind.get("done") or by_kind.get("stopped") or [{}])[-1])
+
+  @property
+  def steps_done(self) -> int:
+    return int(self.train["step"][-1]) + 1 if self.train["step"].size else 0
+
+  def final_train_loss(self) -> float:
+    """Mean training loss over the last 5% of the steps run."""
+    n = max(1, self.steps_done // 20)
+    return float(np.mean(self.train["loss"][-n:])) if n else math.nan
+
+  def final_val_loss(self) -> float:
+    return float(self.val["loss"][-1]) if self.val["loss"].size else math.nan
+
+  def role_series(self, metric: str) -> dict[str, np.ndarray]:
+    """Per role: ``metric`` averaged over layers and both GEMMs, per stats step."""
+    out = {}
+    for role in ROLES:
+      cols = [v for k, v in self.stats.items()
+              if split_key(k)[2] == role and split_key(k)[3] == metric]
+      if cols:
+        out[role] = np.mean(cols, axis=0)
+    return out
+
+  def step_ms(self) -> float:
+    """Median time per step in ms, the first (compiling) window excluded."""
+    times = self.train["step_time"][1:] if self.train["step_time"].size > 1 \
+        else self.train["step_time"]
+    return float(np.median(times)) * 1e3 if times.size else math.nan
+
+  def tokens_per_s(self) -> float:
+    """Training throughput at the median step time."""
+    return self.header["tokens_per_step"] / (self.step_ms() / 1e3)
+
+  @property
+  def mesh(self) -> str:
+    """The mesh, e.g. 'data=2,fsdp=2,tensor=2', or 'none' (one device)."""
+    return format_mesh(self.header.get("mesh"))
+
+
+def metrics_files(directory: pathlib.Path) -> list[pathlib.Path]:
+  """``directory``'s ``*.jsonl`` and ``*.jsonl.gz``; where a recipe has both,
+  the uncompressed one (a run in progress writes it)."""
+  files = {p.name: p for p in sorted(directory.glob("*.jsonl.gz"))}
+  files.update((p.name + ".gz", p) for p in sorted(directory.glob("*.jsonl")))
+  return [files[k] for k in sorted(files)]
+
+
+def load_runs(directory: pathlib.Path) -> list[Run]:
+  """Every metrics file in ``directory`` (``metrics_files``), in ``RECIPES`` order."""
+  if not directory.is_dir():
+    raise SystemExit(f"error: {directory} is not a directory.")
+  runs = [Run.load(p) for p in metrics_files(directory)]
+  if not runs:
+    raise SystemExit(f"error: no *.jsonl or *.jsonl.gz metrics files in "
+                     f"{directory}.")
+  order = list(RECIPES)
+  return sorted(runs, key=lambda r: (order.index(r.recipe)
+                                     if r.recipe in order else len(order),
+                                     r.recipe))

@@ -1,0 +1,272 @@
+"""Report: the summary table and the plots of a directory of metrics files.
+
+The table goes to the terminal, ``summary.md`` and ``summary.csv``; the
+plots (losses against bf16, E4M3 share per role, a heatmap of each layer's
+and GEMM's error) to PNG files beside them. matplotlib is imported only when
+a plot is drawn, and then only ``matplotlib.figure.Figure``: no pyplot and
+no backend switch, so importing or calling this leaves an interactive
+session's matplotlib as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from .metrics import ROLES, Run, load_runs, split_key
+from .sharding import MESH_AXES
+
+GEMMS_OF = {"activation": "fprop, wgrad", "weight": "fprop, dgrad",
+            "gradient": "dgrad, wgrad"}
+BASELINE = "bf16"
+THRESHOLD = 0.045  # TensorLevelMoR's default acceptance bound, marked in plots.
+
+
+def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+  """One row of formatted cells per run."""
+  base = next((r for r in runs if r.recipe == BASELINE), None)
+  rows = []
+  for r in runs:
+    train, val = r.final_train_loss(), r.final_val_loss()
+    share = {role: float(np.mean(v))
+             for role, v in r.role_series("fraction_e4m3").items()}
+    row = {
+        "recipe": r.recipe,
+        "steps": f"{r.steps_done}/{r.header['config']['steps']}",
+        "train loss": f"{train:.4f}",
+        "train / bf16": (f"{train / base.final_train_loss():.4f}"
+                         if base else "-"),
+        "val loss": f"{val:.4f}",
+        "val / bf16": f"{val / base.final_val_loss():.4f}" if base else "-",
+    }
+    for role in ROLES:
+      row[f"E4M3 {role}"] = f"{share[role]:.1%}" if role in share else "-"
+    # Every role has the same number of quantizations (two GEMMs per layer),
+    # so the mean of the three is the share of all of them.
+    row["E4M3 all"] = (f"{np.mean(list(share.values())):.1%}"
+                       if len(share) == len(ROLES) else "-")
+    row["ms/step"] = f"{r.step_ms():.1f}"
+    row["tokens/s"] = f"{r.tokens_per_s():,.0f}"
+    rows.append(row)
+  return rows
+
+
+def markdown_table(rows: Sequence[dict[str, str]]) -> str:
+  cols = list(rows[0])
+  widths = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
+  lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+  lines += ["| " + " | ".join(r[c].rjust(w) if i else r[c].ljust(w)
+                              for i, (c, w) in enumerate(zip(cols, widths)))
+            + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def _smooth(x: np.ndarray, n: int) -> np.ndarray:
+  """Trailing moving average over n points (fewer at the start)."""
+  c = np.cumsum(np.insert(x, 0, 0.0))
+  idx = np.arange(1, x.size + 1)
+  lo = np.maximum(idx - n, 0)
+  return (c[idx] - c[lo]) / (idx - lo)
+
+
+def _recipe_colors(runs: Sequence[Run]) -> dict[str, str]:
+  """One colour per recipe in every plot, though some panels skip bf16."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+  return {r.recipe: cycle[k % len(cycle)] for k, r in enumerate(runs)}
+
+
+def _figure(**kwargs):
+  """A figure outside pyplot: no backend selected, none kept open to close.
+
+  ``savefig`` renders PNGs with Agg all the same.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  return Figure(**kwargs)
+
+
+def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
+  """Training (smoothed) and validation loss, and their ratio to bf16."""
+  base = next((r for r in runs if r.recipe == BASELINE), None)
+  fig = _figure(figsize=(12, 7))
+  axes = fig.subplots(2, 2, sharex="col", height_ratios=(2, 1), squeeze=False)
+  colors = _recipe_colors(runs)
+  for r in runs:
+    n = max(1, r.steps_done // 50)
+    train = _smooth(r.train["loss"], n)
+    style = dict(label=r.recipe, color=colors[r.recipe])
+    axes[0, 0].plot(r.train["step"], train, lw=1, **style)
+    axes[0, 1].plot(r.val["step"], r.val["loss"], "o-", ms=3, **style)
+    if base is not None and r is not base:
+      m = min(train.size, base.train["loss"].size)
+      axes[1, 0].plot(r.train["step"][:m],
+                      train[:m] / _smooth(base.train["loss"], n)[:m], lw=1,
+                      **style)
+      common, i, j = np.intersect1d(r.val["step"], base.val["step"],
+                                    return_indices=True)
+      axes[1, 1].plot(common, r.val["loss"][i] / base.val["loss"][j], "o-",
+                      ms=3, **style)
+  axes[0, 0].set_title("training loss (moving average)")
+  axes[0, 1].set_title("validation loss")
+  for ax in axes[0]:
+    ax.set_ylabel("loss (nats/byte)")
+    ax.set_yscale("log")
+    ax.legend()
+  for ax in axes[1]:
+    ax.axhline(1.0, color="k", lw=0.5)
+    ax.axhspan(0.995, 1.005, color="g", alpha=0.1, label="within 0.5%")
+    ax.set_ylabel(f"ratio to {BASELINE}")
+    ax.set_xlabel("step")
+    ax.legend(fontsize="small")
+  _save(fig, path)
+
+
+def plot_fp8_share(runs: Sequence[Run], path: pathlib.Path) -> None:
+  """Share of quantizations in E4M3 per role over steps, one line per recipe."""
+  fig = _figure(figsize=(14, 4))
+  axes = fig.subplots(1, 3, sharey=True)
+  colors = _recipe_colors(runs)
+  for ax, role in zip(axes, ROLES):
+    for r in runs:
+      series = r.role_series("fraction_e4m3").get(role)
+      if series is not None:
+        ax.plot(r.stats_steps, 100 * series, label=r.recipe, lw=1,
+                color=colors[r.recipe])
+    ax.set_title(f"{role}s ({GEMMS_OF[role]})")
+    ax.set_xlabel("step")
+    ax.set_ylim(-2, 102)
+  axes[0].set_ylabel("quantizations in E4M3 (%)")
+  axes[-1].legend()
+  _save(fig, path)
+
+
+def plot_error_heatmap(run: Run, path: pathlib.Path) -> bool:
+  """Relative error of E4M3 per layer and GEMM, per role, over steps.
+
+  Returns:
+    False (and writes nothing) if the recipe has no E4M3 candidate.
+  """
+  rows_by_role = {role: sorted(
+      (k for k in run.stats if split_key(k)[2] == role
+       and split_key(k)[3] == "error_e4m3"), key=_layer_order)
+      for role in ROLES}
+  if not any(rows_by_role.values()) or run.stats_steps.size == 0:
+    return False
+  vmax = max(2 * THRESHOLD, max(float(np.max(run.stats[k]))
+                                for keys in rows_by_role.values()
+                                for k in keys))
+  from matplotlib.colors import TwoSlopeNorm  # pylint: disable=import-outside-toplevel
+  norm = TwoSlopeNorm(vmin=0.0, vcenter=THRESHOLD, vmax=vmax)
+  n_rows = max(len(keys) for keys in rows_by_role.values())
+  # Constrained layout reserves room for each panel's own row labels, which
+  # differ between panels (the GEMMs of the role), so none overlaps the
+  # panel to its left.
+  fig = _figure(figsize=(15, 1.8 + 0.15 * n_rows), layout="constrained")
+  axes = fig.subplots(1, 3, squeeze=False)
+  fig.get_layout_engine().set(wspace=0.04)
+  image = None
+  for ax, role in zip(axes[0], ROLES):
+    keys = rows_by_role[role]
+    data = np.array([run.stats[k] for k in keys])
+    step = run.stats_steps
+    half = (step[1] - step[0]) / 2 if step.size > 1 else 0.5
+    image = ax.imshow(data, aspect="auto", cmap="RdBu_r", norm=norm,
+                      interpolation="nearest",
+                      extent=(step[0] - half, step[-1] + half,
+                              len(keys) - 0.5, -0.5))
+    ax.set_yticks(range(len(keys)), [_row_label(k) for k in keys],
+                  fontsize=6 if len(keys) > 24 else 8)
+    ax.set_title(f"{role}s ({GEMMS_OF[role]})")
+    ax.set_xlabel("step")
+  axes[0, 0].set_ylabel("block, layer, GEMM")
+  cbar = fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
+  cbar.set_label(f"relative error in E4M3 (threshold {THRESHOLD:.1%})")
+  fig.suptitle(f"{run.recipe}: relative error of each quantization had it "
+               "been E4M3 (red: above the MoR threshold, kept in BF16 by MoR)")
+  _save(fig, path, tight=False)
+  return True
+
+
+def _layer_parts(layer: str) -> tuple[int, str]:
+  """'blocks/attn/qkv/3' -> (3, 'qkv'): the block index (0 if none) and name.
+
+  Under ``nn.scan`` the block index follows the module path.
+  """
+  parts = layer.split("/")
+  block = next((int(p) for p in parts if p.isdigit()), 0)
+  name = next((p for p in reversed(parts) if not p.isdigit()), layer)
+  return block, name
+
+
+def _row_label(key: str) -> str:
+  """A heatmap row: '3 qkv fprop' (block, layer, GEMM)."""
+  layer, gemm, _, _ = split_key(key)
+  block, name = _layer_parts(layer)
+  return f"{block} {name} {gemm}"
+
+
+def _layer_order(key: str) -> tuple:
+  """Sort by block number (numerically), then position in the block, then GEMM."""
+  layer, gemm, _, _ = split_key(key)
+  order = ("qkv", "out", "fc1", "fc2")
+  block, name = _layer_parts(layer)
+  return (block, order.index(name) if name in order else len(order), layer,
+          ("fprop", "dgrad", "wgrad").index(gemm))
+
+
+def _save(fig, path: pathlib.Path, tight: bool = True) -> None:
+  if tight:
+    fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def report(directory: pathlib.Path) -> str:
+  """Writes the summary and the plots for the runs in ``directory``.
+
+  Returns:
+    The summary (Markdown), also written to ``summary.md``.
+  """
+  runs = load_runs(directory)
+  rows = summary_rows(runs)
+  with open(directory / "summary.csv", "w", newline="",
+            encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  h = runs[0].header
+  corpora = {r.header["corpus"]["fingerprint"] for r in runs}
+  notes = [
+      f"Model: {h['params'] / 1e6:.1f}M parameters, {h['config']['layers']} "
+      f"layers, d_model {h['config']['d_model']}; "
+      f"{h['tokens_per_step']:,} tokens/step; corpus {h['corpus']['root']} "
+      f"(Python {h['corpus']['python']}, fingerprint "
+      f"{h['corpus']['fingerprint']}); {h['versions']['device']}, jax "
+      f"{h['versions']['jax']}.",
+      "train loss: mean over the last 5% of steps; val loss: at the last "
+      "step, with the recipe's own forward pass; E4M3: share of "
+      "quantizations (tensors, or blocks for sub-tensor recipes) in E4M3 "
+      "over all layers, both GEMMs of the role and every logged step; "
+      "E4M3 all: the same over all three roles (six quantizations per "
+      "layer); ms/step: median, excluding compilation and validation; "
+      "tokens/s: at that median.",
+  ]
+  meshes = {r.recipe: r.mesh for r in runs}
+  if set(meshes.values()) != {"none"}:
+    notes.append("Mesh (" + ", ".join(MESH_AXES) + "): " + "; ".join(
+        f"{k} {v} over {runs[i].header['versions']['devices']} devices"
+        if v != "none" else f"{k} one device"
+        for i, (k, v) in enumerate(meshes.items())) + ".")
+  if len(corpora) > 1:
+    notes.append(f"WARNING: the runs used different corpora {sorted(corpora)};"
+                 " their losses are not comparable.")
+  text = markdown_table(rows) + "\n\n" + "\n\n".join(notes) + "\n"
+  (directory / "summary.md").write_text(text)
+  plot_losses(runs, directory / "loss.png")
+  plot_fp8_share(runs, directory / "fp8_share.png")
+  for r in runs:
+    plot_error_heatmap(r, directory / f"error_heatmap_{r.recipe}.png")
+  return text
