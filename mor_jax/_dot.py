@@ -1,4 +1,4 @@
-"""The MoR dot_general: three GEMMs, six quantizations (MOR_SPEC section 6).
+"""The MoR dot_general: three GEMMs, six quantizations (docs/numerics.md section 6).
 
 For Y = X W (``lhs`` X, ``rhs`` W):
 

@@ -7,7 +7,7 @@ float division where the result must be exact), because:
 * XLA's float32 division on GPUs is not correctly rounded (about 29% of
   ``448 / amax`` differ from IEEE on an H100), and a scale must be bit-exact;
 * ``x.astype(float8).astype(float32)`` is deleted by XLA on GPUs
-  (MOR_SPEC section 8), so the FP8 grid value is computed by arithmetic and
+  (docs/numerics.md section 7), so the FP8 grid value is computed by arithmetic and
   never depends on a cast round trip;
 * float32 subnormals are flushed by XLA on CPU but not always on GPU, so we
   flush them explicitly and no result depends on them.
@@ -29,7 +29,7 @@ _HIDDEN = 1 << _MANT_BITS
 _EXP_MASK = (1 << (_F32.bits - 1 - _MANT_BITS)) - 1  # 0xFF
 _SIGN = np.int32(np.float32(-0.0).view(np.int32))
 TINY = float(_F32.smallest_normal)
-# MOR_SPEC section 3: scales are capped at 2^126.
+# docs/numerics.md section 3: scales are capped at 2^126.
 SCALE_CAP_EXPONENT = int(_F32.maxexp) - 2
 
 

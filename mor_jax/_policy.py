@@ -13,14 +13,14 @@ ROLES = ("activation", "weight", "gradient")
 Execution = Literal["auto", "fp8", "emulate"]
 EXECUTIONS: tuple[Execution, ...] = typing.get_args(Execution)
 
-# MOR_SPEC section 6: tensor-level MoR with one scale per contraction vector of
+# docs/numerics.md section 6: tensor-level MoR with one scale per contraction vector of
 # the operand's 2-D GEMM view, the partition a real FP8 GEMM can execute.
 DEFAULT_RECIPE = _recipes.TensorLevelMoR(block_shape=(1, None))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Policy:
-  """One MoR recipe per GEMM role of a linear layer (MOR_SPEC section 6).
+  """One MoR recipe per GEMM role of a linear layer (docs/numerics.md section 6).
 
   For Y = X W, ``activation`` quantizes X (in fprop and in wgrad), ``weight``
   quantizes W (in fprop and in dgrad) and ``gradient`` quantizes dY (in dgrad

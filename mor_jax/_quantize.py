@@ -245,7 +245,7 @@ def fake_quantize(x: jax.typing.ArrayLike, fmt: Representation, *,
   """Quantizes and dequantizes ``x``, in its dtype, with a straight-through grad.
 
   The values equal ``dequantize(quantize(x, ...))`` computed without a cast
-  round trip that XLA could delete on GPUs (MOR_SPEC section 8): the grid
+  round trip that XLA could delete on GPUs (docs/numerics.md section 7): the grid
   value is found by exact arithmetic. NaN and +-inf pass through unchanged.
   The gradient is the straight-through estimator: d out / d x = identity.
 

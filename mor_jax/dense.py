@@ -1,4 +1,4 @@
-"""Flax linen layers whose matrix multiplies run through MoR (MOR_SPEC section 6).
+"""Flax linen layers whose matrix multiplies run through MoR (docs/numerics.md section 6).
 
 Three ways to put MoR into a linen model, all with the parameters (names,
 shapes, initial values) of Flax's own layers, so checkpoints move freely:

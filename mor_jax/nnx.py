@@ -1,4 +1,4 @@
-"""Flax NNX layers whose matrix multiplies run through MoR (MOR_SPEC section 6).
+"""Flax NNX layers whose matrix multiplies run through MoR (docs/numerics.md section 6).
 
 ``MoRLinear`` is ``flax.nnx.Linear`` with a ``policy``: the same parameters,
 and two kinds of statistics variables:

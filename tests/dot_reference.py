@@ -1,4 +1,4 @@
-"""A NumPy reference of MOR_SPEC section 6: three GEMMs, six MoR quantizations.
+"""A NumPy reference of docs/numerics.md section 6: three GEMMs, six MoR quantizations.
 
 Written from the spec: each operand's 2-D view [rows, K] (rows: the batch
 dimensions, then the operand's other non-contracted dimensions in axis order;
@@ -66,7 +66,7 @@ def quantize_view(x, recipe, rows, k):
 
 
 def views(dims, lhs_ndim, rhs_ndim):
-  """{(gemm, role): (operand name, rows, K)}: MOR_SPEC section 6's six views."""
+  """{(gemm, role): (operand name, rows, K)}: docs/numerics.md section 6's six views."""
   (lc, rc), (lb, rb) = dims
   lc, rc, lb, rb = list(lc), list(rc), list(lb), list(rb)
   lf = [d for d in range(lhs_ndim) if d not in lc + lb]

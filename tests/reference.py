@@ -1,4 +1,4 @@
-"""An independent NumPy/ml_dtypes reference of MOR_SPEC sections 2-5.
+"""An independent NumPy/ml_dtypes reference of docs/numerics.md sections 2-5.
 
 Written from the spec, not from mor_jax: explicit loops over blocks, NumPy
 float32 arithmetic (IEEE division), ``np.frexp`` for exponents, ml_dtypes for
@@ -128,7 +128,7 @@ def fake_quantize(x, fmt, block_shape, scaling, group_shape=None):
 
 
 def relative_error(x, x_hat) -> float:
-  """MOR_SPEC section 4 in float64: mean over finite nonzero x."""
+  """docs/numerics.md section 4 in float64: mean over finite nonzero x."""
   x64 = flush(x).astype(np.float64)
   xh = np.broadcast_to(np.asarray(x_hat).astype(np.float32), x64.shape)
   xh = xh.astype(np.float64)
@@ -155,7 +155,7 @@ def block_errors(x, x_hat, block_shape):
 
 
 def mor(x, candidates, granularity, block_shape, scaling, group_shape=None):
-  """MOR_SPEC section 5: (value as float32, choice, tensor-level errors).
+  """docs/numerics.md section 5: (value as float32, choice, tensor-level errors).
 
   ``candidates`` lists (format name, rule) pairs before the BF16 fallback,
   with rule one of ("error_below", threshold), ("error_not_above", "E5M2"),

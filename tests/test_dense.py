@@ -4,7 +4,7 @@
   (parameters, outputs, gradients), including through ``dot_general_cls`` and
   ``convert``.
 - With MoR, a layer's output, input gradient and kernel gradient, and all six
-  decisions, equal the NumPy reference of MOR_SPEC section 6
+  decisions, equal the NumPy reference of docs/numerics.md section 6
   (``tests/dot_reference.py``).
 - The layers under jit, value_and_grad, vmap, nn.scan, nn.remat, optax, and
   NNX under nnx.jit; per-layer policies and PolicyRules; bad arguments.

@@ -1,6 +1,6 @@
 """mor_jax.dot_general: the three GEMMs and six quantizations against NumPy.
 
-The reference (``tests/dot_reference.py``) is written from MOR_SPEC section 6:
+The reference (``tests/dot_reference.py``) is written from docs/numerics.md section 6:
 each operand's 2-D view [rows, K], ``tests/reference.py``'s MoR on the view,
 then float64 einsums of the quantized operands.
 """

@@ -1,4 +1,4 @@
-"""MOR_SPEC section 8 on the GPU: results equal the CPU reference there too.
+"""docs/numerics.md section 7 on the GPU: results equal the CPU reference there too.
 
 XLA on GPUs deletes an f32 -> f8 -> f32 round trip inside a fusion, which
 would make fake quantization a no-op that CPU tests cannot see. These tests

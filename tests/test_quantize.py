@@ -105,7 +105,7 @@ def test_relative_error_matches_float64_without_underflow():
 
 
 def test_relative_error_of_tiny_fake_quantized_tensor_is_not_zero():
-  # MOR_SPEC 4: at 1e-36, x - x_hat is a float32 subnormal; E must not vanish.
+  # docs/numerics.md section 4: at 1e-36, x - x_hat is a float32 subnormal; E must not vanish.
   x = (np.random.default_rng(2).standard_normal((128, 128)) * 1e-36).astype(
       np.float32)
   fq = mor_jax.fake_quantize(x, mor_jax.E4M3, block_shape=(None, None))
