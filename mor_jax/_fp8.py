@@ -69,14 +69,17 @@ def _bf16_only(recipe: _recipes.Recipe) -> bool:
 def resolve(execution: Execution, dims, policy) -> Execution | None:
   """"fp8" or "emulate" for this dot_general, or None for the view path.
 
-  Dot_generals with batch dimensions, and policies with a recipe that is
+  Dot_generals with batch dimensions, policies with a recipe that is
   neither ``dual_capable`` nor BF16 only (128x128 blocks, sub-tensor MoR),
-  take the path of ``mor_jax._dot`` that quantizes each view apart.
+  and BF16-only policies take the path of ``mor_jax._dot`` that quantizes
+  each view apart (with BF16 only, bit for bit ``lax.dot_general``).
   """
   (_, _), (lb, _) = dims
   recipes = (policy.activation, policy.weight, policy.gradient)
   if lb or not all(dual_capable(r) or _bf16_only(r) for r in recipes):
     return None
+  if all(_bf16_only(r) for r in recipes):
+    return None  # Nothing to quantize: the view path is lax.dot_general.
   if execution == "auto":
     return "fp8" if _dispatch.fp8_tensor_cores() else "emulate"
   return execution
