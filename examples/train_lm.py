@@ -45,7 +45,7 @@ if not __package__:  # Run as a script: make the repository root importable.
 import jax
 import jax.numpy as jnp
 
-from examples.lm.config import PRESETS, RECIPES, Config, flag
+from examples.lm.config import PRESETS, RECIPES, Config, flag, policy
 from examples.lm.data import Corpus, load_corpus
 from examples.lm.metrics import Run
 from examples.lm.model import Transformer, count_params, flops_per_step
@@ -162,7 +162,7 @@ def _describe(say: Callable[..., None], cfg: Config, corpus: Corpus,
       f"validation files ({c['val_bytes'] / 1e6:.1f} MB), fingerprint "
       f"{c['fingerprint']}")
   shapes = jax.eval_shape(
-      Transformer(cfg, RECIPES[recipes[0]][1]).init, jax.random.key(0),
+      Transformer(cfg, policy(recipes[0], cfg)).init, jax.random.key(0),
       jnp.zeros((1, cfg.seq_len), jnp.int32))
   n_params = count_params(shapes["params"])
   say(f"model: {n_params / 1e6:.2f}M parameters; {cfg.batch * cfg.seq_len:,}"

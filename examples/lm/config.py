@@ -7,6 +7,7 @@ import dataclasses
 import mor_jax
 
 _E4M3 = mor_jax.E4M3
+EXECUTIONS = ("auto", "fp8", "emulate")  # mor_jax.Policy.execution
 RECIPES: dict[str, tuple[str, mor_jax.Policy]] = {
     "bf16": ("BF16 GEMMs (NoQuant), the baseline",
              mor_jax.Policy.uniform(mor_jax.NoQuant())),
@@ -63,11 +64,18 @@ class Config:
   eval_every: int = _opt(50, "validation every N steps (and at the end)")
   log_every: int = _opt(10, "pull metrics to the host every N steps")
   stats_every: int = _opt(10, "log MoR statistics every N steps")
+  execution: str = _opt("auto", "how MoR's GEMMs run: auto (fp8 on GPUs with "
+                        "FP8 tensor cores, else emulate), fp8 or emulate")
 
   def __post_init__(self):
+    if self.execution not in EXECUTIONS:
+      raise ValueError(f"--execution must be one of {', '.join(EXECUTIONS)}, "
+                       f"got {self.execution!r}.")
     may_be_zero = ("seed", "warmup", "weight_decay", "min_lr_ratio")
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
+      if isinstance(value, str):
+        continue
       if not value > 0 and not (f.name in may_be_zero and value == 0):
         raise ValueError(f"--{flag(f.name)} must be "
                          f"{'>= 0' if f.name in may_be_zero else '> 0'}, got "
@@ -90,4 +98,16 @@ PRESETS = {
                    batch=32, steps=2000, lr=1e-3, warmup=100, val_batches=32,
                    eval_every=250, log_every=50, stats_every=50),
             ("bf16", "mor_channel", "mor_block", "fp8_tensor")),
+    # About 1.0B parameters, 16,384 tokens per step: GEMMs large enough to
+    # dominate the step, as in the training FP8 is meant for.
+    "gpu1b": (Config(layers=20, d_model=2048, heads=16, d_ff=8192,
+                     seq_len=1024, batch=16, steps=200, lr=3e-4, warmup=50,
+                     val_batches=8, eval_every=100, log_every=10,
+                     stats_every=10),
+              ("bf16", "mor_channel")),
 }
+
+
+def policy(recipe: str, cfg: Config) -> mor_jax.Policy:
+  """The recipe's Policy, with the configured execution."""
+  return dataclasses.replace(RECIPES[recipe][1], execution=cfg.execution)

@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 import mor_jax
 from mor_jax.dense import flatten_stats
 
-from .config import RECIPES, Config
+from .config import RECIPES, Config, policy
 from .data import Corpus, sample_batch, validation_windows
 from .metrics import Writer, read_jsonl
 from .model import Transformer, count_params, flops_per_step
@@ -142,7 +142,7 @@ def run_header(recipe: str, cfg: Config, corpus: Corpus, n_params: int,
   """The first row of a metrics file: what the run is and where it ran."""
   return dict(
       kind="config", recipe=recipe, description=RECIPES[recipe][0],
-      policy=repr(RECIPES[recipe][1]), config=dataclasses.asdict(cfg),
+      policy=repr(policy(recipe, cfg)), config=dataclasses.asdict(cfg),
       corpus=corpus.describe(), params=n_params,
       tokens_per_step=cfg.batch * cfg.seq_len,
       flops_per_step=flops_per_step(cfg, n_params), versions=versions(),
@@ -386,7 +386,7 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
     True if training finished, False if it stopped at the deadline.
   """
   out.mkdir(parents=True, exist_ok=True)
-  model = Transformer(cfg, RECIPES[recipe][1])
+  model = Transformer(cfg, policy(recipe, cfg))
   tx, schedule = make_optimizer(cfg)
   init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
   variables = model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32))
