@@ -53,11 +53,7 @@ class DualConfig:
   num_warps: int = 4
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
-        raise ValueError(f"DualConfig.{f.name} must be a positive power of "
-                         f"two, got {v!r}.")
+    tile.check_powers_of_two(self)
 
 
 def _grid(shape, cfg: DualConfig) -> tuple[int, int]:

@@ -85,11 +85,7 @@ class TileConfig:
   min_tile_rows: int = 8
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
-        raise ValueError(f"TileConfig.{f.name} must be a positive power of "
-                         f"two, got {v!r}.")
+    tile.check_powers_of_two(self)
 
 
 def _pow2_ceil(n: int) -> int:

@@ -167,6 +167,27 @@ class BlockwiseOp:
     return f"{', '.join(operands)} -> {', '.join(results)}"
 
 
+def _batchable(partitioned: Callable, local: Callable) -> Callable:
+  """``partitioned``, which under ``vmap`` runs ``local`` batched instead.
+
+  custom_partitioning has no batching rule; the batched op runs whole on
+  one device (unpartitioned).
+  """
+
+  @jax.custom_batching.custom_vmap
+  def batchable(*args):
+    return partitioned(*args)
+
+  @batchable.def_vmap
+  def _batched(axis_size, in_batched, *args):
+    del axis_size
+    outs = jax.vmap(local, in_axes=[0 if b else None for b in in_batched])(
+        *args)
+    return outs, (True,) * len(outs)
+
+  return batchable
+
+
 @functools.lru_cache(maxsize=None)
 def blockwise(op: BlockwiseOp) -> Callable[..., tuple[jax.Array, ...]]:
   """``op`` as a function of (x, *grids), partitioned per shard under jit.
@@ -186,17 +207,7 @@ def blockwise(op: BlockwiseOp) -> Callable[..., tuple[jax.Array, ...]]:
       partition=op.partition,
       infer_sharding_from_operands=op.infer_sharding_from_operands,
       sharding_rule=op.sharding_rule)
-
-  @jax.custom_batching.custom_vmap
-  def batchable(*args):
-    return partitioned(*args)
-
-  @batchable.def_vmap
-  def _batched(axis_size, in_batched, *args):
-    del axis_size
-    in_axes = [0 if b else None for b in in_batched]
-    outs = jax.vmap(body, in_axes=in_axes)(*args)
-    return outs, (True,) * len(outs)
+  batchable = _batchable(partitioned, body)
 
   def call(x, *grids):
     return batchable(*(jax.lax.stop_gradient(a) for a in (x, *grids)))
@@ -291,18 +302,7 @@ def per_shard(op: ShardedOp) -> Callable[..., tuple[jax.Array, ...]]:
   partitioned.def_partition(partition=partition,
                             infer_sharding_from_operands=infer,
                             sharding_rule=op.rule)
-
-  @jax.custom_batching.custom_vmap
-  def batchable(*args):
-    return partitioned(*args)
-
-  @batchable.def_vmap
-  def _batched(axis_size, in_batched, *args):
-    del axis_size
-    fn = getattr(op, "batchable_local", op.local)
-    outs = jax.vmap(fn, in_axes=[0 if b else None for b in in_batched])(
-        *args)
-    return outs, (True,) * len(outs)
+  batchable = _batchable(partitioned, getattr(op, "batchable_local", body))
 
   def call(*args):
     return batchable(*(jax.lax.stop_gradient(a) for a in args))

@@ -16,6 +16,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 
+def check_powers_of_two(config) -> None:
+  """Raises ValueError unless every field of a tile config is a power of two."""
+  for name, value in vars(config).items():
+    if (isinstance(value, bool) or not isinstance(value, int) or value < 1 or
+        value & (value - 1)):
+      raise ValueError(f"{type(config).__name__}.{name} must be a positive "
+                       f"power of two, got {value!r}.")
+
+
 def _f32_bits(value) -> np.int32:
   return np.float32(value).view(np.int32)
 

@@ -41,11 +41,7 @@ class WideConfig:
   num_warps: int = 8
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
-        raise ValueError(f"WideConfig.{f.name} must be a positive power of "
-                         f"two, got {v!r}.")
+    tile.check_powers_of_two(self)
 
 
 def _kernel(flags_ref, codes_ref, recip_ref, x_ref, out_ref, *, shape,
