@@ -549,7 +549,7 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
     {'hidden': {'bias': (8,), 'kernel': (3, 8)}, 'out': {'bias': (2,), 'kernel': (8, 2)}}
     >>> _, state = model.apply(v, x, mutable=["mor_stats"])
     >>> sorted(flatten_stats(state["mor_stats"]))[:2]
-    ['hidden/fprop/activation/amax', 'hidden/fprop/activation/dynamic_range']
+    ['hidden/fprop/activation/amax', 'hidden/fprop/activation/chosen_error']
   """
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen Module, got {model!r}.")
