@@ -1,4 +1,4 @@
-"""The Pallas kernels' own concerns: tiling, fallback, the setting.
+"""The Pallas kernels' own concerns: tiling, fallback, the setting, doctests.
 
 Their numerics against the NumPy reference are the shared suites
 (tests/test_quantize.py, tests/test_mor.py), which run every check under
@@ -9,7 +9,10 @@ tests/test_gpu.py adds more).
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import os
+import pkgutil
 import subprocess
 import sys
 
@@ -21,6 +24,7 @@ import pytest
 
 import mor_jax
 from mor_jax import _partition
+from mor_jax import kernels
 from mor_jax.kernels import quantize as kq
 from mor_jax.dense import flatten_stats
 from tests import cases
@@ -121,3 +125,17 @@ def test_scanned_layers_train_the_same_with_either_implementation():
                                   err_msg=k)
   np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
   chex.assert_trees_all_close(got[1], want[1], rtol=1e-6, atol=1e-7)
+
+
+# pytest does not collect kernels/ (it would import it twice, as kernels and
+# as mor_jax.kernels): its doctests run here, as mor_jax.kernels.*.
+KERNEL_MODULES = ["mor_jax.kernels"] + [
+    f"mor_jax.kernels.{m.name}" for m in pkgutil.iter_modules(kernels.__path__)]
+
+
+@pytest.mark.parametrize("name", KERNEL_MODULES)
+def test_kernel_doctests(name):
+  result = doctest.testmod(importlib.import_module(name), verbose=False)
+  assert result.failed == 0, f"{result.failed} doctest(s) of {name} failed"
+  if name == "mor_jax.kernels":  # KernelConfig's example: they are found
+    assert result.attempted > 0
