@@ -40,6 +40,8 @@ PARTITIONS = [
     ((3, 40, 50), (None, 16, 16), (None, 32, None)),
     ((2, 3, 17, 33), (1, 2, 8, 16), None),
     ((2, 3, 17, 33), (None, None, 4, None), (None, None, 8, None)),
+    # Blocks no power of two divides well: 4-column tiles, rows mode.
+    ((50, 90), (12, 20), (24, None)),
 ]
 # Blocks that cut across folded leading dimensions: Pallas declines them and
 # XLA runs them under either setting (the trace check proves it in
