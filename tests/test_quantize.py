@@ -44,8 +44,8 @@ PARTITIONS = [
     ((50, 90), (12, 20), (24, None)),
 ]
 # Blocks that cut across folded leading dimensions: Pallas declines them and
-# XLA runs them under either setting (the trace check proves it in
-# test_kernels.py), so only the XLA run checks them here.
+# XLA runs them under either setting, so only the XLA run checks them here
+# (test_pallas_declines_exactly_the_untiled_partitions pins the set).
 UNTILED = frozenset({11, 12, 13})
 
 
@@ -64,8 +64,8 @@ def _cases():
 
 
 def _impl_cases():
-  for impl in cases.IMPLS:
-    (impl,) = impl.values
+  for param in cases.IMPLS:
+    (impl,) = param.values
     for *case, name in _cases():
       if impl.kernels and case[0] in UNTILED:
         continue
