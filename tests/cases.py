@@ -85,6 +85,23 @@ PALLAS = Impl("pallas", KernelConfig(quantize=TileConfig(
     tile_elements=512, patch_tile_elements=1024, max_tile_cols=64)))
 IMPLS = [pytest.param(XLA, id="xla"), pytest.param(PALLAS, id="pallas")]
 
+
+
+def check_each(checks):
+  """Runs every (label, check); fails with all their failures, labelled.
+
+  The suites compile several cases into one function (a compile costs more
+  than the checks) and check each here, so one failing case hides no other.
+  """
+  failures = []
+  for label, check in checks:
+    try:
+      check()
+    except AssertionError as e:
+      failures.append(f"{label}: {e}")
+  assert not failures, f"{len(failures)} failed:\n" + "\n".join(failures)
+
+
 # ---------------------------------------------------------------------------
 # Quantization against the NumPy reference.
 
@@ -190,10 +207,9 @@ RECIPES = {
 }
 
 
-def check_mor(impl: Impl, x, recipe, desc):
-  """``mor_quantize(x, recipe)`` with ``impl`` against ``ref.mor``."""
+def check_mor(r, x, desc):
+  """``mor_quantize(x, recipe)``'s result ``r`` against ``ref.mor``."""
   cands, granularity, block_shape, scaling = desc
-  r = impl.run(lambda v: mor_jax.mor_quantize(v, recipe), x)
   want_value, want_choice, want_err = ref.mor(x, cands, granularity,
                                               block_shape, scaling)
   np.testing.assert_array_equal(np.asarray(r.choice), want_choice)
@@ -206,7 +222,6 @@ def check_mor(impl: Impl, x, recipe, desc):
       float(r.stats.chosen_error),
       ref.relative_error(x, np.asarray(r.value, np.float32)), rtol=1e-5,
       atol=2e-7)
-  return r
 
 
 # ---------------------------------------------------------------------------

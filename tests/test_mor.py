@@ -8,6 +8,7 @@ for the Pallas kernels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +23,17 @@ from tests import reference as ref
 RNG = np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("tensor", list(cases.TENSORS))
 @pytest.mark.parametrize("recipe", list(cases.RECIPES))
 @pytest.mark.parametrize("impl", cases.IMPLS)
-def test_matches_reference(impl, recipe, tensor):
-  cases.check_mor(impl, cases.TENSORS[tensor](), *cases.RECIPES[recipe])
+def test_matches_reference(impl, recipe):
+  """Every tensor of cases.TENSORS, in one compiled function."""
+  recipe, desc = cases.RECIPES[recipe]
+  xs = {name: make() for name, make in cases.TENSORS.items()}
+  got = impl.run(lambda *vs: [mor_jax.mor_quantize(v, recipe) for v in vs],
+                 *xs.values())
+  cases.check_each(
+      (name, functools.partial(cases.check_mor, r, x, desc))
+      for (name, x), r in zip(xs.items(), got))
 
 
 def _choices(recipes):
@@ -37,20 +44,22 @@ def _choices(recipes):
 @pytest.mark.parametrize("impl", cases.IMPLS)
 def test_crafted_decisions(impl):
   """The decisions the spec predicts on crafted tensors."""
-  blocks = ((None, None), (1, None), (None, 1), (128, 128))
-  got = impl.run(_choices([mor_jax.TensorLevelMoR(block_shape=b)
-                           for b in blocks]), cases.gaussian())
-  assert [int(c) for c in got] == [0] * 4
-  # Outlier channels: BF16 per-tensor and per-row, E4M3 per-column.
-  got = impl.run(_choices([mor_jax.TensorLevelMoR(block_shape=b)
-                           for b in blocks[:3]]), cases.outlier_columns())
-  assert [int(c) for c in got] == [1, 1, 0]
-  # Mixed blocks: E4M3 / E5M2 / BF16 side by side; the zero block is E4M3.
+  tensor_level = [mor_jax.TensorLevelMoR(block_shape=b)
+                  for b in ((None, None), (1, None), (None, 1), (128, 128))]
   mixed = cases.mixed_blocks()
-  three, two, r = impl.run(lambda v: (
-      *_choices([mor_jax.SubTensorMoR(mode="three_way"),
-                 mor_jax.SubTensorMoR()])(v),
-      mor_jax.mor_quantize(v, mor_jax.SubTensorMoR())), mixed)
+
+  def fn(gauss, out, mix):
+    return (_choices(tensor_level)(gauss), _choices(tensor_level[:3])(out),
+            *_choices([mor_jax.SubTensorMoR(mode="three_way"),
+                       mor_jax.SubTensorMoR()])(mix),
+            mor_jax.mor_quantize(mix, mor_jax.SubTensorMoR()))
+
+  gauss, out, three, two, r = impl.run(fn, cases.gaussian(),
+                                       cases.outlier_columns(), mixed)
+  assert [int(c) for c in gauss] == [0] * 4
+  # Outlier channels: BF16 per-tensor and per-row, E4M3 per-column.
+  assert [int(c) for c in out] == [1, 1, 0]
+  # Mixed blocks: E4M3 / E5M2 / BF16 side by side; the zero block is E4M3.
   np.testing.assert_array_equal(three, [[0, 1], [0, 2]])
   np.testing.assert_array_equal(two, [[0, 1], [0, 1]])
   np.testing.assert_array_equal(np.asarray(r.value)[128:, :128], 0.0)
@@ -73,14 +82,16 @@ def test_threshold_just_above_and_below(impl):
 def test_non_finite_falls_back_unchanged(impl):
   x = cases.gaussian((256, 256))
   x[3, 5], x[200, 7] = np.nan, -np.inf
-  r = impl.run(lambda v: mor_jax.mor_quantize(v, mor_jax.TensorLevelMoR()), x)
+  recipes = (mor_jax.TensorLevelMoR(), mor_jax.SubTensorMoR(mode="three_way"),
+             mor_jax.Static(mor_jax.E5M2, block_shape=(128, 128)))
+  r, *got = impl.run(
+      lambda v: [mor_jax.mor_quantize(v, rc) for rc in recipes], x)
   assert int(r.choice) == 1 and bool(r.stats.nonfinite)
   np.testing.assert_array_equal(np.asarray(r.value), x)  # NaN == NaN here
   assert np.isfinite(float(r.stats.error[0])) and float(r.stats.amax) > 0
-  for recipe in (mor_jax.SubTensorMoR(mode="three_way"),
-                 mor_jax.Static(mor_jax.E5M2, block_shape=(128, 128))):
+  for recipe, r in zip(recipes[1:], got):
     k = len(recipe.candidates) - 1
-    r = cases.check_mor(impl, x, recipe, (
+    cases.check_mor(r, x, (
         [("E4M3", ("error_not_above", "E5M2")), ("E5M2", ("dynamic_range",))]
         if k == 2 else [("E5M2", ("always",))], "block", (128, 128),
         recipe.scaling))
@@ -94,8 +105,9 @@ def test_non_finite_falls_back_unchanged(impl):
 @pytest.mark.parametrize("impl", cases.IMPLS)
 def test_stats(impl):
   x = cases.mixed_blocks()[:200, :]  # edge blocks of 72 rows
-  r = impl.run(lambda v: mor_jax.mor_quantize(
-      v, mor_jax.SubTensorMoR(mode="three_way")), x)
+  r, zero = impl.run(lambda v, z: (
+      mor_jax.mor_quantize(v, mor_jax.SubTensorMoR(mode="three_way")),
+      mor_jax.mor_quantize(z, mor_jax.TensorLevelMoR())), x, jnp.zeros((4, 4)))
   choice = np.asarray(r.choice)
   np.testing.assert_array_equal(choice, [[0, 1], [0, 2]])
   np.testing.assert_allclose(np.asarray(r.stats.fraction_blocks),
@@ -108,8 +120,6 @@ def test_stats(impl):
   np.testing.assert_allclose(float(r.stats.dynamic_range), a.max() / a.min(),
                              rtol=1e-6)
   assert not bool(r.stats.nonfinite)
-  zero = impl.run(lambda v: mor_jax.mor_quantize(v, mor_jax.TensorLevelMoR()),
-                  jnp.zeros((4, 4)))
   assert int(zero.choice) == 0 and float(zero.stats.dynamic_range) == 0.0
   np.testing.assert_array_equal(np.asarray(zero.value), 0.0)
 
@@ -117,12 +127,13 @@ def test_stats(impl):
 @pytest.mark.parametrize("impl", cases.IMPLS)
 def test_bf16_keeps_the_compute_dtype(impl):
   x = cases.outlier_columns()
-  for dtype in (np.float32, jnp.bfloat16):
-    r = impl.run(lambda v: mor_jax.mor_quantize(v, mor_jax.TensorLevelMoR(
-        block_shape=(None, None))), x.astype(dtype))
-    assert int(r.choice) == 1 and r.value.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(r.value), x.astype(dtype))
-  r = impl.run(lambda v: mor_jax.mor_quantize(v, mor_jax.NoQuant()), x)
+  per_tensor = mor_jax.TensorLevelMoR(block_shape=(None, None))
+  r32, r16, r = impl.run(lambda a, b: (
+      mor_jax.mor_quantize(a, per_tensor), mor_jax.mor_quantize(b, per_tensor),
+      mor_jax.mor_quantize(a, mor_jax.NoQuant())), x, x.astype(jnp.bfloat16))
+  for dtype, rd in ((np.float32, r32), (jnp.bfloat16, r16)):
+    assert int(rd.choice) == 1 and rd.value.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(rd.value), x.astype(dtype))
   assert r.choice.shape == () and r.names == ("BF16",)
   np.testing.assert_array_equal(np.asarray(r.value), x)
 

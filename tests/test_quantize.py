@@ -8,6 +8,7 @@ one).
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -49,44 +50,59 @@ PARTITIONS = [
 UNTILED = frozenset({11, 12, 13})
 
 
-def _cases():
-  """Every partition x scaling x format; dtype and data kind rotate."""
+def _groups():
+  """name -> cases (p, scaling, fmt, dtype, kind) compiled together.
+
+  Every partition x scaling x format, one group per partition, dtype and
+  data kind rotating; and every dtype x kind on one awkward 2-D partition.
+  """
   combos = list(itertools.product(range(len(PARTITIONS)), SCALINGS, FMTS))
   dtype_kinds = [(d, k) for d in data.DTYPES
                  for k in (data.F16_KINDS if d == "float16" else data.KINDS)]
+  groups = {f"p{p}": [] for p in range(len(PARTITIONS))}
   for i, (p, scaling, fmt) in enumerate(combos):
-    dtype, kind = dtype_kinds[(i * 7) % len(dtype_kinds)]
-    yield p, scaling, fmt, dtype, kind, f"p{p}-{scaling}-{fmt}-{dtype}-{kind}"
-  # And every dtype x kind on one awkward 2-D partition.
-  for j, (dtype, kind) in enumerate(dtype_kinds):
-    yield (7, SCALINGS[j % 3], ("E4M3", "E5M2")[j % 2], dtype, kind,
-           f"kinds-{dtype}-{kind}")
+    groups[f"p{p}"].append(
+        (p, scaling, fmt, *dtype_kinds[(i * 7) % len(dtype_kinds)]))
+  groups["kinds"] = [(7, SCALINGS[j % 3], ("E4M3", "E5M2")[j % 2], dtype, kind)
+                     for j, (dtype, kind) in enumerate(dtype_kinds)]
+  return groups
 
 
-def _impl_cases():
+GROUPS = _groups()
+
+
+def _impl_groups():
   for param in cases.IMPLS:
     (impl,) = param.values
-    for *case, name in _cases():
-      if impl.kernels and case[0] in UNTILED:
+    for name, group in GROUPS.items():
+      if impl.kernels and group[0][0] in UNTILED:
         continue
-      yield pytest.param(impl, *case, id=f"{impl.name}-{name}")
+      yield pytest.param(impl, name, id=f"{impl.name}-{name}")
 
 
-@pytest.mark.parametrize("impl,p,scaling,fmt,dtype,kind", list(_impl_cases()))
-def test_matches_reference(impl, p, scaling, fmt, dtype, kind):
-  shape, block_shape, group_shape = PARTITIONS[p]
-  group_shape = group_shape if scaling == "gam" else None
-  x = data.make(kind, shape, data.DTYPES[dtype], seed=p)
-  got = impl.run(cases.quantize_all(fmt, block_shape, scaling, group_shape), x,
-                 kernels=p not in UNTILED)
-  cases.check_quantize(got, x, fmt, block_shape, scaling, group_shape)
+@pytest.mark.parametrize("impl,group", list(_impl_groups()))
+def test_matches_reference(impl, group):
+  """A group's cases in one compiled function: a compile costs more than
+  the checks of a case."""
+  xs, fns, checks = [], [], []
+  for p, scaling, fmt, dtype, kind in GROUPS[group]:
+    shape, block_shape, group_shape = PARTITIONS[p]
+    group_shape = group_shape if scaling == "gam" else None
+    xs.append(data.make(kind, shape, data.DTYPES[dtype], seed=p))
+    fns.append(cases.quantize_all(fmt, block_shape, scaling, group_shape))
+    checks.append((f"p{p}-{scaling}-{fmt}-{dtype}-{kind}", functools.partial(
+        cases.check_quantize, x=xs[-1], fmt=fmt, block_shape=block_shape,
+        scaling=scaling, group_shape=group_shape)))
+  got = impl.run(lambda *vs: [fn(v) for fn, v in zip(fns, vs)], *xs,
+                 kernels=GROUPS[group][0][0] not in UNTILED)
+  cases.check_each((label, functools.partial(check, g))
+                   for (label, check), g in zip(checks, got))
 
 
 def test_pallas_declines_exactly_the_untiled_partitions():
-  for p, (shape, block_shape, group_shape) in enumerate(PARTITIONS):
-    x = np.ones(shape, np.float32)
-    cases.PALLAS.trace(cases.quantize_all("E4M3", block_shape, "gam",
-                                          group_shape), x,
+  for p, (shape, block_shape, _) in enumerate(PARTITIONS):
+    cases.PALLAS.trace(lambda v, b=block_shape: mor_jax.quantize(
+        v, mor_jax.E4M3, block_shape=b).data, np.ones(shape, np.float32),
                        kernels=p not in UNTILED)
 
 
