@@ -3,8 +3,9 @@
 Test modules import this module (and ``tests.data``, ``tests.reference``),
 never each other.
 
-The numerics suites (tests/test_quantize.py, tests/test_mor.py) run every
-check once per implementation in ``IMPLS``. A check threads its
+The numerics suites (tests/test_quantize.py, tests/test_mor.py and the
+deterministic tests of tests/test_properties.py) run every check once per
+implementation in ``IMPLS``. A check threads its
 implementation into every call: it runs mor_jax only inside
 ``impl.run(fn, ...)``, which switches the setting on inside ``fn`` (so the
 trace reads it, whenever and wherever it is traced) and asserts from the
