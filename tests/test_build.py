@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import re
 
@@ -42,6 +43,20 @@ def test_every_python_file_belongs_to_one_target():
 def test_every_test_file_has_a_py_test():
   tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
   assert tests == {s for srcs in _build_targets("py_test").values() for s in srcs}
+
+
+def test_test_files_import_no_test_file():
+  """Shared cases live in helper modules (tests/cases.py, tests/data.py)."""
+  for path in (ROOT / "tests").glob("test_*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        names = [f"{node.module}.{a.name}" for a in node.names]
+      else:
+        continue
+      for name in names:
+        assert not re.search(r"(^|\.)test_\w+", name), (path.name, name)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -29,6 +29,7 @@ from mor_jax import dense
 from mor_jax import nnx as mor_nnx
 from mor_jax.dense import (MoRDense, MoRDenseGeneral, MoRDotGeneral, MoREinsum,
                            flatten_stats)
+from tests import cases
 from tests import dot_reference
 
 NOQUANT = mor_jax.Policy.uniform(mor_jax.NoQuant())
@@ -228,25 +229,6 @@ def test_mor_layers_match_reference(layer, policy):
 # Transformations.
 
 
-class _Layer(nn.Module):
-  """One MoRDense as an nn.scan body: carry -> carry."""
-
-  @nn.compact
-  def __call__(self, carry, _):
-    return MoRDense(16, name="dense")(carry), None
-
-
-class _Scanned(nn.Module):
-  n: int = 3
-
-  @nn.compact
-  def __call__(self, x):
-    scan = nn.scan(_Layer, variable_axes={"params": 0, "mor_stats": 0,
-                                          "mor_grads": 0},
-                   split_rngs={"params": True}, length=self.n)
-    return scan(name="layers")(x, None)[0]
-
-
 class _Unrolled(nn.Module):
   n: int = 3
   remat: bool = False
@@ -292,13 +274,13 @@ def stack():
   """
   x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 16)),
                   jnp.float32)
-  variables = _Scanned().init(jax.random.key(0), x)
+  variables = cases.Scanned().init(jax.random.key(0), x)
   kernel = variables["params"]["layers"]["dense"]["kernel"]
   kernel = kernel.at[1, ::16].multiply(1e4)
   variables["params"]["layers"]["dense"]["kernel"] = kernel
   tx = optax.adam(1e-2)
   runs = {}
-  for name, model in (("scan", _Scanned()), ("unrolled", _Unrolled()),
+  for name, model in (("scan", cases.Scanned()), ("unrolled", _Unrolled()),
                       ("remat", _Unrolled(remat=True))):
     params, probes = variables["params"], variables["mor_grads"]
     if name != "scan":

@@ -1,4 +1,8 @@
-"""Property tests of the numerics core (hypothesis with fixed seeds, chex)."""
+"""Property tests of the numerics core (hypothesis with fixed seeds, chex).
+
+The hypothesis tests run under the default setting; the deterministic ones
+take each implementation (``tests.cases.IMPLS``), as the numerics suites do.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import pytest
 
 import mor_jax
+from tests import cases
 from tests import data
 from tests import reference as ref
 
@@ -130,21 +136,27 @@ def test_e8m0_round_trips_any_grid_values(problem, exponent):
   np.testing.assert_array_equal(np.asarray(fq), x)
 
 
-def test_all_zero_tensors_and_blocks():
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_all_zero_tensors_and_blocks(impl):
+  x = jnp.zeros((6, 10), jnp.bfloat16)
+  # A zero block inside a nonzero tensor: scale 1, exact zeros.
+  y = x.at[2:, :].set(3.0)
   for fmt in FMTS:
     for scaling in ("fp32", "e8m0", "gam"):
-      x = jnp.zeros((6, 10), jnp.bfloat16)
-      qa = mor_jax.quantize(x, fmt, block_shape=(2, 5), scaling=scaling)
+      kw = dict(block_shape=(2, 5), scaling=scaling)
+
+      def fn(v, w, fmt=fmt, kw=kw):
+        fq = mor_jax.fake_quantize(v, fmt, **kw)
+        return (mor_jax.quantize(v, fmt, **kw), fq,
+                mor_jax.relative_error(v, fq), mor_jax.quantize(w, fmt, **kw))
+
+      qa, fq, err, qy = impl.run(fn, x, y)
       np.testing.assert_array_equal(np.asarray(qa.scale), 1.0)
       np.testing.assert_array_equal(np.asarray(qa.data, np.float32), 0.0)
-      fq = mor_jax.fake_quantize(x, fmt, block_shape=(2, 5), scaling=scaling)
       np.testing.assert_array_equal(np.asarray(fq, np.float32), 0.0)
-      assert float(mor_jax.relative_error(x, fq)) == 0.0
-      # A zero block inside a nonzero tensor: scale 1, exact zeros.
-      y = x.at[2:, :].set(3.0)
-      qa = mor_jax.quantize(y, fmt, block_shape=(2, 5), scaling=scaling)
-      np.testing.assert_array_equal(np.asarray(qa.scale[0]), 1.0)
-      np.testing.assert_array_equal(np.asarray(qa.data[:2], np.float32), 0.0)
+      assert float(err) == 0.0
+      np.testing.assert_array_equal(np.asarray(qy.scale[0]), 1.0)
+      np.testing.assert_array_equal(np.asarray(qy.data[:2], np.float32), 0.0)
 
 
 @SETTINGS
@@ -164,22 +176,22 @@ def test_jit_and_eager_agree(problem):
       jax.tree.map(lambda a: np.asarray(a).view(np.uint8), jitted))
 
 
-def test_vmap_matches_a_loop():
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_vmap_matches_a_loop(impl):
   x = _tensor((5, 12, 20), "bfloat16", 0, 7)
   kw = dict(block_shape=(4, None), scaling="gam")
-  batched = jax.vmap(lambda v: mor_jax.quantize(v, mor_jax.E4M3, **kw))(x)
-  for i in range(x.shape[0]):
-    one = mor_jax.quantize(x[i], mor_jax.E4M3, **kw)
-    data.assert_codes_equal(batched.data[i], one.data)
-    data.assert_bits_equal(batched.scale[i], one.scale)
-  fq = jax.vmap(lambda v: mor_jax.fake_quantize(v, mor_jax.E5M2, **kw))(x)
-  for i in range(x.shape[0]):
-    np.testing.assert_array_equal(
-        np.asarray(fq[i]),
-        np.asarray(mor_jax.fake_quantize(x[i], mor_jax.E5M2, **kw)))
+  one = lambda v: (mor_jax.quantize(v, mor_jax.E4M3, **kw),  # noqa: E731
+                   mor_jax.fake_quantize(v, mor_jax.E5M2, **kw))
+  batched, fq = impl.run(jax.vmap(one), x)
+  loop = impl.run(lambda v: [one(v[i]) for i in range(x.shape[0])], x)
+  for i, (qa_i, fq_i) in enumerate(loop):
+    data.assert_codes_equal(batched.data[i], qa_i.data)
+    data.assert_bits_equal(batched.scale[i], qa_i.scale)
+    np.testing.assert_array_equal(np.asarray(fq[i]), np.asarray(fq_i))
 
 
-def test_grad_is_straight_through():
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_grad_is_straight_through(impl):
   x = _tensor((16, 24), "float32", 0, 3)
   w = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
 
@@ -187,10 +199,11 @@ def test_grad_is_straight_through():
     return jnp.sum(mor_jax.fake_quantize(v, mor_jax.E4M3,
                                          block_shape=(8, 8)) * w)
 
-  np.testing.assert_array_equal(np.asarray(jax.jit(jax.grad(loss))(x)), w)
-  g = jax.vmap(jax.grad(loss))(jnp.stack([x, 2 * x]))
+  np.testing.assert_array_equal(np.asarray(impl.run(jax.grad(loss), x)), w)
+  g = impl.run(jax.vmap(jax.grad(loss)), jnp.stack([x, 2 * x]))
   np.testing.assert_array_equal(np.asarray(g), np.stack([w, w]))
-  gb = jax.grad(lambda v: loss(v.astype(jnp.float32)))(x.astype(jnp.bfloat16))
+  gb = impl.run(jax.grad(lambda v: loss(v.astype(jnp.float32))),
+                x.astype(jnp.bfloat16))
   assert gb.dtype == jnp.bfloat16
 
 

@@ -1,4 +1,10 @@
-"""quantize / dequantize / fake_quantize / relative_error against the NumPy reference."""
+"""quantize / dequantize / fake_quantize / relative_error against the NumPy reference.
+
+The numerics tests take an implementation (``tests.cases.IMPLS``) and run
+every call under it, checked (``cases.Impl.run``): one suite for XLA and
+for the Pallas kernels (interpret mode off a GPU, the compiled kernels on
+one).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ import numpy as np
 import pytest
 
 import mor_jax
+from tests import cases
 from tests import data
 from tests import reference as ref
 
-FMTS = {"E4M3": mor_jax.E4M3, "E5M2": mor_jax.E5M2}
+FMTS = cases.FMTS
 SCALINGS = ("fp32", "e8m0", "gam")
 
 # (shape, block_shape, group_shape): 1-D to 4-D, divisible and not, several
@@ -34,63 +41,69 @@ PARTITIONS = [
     ((3, 40, 50), (None, 16, 16), (None, 32, None)),
     ((2, 3, 17, 33), (1, 2, 8, 16), None),
     ((2, 3, 17, 33), (None, None, 4, None), (None, None, 8, None)),
+    # Blocks no power of two divides well: 4-column tiles, rows mode.
+    ((50, 90), (12, 20), (24, None)),
 ]
+# Blocks that cut across folded leading dimensions: Pallas declines them and
+# XLA runs them under either setting, so only the XLA run checks them here
+# (test_pallas_declines_exactly_the_untiled_partitions pins the set).
+UNTILED = frozenset({11, 12, 13})
 
 
-def _cases():
-  """Every partition x scaling x format; dtype and data kind rotate."""
+def _groups():
+  """name -> cases (p, scaling, fmt, dtype, kind) compiled together.
+
+  Every partition x scaling x format, one group per partition, dtype and
+  data kind rotating; and every dtype x kind on one awkward 2-D partition.
+  """
   combos = list(itertools.product(range(len(PARTITIONS)), SCALINGS, FMTS))
   dtype_kinds = [(d, k) for d in data.DTYPES
                  for k in (data.F16_KINDS if d == "float16" else data.KINDS)]
+  groups = {f"p{p}": [] for p in range(len(PARTITIONS))}
   for i, (p, scaling, fmt) in enumerate(combos):
-    dtype, kind = dtype_kinds[(i * 7) % len(dtype_kinds)]
-    yield pytest.param(p, scaling, fmt, dtype, kind,
-                       id=f"p{p}-{scaling}-{fmt}-{dtype}-{kind}")
-  # And every dtype x kind on one awkward 2-D partition.
-  for j, (dtype, kind) in enumerate(dtype_kinds):
-    yield pytest.param(7, SCALINGS[j % 3], ("E4M3", "E5M2")[j % 2], dtype,
-                       kind, id=f"kinds-{dtype}-{kind}")
+    groups[f"p{p}"].append(
+        (p, scaling, fmt, *dtype_kinds[(i * 7) % len(dtype_kinds)]))
+  groups["kinds"] = [(7, SCALINGS[j % 3], ("E4M3", "E5M2")[j % 2], dtype, kind)
+                     for j, (dtype, kind) in enumerate(dtype_kinds)]
+  return groups
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(fmt, block_shape, scaling, group_shape):
-  kw = dict(block_shape=block_shape, scaling=scaling, group_shape=group_shape)
-
-  def run(x):
-    qa = mor_jax.quantize(x, fmt, **kw)
-    fq = mor_jax.fake_quantize(x, fmt, **kw)
-    return (qa, mor_jax.dequantize(qa, jnp.float32),
-            mor_jax.compute_scales(x, fmt, **kw), fq,
-            mor_jax.relative_error(x, fq))
-
-  return jax.jit(run)
+GROUPS = _groups()
 
 
-@pytest.mark.parametrize("p,scaling,fmt,dtype,kind", list(_cases()))
-def test_matches_reference(p, scaling, fmt, dtype, kind):
-  shape, block_shape, group_shape = PARTITIONS[p]
-  group_shape = group_shape if scaling == "gam" else None
-  x = data.make(kind, shape, data.DTYPES[dtype], seed=p)
-  qa, deq, scales, fq, err = _jitted(FMTS[fmt], block_shape, scaling,
-                                     group_shape)(x)
+def _impl_groups():
+  for param in cases.IMPLS:
+    (impl,) = param.values
+    for name, group in GROUPS.items():
+      if impl.kernels and group[0][0] in UNTILED:
+        continue
+      yield pytest.param(impl, name, id=f"{impl.name}-{name}")
 
-  want_codes, want_scales = ref.quantize(x, fmt, block_shape, scaling,
-                                         group_shape)
-  data.assert_bits_equal(scales, want_scales)
-  data.assert_bits_equal(qa.scale, want_scales)
-  data.assert_codes_equal(qa.data, want_codes)
-  assert qa.data.dtype == FMTS[fmt].dtype and qa.data.shape == x.shape
 
-  want_deq = ref.dequantize(want_codes, want_scales, block_shape)
-  data.assert_within_ulp(np.asarray(deq), want_deq)
+@pytest.mark.parametrize("impl,group", list(_impl_groups()))
+def test_matches_reference(impl, group):
+  """A group's cases in one compiled function: a compile costs more than
+  the checks of a case."""
+  xs, fns, checks = [], [], []
+  for p, scaling, fmt, dtype, kind in GROUPS[group]:
+    shape, block_shape, group_shape = PARTITIONS[p]
+    group_shape = group_shape if scaling == "gam" else None
+    xs.append(data.make(kind, shape, data.DTYPES[dtype], seed=p))
+    fns.append(cases.quantize_all(fmt, block_shape, scaling, group_shape))
+    checks.append((f"p{p}-{scaling}-{fmt}-{dtype}-{kind}", functools.partial(
+        cases.check_quantize, x=xs[-1], fmt=fmt, block_shape=block_shape,
+        scaling=scaling, group_shape=group_shape)))
+  got = impl.run(lambda *vs: [fn(v) for fn, v in zip(fns, vs)], *xs,
+                 kernels=GROUPS[group][0][0] not in UNTILED)
+  cases.check_each((label, functools.partial(check, g))
+                   for (label, check), g in zip(checks, got))
 
-  assert fq.dtype == x.dtype
-  want_fq = ref.fake_quantize(x, fmt, block_shape, scaling, group_shape)
-  # One float32 ulp before the cast can move a tie in the narrow dtype.
-  data.assert_within_ulp(np.asarray(fq), want_fq.astype(x.dtype))
 
-  want_err = ref.relative_error(x, np.asarray(fq))
-  np.testing.assert_allclose(float(err), want_err, rtol=1e-5, atol=2e-7)
+def test_pallas_declines_exactly_the_untiled_partitions():
+  for p, (shape, block_shape, _) in enumerate(PARTITIONS):
+    cases.PALLAS.trace(lambda v, b=block_shape: mor_jax.quantize(
+        v, mor_jax.E4M3, block_shape=b).data, np.ones(shape, np.float32),
+                       kernels=p not in UNTILED)
 
 
 def test_relative_error_matches_float64_without_underflow():
@@ -104,15 +117,20 @@ def test_relative_error_matches_float64_without_underflow():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_relative_error_of_tiny_fake_quantized_tensor_is_not_zero():
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_relative_error_of_tiny_fake_quantized_tensor_is_not_zero(impl):
   # docs/numerics.md section 4: at 1e-36, x - x_hat is a float32 subnormal; E must not vanish.
   x = (np.random.default_rng(2).standard_normal((128, 128)) * 1e-36).astype(
       np.float32)
-  fq = mor_jax.fake_quantize(x, mor_jax.E4M3, block_shape=(None, None))
-  err = float(mor_jax.relative_error(x, fq))
-  np.testing.assert_allclose(err, ref.relative_error(x, np.asarray(fq)),
+
+  def fn(v):
+    fq = mor_jax.fake_quantize(v, mor_jax.E4M3, block_shape=(None, None))
+    return fq, mor_jax.relative_error(v, fq)
+
+  fq, err = impl.run(fn, x)
+  np.testing.assert_allclose(float(err), ref.relative_error(x, np.asarray(fq)),
                              rtol=1e-5)
-  assert 0.01 < err < 0.05
+  assert 0.01 < float(err) < 0.05
 
 
 def test_relative_error_edge_cases():
@@ -137,29 +155,57 @@ def test_large_blocks_sum_stably():
 
 
 @pytest.mark.parametrize("fmt", list(FMTS))
-def test_non_finite_values(fmt):
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_non_finite_values(impl, fmt):
   x = np.array([[1.0, np.nan, -2.0, 0.5], [np.inf, -np.inf, 3.0, 0.0],
                 [4.0, 5.0, 6.0, 7.0]], np.float32)
   kw = dict(block_shape=(1, None), scaling="gam")
-  qa = mor_jax.quantize(x, FMTS[fmt], **kw)
+
+  def fn(v):
+    return (mor_jax.quantize(v, FMTS[fmt], **kw),
+            mor_jax.compute_scales(jnp.nan_to_num(v, nan=0, posinf=0,
+                                                  neginf=0), FMTS[fmt], **kw),
+            mor_jax.fake_quantize(v, FMTS[fmt], **kw))
+
+  qa, finite_scales, fq = impl.run(fn, x)
   codes, scales = ref.quantize(x, fmt, **kw)
   data.assert_codes_equal(qa.data, codes)
   data.assert_bits_equal(qa.scale, scales)
   # Rows with NaN/Inf keep the scale of their finite values.
-  data.assert_bits_equal(qa.scale, mor_jax.compute_scales(
-      np.nan_to_num(x, nan=0, posinf=0, neginf=0), FMTS[fmt], **kw))
-  fq = np.asarray(mor_jax.fake_quantize(x, FMTS[fmt], **kw))
+  data.assert_bits_equal(qa.scale, finite_scales)
+  fq = np.asarray(fq)
   np.testing.assert_array_equal(np.isnan(fq), np.isnan(x))
   np.testing.assert_array_equal(fq[np.isinf(x)], x[np.isinf(x)])
   assert np.isfinite(fq[np.isfinite(x)]).all()
 
 
-def test_exact_powers_of_two_of_scales_near_cap():
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_special_values_among_tiny_and_huge(impl):
+  """NaN, +-inf, zeros, a subnormal and 3e38 in blocks of 1e-30s."""
+  x = data.make("tiny", (40, 72), np.float32, seed=1)
+  x[3, :7] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 3e38]
+
+  def fn(v):
+    return [(mor_jax.quantize(v, FMTS[fmt], block_shape=(16, 32)),
+             mor_jax.fake_quantize(v, FMTS[fmt], block_shape=(1, None)))
+            for fmt in FMTS]
+
+  for fmt, (qa, fq) in zip(FMTS, impl.run(fn, x)):
+    codes, scales = ref.quantize(x, fmt, (16, 32), "gam")
+    data.assert_bits_equal(qa.scale, scales)
+    data.assert_codes_equal(qa.data, codes)
+    data.assert_within_ulp(np.asarray(fq),
+                           ref.fake_quantize(x, fmt, (1, None), "gam"))
+
+
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_exact_powers_of_two_of_scales_near_cap(impl):
   # Block amax below ~5e-36 reaches the 2**126 cap; a lone 2**-126 too.
   x = np.array([[2.0**-126, 0.0], [1e-36, -3e-37], [1e-30, 0.0]], np.float32)
-  for scaling in SCALINGS:
-    got = mor_jax.compute_scales(x, mor_jax.E4M3, block_shape=(1, None),
-                                 scaling=scaling)
+  got_all = impl.run(lambda v: [mor_jax.compute_scales(
+      v, mor_jax.E4M3, block_shape=(1, None), scaling=scaling)
+                                for scaling in SCALINGS], x)
+  for scaling, got in zip(SCALINGS, got_all):
     want = ref.scales(x, "E4M3", (1, None), scaling)
     data.assert_bits_equal(got, want)
     assert float(got.max()) <= 2.0**126
@@ -167,18 +213,24 @@ def test_exact_powers_of_two_of_scales_near_cap():
       assert float(got[0, 0]) == float(got[1, 0]) == 2.0**126
 
 
-def test_subnormal_inputs_are_zeros():
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_subnormal_inputs_are_zeros(impl):
   x = np.array([1e-40, -1e-39, 0.0], np.float32)
-  qa = mor_jax.quantize(x, mor_jax.E4M3, block_shape=(None,))
+  qa = impl.run(lambda v: mor_jax.quantize(v, mor_jax.E4M3,
+                                           block_shape=(None,)), x)
   assert float(qa.scale[0]) == 1.0
   assert not np.asarray(qa.data, np.float32).any()
 
 
-def test_empty_and_scalar_inputs():
-  qa = mor_jax.quantize(jnp.zeros((0, 4)), mor_jax.E4M3, block_shape=(2, 2))
+@pytest.mark.parametrize("impl", cases.IMPLS)
+def test_empty_and_scalar_inputs(impl):
+  # Neither has a tile: Pallas declines both.
+  qa = impl.run(lambda v: mor_jax.quantize(v, mor_jax.E4M3, block_shape=(2, 2)),
+                jnp.zeros((0, 4)), kernels=False)
   assert qa.data.shape == (0, 4) and qa.scale.shape == (0, 2)
   assert float(mor_jax.relative_error(jnp.zeros((0,)), jnp.zeros((0,)))) == 0
-  qa = mor_jax.quantize(jnp.float32(3.0), mor_jax.E4M3, block_shape=())
+  qa = impl.run(lambda v: mor_jax.quantize(v, mor_jax.E4M3, block_shape=()),
+                jnp.float32(3.0), kernels=False)
   assert float(mor_jax.dequantize(qa)) == 3.0
 
 
