@@ -32,8 +32,6 @@ import functools
 import importlib.metadata
 import json
 import platform
-import statistics
-import time
 
 import flax
 import flax.linen as nn
@@ -44,21 +42,9 @@ from flax.linen import fp8_ops
 import mor_jax
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
+from timing import timed  # benchmarks/timing.py, beside this script
 
 TN = (((1,), (1,)), ((), ()))
-
-
-def timed(fn, *args, iters: int = 10, rounds: int = 5) -> float:
-  """Seconds per call: the median of ``rounds`` rounds of ``iters`` calls."""
-  jax.block_until_ready(fn(*args))
-  out = []
-  for _ in range(rounds):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      r = fn(*args)
-    jax.block_until_ready(r)
-    out.append((time.perf_counter() - t0) / iters)
-  return statistics.median(out)
 
 
 def say(**row) -> None:

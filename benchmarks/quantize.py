@@ -20,8 +20,6 @@ import argparse
 import datetime
 import importlib.metadata
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +27,7 @@ import jax.numpy as jnp
 import mor_jax
 from mor_jax.kernels import KernelConfig
 from mor_jax.kernels import TileConfig
+from timing import timed  # benchmarks/timing.py, beside this script
 
 PARTITIONS = {
     "per-tensor": ((None, None), "gam"),
@@ -55,21 +54,6 @@ def compiled(fn, x: jax.Array, impl: str,
   """
   with mor_jax.use_implementation(impl, config):
     return jax.jit(fn).lower(x).compile()
-
-
-def timed(fn, *args, iters: int) -> float:
-  """Seconds per call of a jitted ``fn``: the median of 5 rounds, each
-  ``iters`` calls queued back to back and waited for once, so that host
-  dispatch overlaps the device's work as in a training step."""
-  jax.block_until_ready(fn(*args))
-  rounds = []
-  for _ in range(5):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    rounds.append((time.perf_counter() - t0) / iters)
-  return statistics.median(rounds)
 
 
 def ceiling(n: int, iters: int) -> tuple[float, dict[str, float]]:
