@@ -14,7 +14,11 @@ Three measurements, each against its ceiling and peers in the same process:
    DEFAULT and HIGHEST), and mor_jax's kernel (kernels/gemm.py) on its FP8
    and its BF16 path; the relative Frobenius error of each FP8 result against
    the exact product of the codes (float32 accumulation).
-3. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
+3. ``dual``: the two passes that quantize a matrix in both orientations
+   (kernels/dual.py) on a (16384, 8192) bf16 X, for several tilings,
+   against an XLA copy (the bandwidth ceiling), and the dense layer of 1.
+   with the fastest tiling against the default.
+4. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
    the previous output (the cost of choosing at run time): XLA's FP8 dot
    unconditionally, inside ``lax.cond``, and the kernel with its device-side
    choice (alone, and with the BF16-path operand writers that return at
@@ -27,6 +31,7 @@ Each time is the median of rounds of queued calls; nothing here is a test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
@@ -69,12 +74,13 @@ def dense_layer(kind: str, n: int):
                   **kw)
 
 
-def bench_dense(shapes, iters: int) -> None:
+def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
+                                           "mor_rejected", "mor_emulate"),
+                **note) -> None:
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
-    for kind in ("bf16", "flax_fp8", "mor_fp8", "mor_rejected",
-                 "mor_emulate"):
+    for kind in kinds:
       layer = dense_layer(kind, n)
       v = layer.init(jax.random.key(1), x[:8])
 
@@ -84,10 +90,11 @@ def bench_dense(shapes, iters: int) -> None:
 
       step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
       t = timed(step, v, x, iters=iters)
-      base = base or t
+      if kind == "bf16":
+        base = t
       row = dict(bench="dense", shape=[m, k, n], layer=kind,
-                 ms=round(t * 1e3, 3), speedup_vs_bf16=round(base / t, 3),
-                 tflops=round(6 * m * n * k / t / 1e12, 1))
+                 ms=round(t * 1e3, 3), speedup_vs_bf16=round(base / t, 3) if base else None,
+                 tflops=round(6 * m * n * k / t / 1e12, 1), **note)
       if kind.startswith("mor"):
         _, state = layer.apply(v, x, mutable=["mor_stats"])
         fprop = state["mor_stats"]["fprop"]
@@ -136,6 +143,42 @@ def bench_gemm(iters: int) -> None:
         rel_frobenius=rel(fn(), ref))
 
 
+# Tilings of the dual passes: (tile_rows, tile_cols, row_steps, warps,
+# stages); the default first.
+DUAL_VARIANTS = ((16, 128, 16, 4, 2), (64, 128, 1, 4, 1), (8, 128, 32, 4, 2),
+                 (16, 128, 32, 2, 2), (16, 128, 8, 4, 2), (16, 64, 16, 2, 2),
+                 (8, 256, 32, 4, 2), (16, 128, 16, 8, 2), (32, 128, 8, 4, 2))
+
+
+def bench_dual(iters: int) -> None:
+  m, k = 16384, 8192
+  x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+  copy = timed(jax.jit(lambda v: v * 2), x, iters=iters)
+  say(bench="dual", case="xla_copy", ms=round(copy * 1e3, 3),
+      gbps=round(4 * x.size / copy / 1e9))
+
+  def passes(v, dual):
+    # fp32 scaling (F / amax) is enough to time the passes.
+    rows, cols = (mor_jax.E4M3.max / jnp.maximum(st.amax[:, 0], 1e-30)
+                  for st in dual.stats(v))
+    return dual.codes(v, rows, cols, mor_jax.E4M3)
+
+  best = None
+  for tr, tc, steps, warps, stages in DUAL_VARIANTS:
+    cfg = kernels.DualConfig(tile_rows=tr, tile_cols=tc, row_steps=steps,
+                             num_warps=warps, num_stages=stages)
+    dual = kernels.dual.PallasDual(cfg, jax.default_backend() != "gpu")
+    t = timed(jax.jit(functools.partial(passes, dual=dual)), x, iters=iters)
+    t1 = timed(jax.jit(dual.stats), x, iters=iters)
+    say(bench="dual", case=dataclasses.asdict(cfg), ms=round(t * 1e3, 3),
+        gbps_at_6B=round(6 * x.size / t / 1e9), stats_ms=round(t1 * 1e3, 3))
+    best = min(best or (t, cfg), (t, cfg), key=lambda p: p[0])
+  for cfg in dict.fromkeys((kernels.DualConfig(), best[1])):
+    with mor_jax.use_implementation("pallas", kernels.KernelConfig(dual=cfg)):
+      bench_dense([(m, k, k)], iters, kinds=("mor_fp8",),
+                  note=dataclasses.asdict(cfg))
+
+
 def bench_chain(iters: int) -> None:
   """72 GEMMs of 4096^3, each on the codes of the previous output."""
   m = 4096
@@ -182,9 +225,12 @@ def bench_chain(iters: int) -> None:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--only", choices=("dense", "gemm", "chain"), default=None)
+  ap.add_argument("--only", choices=("dense", "gemm", "dual", "chain"),
+                  default=None)
   ap.add_argument("--iters", type=int, default=10)
   ap.add_argument("--dense-shapes", default="16384x8192x8192,16384x8192x28672")
+  ap.add_argument("--dense-layers",
+                  default="bf16,flax_fp8,mor_fp8,mor_rejected,mor_emulate")
   args = ap.parse_args()
   dev = jax.devices()[0]
   say(date=str(datetime.date.today()), device=dev.device_kind,
@@ -195,10 +241,12 @@ def main() -> None:
             for s in args.dense_shapes.split(",")]
   if args.only in (None, "gemm"):
     bench_gemm(args.iters)
+  if args.only in (None, "dual"):
+    bench_dual(args.iters)
   if args.only in (None, "chain"):
     bench_chain(args.iters)
   if args.only in (None, "dense"):
-    bench_dense(shapes, args.iters)
+    bench_dense(shapes, args.iters, kinds=args.dense_layers.split(","))
 
 
 if __name__ == "__main__":
