@@ -280,6 +280,18 @@ def test_flax_nnx_layers_take_mor_dot_general(cls, args):
   chex.assert_trees_all_equal(got, cls(*args, rngs=nnx.Rngs(0))(x))
 
 
+def test_dot_general_honours_out_sharding():
+  mesh = jax.make_mesh((1,), ("x",),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  spec = jax.sharding.PartitionSpec("x", None)
+  with jax.set_mesh(mesh):
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    y = jax.jit(lambda x, w: mor_jax.dot_general(
+        x, w, (((1,), (0,)), ((), ())), out_sharding=sharding,
+        policy=NOQUANT))(_x((4, 8)), _x((8, 2), 1))
+  assert y.sharding.spec == spec
+
+
 def test_mor_jax_nnx_is_reachable_after_import_mor_jax():
   code = "import mor_jax; print(mor_jax.nnx.MoRLinear.__name__)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
