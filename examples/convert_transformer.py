@@ -38,9 +38,9 @@ import mor_jax
 from examples import tiny_transformer
 from mor_jax.dense import MoRDotGeneral, convert, flatten_stats
 
-# Quantize everything (default Policy) except the output projection. With
-# dot_general_cls the dot_general is a child module: "lm_head/MoRDotGeneral_0".
-POLICY = mor_jax.PolicyRules(rules=((r"lm_head(/.*)?", None),))
+# Quantize everything (default Policy) except the output projection; the rule
+# matches the layer's path "lm_head" on both routes.
+POLICY = mor_jax.PolicyRules(rules=((r"lm_head", None),))
 METHODS = ("dot_general_cls", "convert")
 ROLES = ("fprop/activation", "fprop/weight", "dgrad/gradient", "dgrad/weight",
          "wgrad/activation", "wgrad/gradient")

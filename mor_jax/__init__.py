@@ -1,7 +1,9 @@
 """mor_jax: Mixture-of-Representations FP8 training for JAX and Flax.
 
 Users import ``mor_jax`` (numerics, MoR selection, the quantized
-dot_general) and ``mor_jax.dense`` (Flax layers). Everything else is private.
+dot_general, ``describe``), ``mor_jax.dense`` (Flax linen layers and
+``convert``) and ``mor_jax.nnx`` (Flax NNX layers and ``convert``), both
+reachable as attributes after ``import mor_jax``. Everything else is private.
 """
 
 from mor_jax._dispatch import implementation as implementation
@@ -39,6 +41,10 @@ from mor_jax._recipes import Static as Static
 from mor_jax._recipes import SubTensorMoR as SubTensorMoR
 from mor_jax._recipes import TensorLevelMoR as TensorLevelMoR
 from mor_jax._stats import NamedMoRStats as NamedMoRStats
+# The Flax modules last: they build on the names above.
+from mor_jax import dense as dense  # pylint: disable=g-bad-import-order
+from mor_jax import nnx as nnx  # pylint: disable=g-bad-import-order
+from mor_jax._describe import describe as describe
 
 __version__ = "0.1.0"
 
@@ -66,13 +72,16 @@ __all__ = [
     "SubTensorMoR",
     "TensorLevelMoR",
     "compute_scales",
+    "dense",
     "dequantize",
+    "describe",
     "dot_general",
     "dot_general_with_stats",
     "fake_quantize",
     "implementation",
     "mor_codes",
     "mor_quantize",
+    "nnx",
     "quantize",
     "relative_error",
     "set_implementation",

@@ -296,9 +296,9 @@ def dot_general_with_stats(
 
 
 def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
-                dimension_numbers, *, policy: _policy.Policy,
-                precision: Any = None,
-                preferred_element_type: Any = None) -> jax.Array:
+                dimension_numbers, precision: Any = None,
+                preferred_element_type: Any = None, out_sharding: Any = None,
+                *, policy: _policy.Policy) -> jax.Array:
   """A drop-in for ``jax.lax.dot_general`` whose three GEMMs run through MoR.
 
   A ``jax.custom_vjp``: the forward pass quantizes ``lhs`` with
@@ -315,9 +315,11 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
     rhs: the right operand (weights W), floating point.
     dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch,
       rhs_batch))`` as for ``jax.lax.dot_general``; any layout it accepts.
-    policy: a ``mor_jax.Policy``.
     precision: as for ``jax.lax.dot_general``.
     preferred_element_type: as for ``jax.lax.dot_general``.
+    out_sharding: as for ``jax.lax.dot_general`` (Flax NNX's layers pass
+      it): the output is resharded to it where it is not None.
+    policy: a ``mor_jax.Policy``.
 
   Returns:
     The output of ``jax.lax.dot_general`` on the quantized operands.
@@ -334,7 +336,13 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
     >>> params = layer.init(jax.random.key(1), x)
     >>> layer.apply(params, x).shape
     (4, 2)
+    >>> from flax import nnx
+    >>> nnx.Linear(8, 2, rngs=nnx.Rngs(0), dot_general=functools.partial(
+    ...     mor_jax.dot_general, policy=mor_jax.Policy()))(x).shape
+    (4, 2)
   """
-  return dot_general_with_stats(
+  out = dot_general_with_stats(
       lhs, rhs, dimension_numbers, policy=policy, precision=precision,
       preferred_element_type=preferred_element_type)[0]
+  return out if out_sharding is None else jax.sharding.reshard(out,
+                                                               out_sharding)

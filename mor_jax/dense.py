@@ -14,7 +14,8 @@ shapes, initial values) of Flax's own layers, so checkpoints move freely:
   ``nn.Einsum`` inside it runs as its MoR counterpart, its code unchanged.
 
 ``policy`` is a ``mor_jax.Policy`` or a ``mor_jax.PolicyRules`` (a Policy
-chosen by the layer's module path; ``None`` leaves a layer unquantized).
+chosen by the layer's module path, the same path on every route, and size;
+``None`` leaves a layer unquantized).
 
 Statistics of all six quantizations of every layer, from a jit-compiled step
 and without host callbacks:
@@ -32,7 +33,8 @@ more than once per step keeps the last application's forward statistics
 and the sum of all applications' backward ones (the cotangent of a shared
 input sums), e.g. ``fraction_e4m3`` of 2.0 for two applications in E4M3.
 Under ``nn.scan``, list both collections in ``variable_axes`` so each layer
-gets its own statistics. ``flatten_stats`` turns them into a flat dict.
+gets its own statistics (a layer that cannot create them warns at init).
+``flatten_stats`` turns them into a flat dict.
 
 Examples:
   >>> import jax, jax.numpy as jnp, optax, mor_jax
@@ -63,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -70,9 +73,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import opt_einsum
 
+from mor_jax import _convert
 from mor_jax import _dot
+from mor_jax import _einsum
 from mor_jax import _policy
 from mor_jax import _stats
 
@@ -105,13 +109,15 @@ _default_bias_init = nn.initializers.zeros_init()
 
 def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
                     rhs: jax.Array, dimension_numbers, precision=None,
-                    preferred_element_type=None) -> jax.Array:
+                    preferred_element_type=None, *,
+                    path: str | None = None) -> jax.Array:
   """``mor_jax.dot_general`` inside a bound linen module, statistics in its scope.
 
   The building block of every layer here, for writing new ones: the policy
-  is resolved from ``module.path``; the probes are the module's
-  ``"mor_grads"`` variables where present or creatable, else constant zeros;
-  the forward statistics go to ``"mor_stats"`` where that is mutable.
+  is resolved from the layer's path and GEMM size; the probes are the
+  module's ``"mor_grads"`` variables where present or creatable, else
+  constant zeros; the forward statistics go to ``"mor_stats"`` where that
+  is mutable.
 
   Args:
     module: the bound module that owns the statistics (call this from its
@@ -123,18 +129,34 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
     dimension_numbers: as for ``jax.lax.dot_general``.
     precision: as for ``jax.lax.dot_general``.
     preferred_element_type: as for ``jax.lax.dot_general``.
+    path: the path ``PolicyRules`` match (default: ``module.path``).
 
   Returns:
     The product, as ``jax.lax.dot_general`` shapes it.
   """
-  policy = _policy.policy_at(policy, "/".join(module.path))
+  path = "/".join(module.path) if path is None else path
+  gemm = _policy.gemm_size(jnp.shape(rhs), dimension_numbers)
+  policy = _policy.policy_at(policy, path, gemm)
+  _policy.record(path, type(module).__name__, jnp.shape(rhs), gemm, policy)
   if policy is None:
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
+  if (module.is_initializing() and module.is_mutable_collection("params") and
+      not module.is_mutable_collection(GRADS)):
+    # A lifted transform (nn.scan, nn.vmap) passes only the collections
+    # named in variable_axes: the statistics would vanish without a word.
+    warnings.warn(
+        f"mor_jax: layer {path!r} cannot create its {STATS!r} and {GRADS!r} "
+        "variables here (a transform such as nn.scan or nn.vmap does not "
+        "pass them), so its statistics are dropped. List both in the "
+        f"transform, e.g. variable_axes={{'params': 0, {STATS!r}: 0, "
+        f"{GRADS!r}: 0}}.", UserWarning, stacklevel=2)
   probes = _dot.zero_probes(policy)
-  for gemm, zeros in probes.items():
-    if module.has_variable(GRADS, gemm) or module.is_mutable_collection(GRADS):
-      probes[gemm] = module.variable(GRADS, gemm, lambda z=zeros: z).value
+  for gemm_name, zeros in probes.items():
+    if (module.has_variable(GRADS, gemm_name) or
+        module.is_mutable_collection(GRADS)):
+      probes[gemm_name] = module.variable(GRADS, gemm_name,
+                                          lambda z=zeros: z).value
   out, stats = _dot.dot_general_with_stats(
       lhs, rhs, dimension_numbers, probes, policy=policy, precision=precision,
       preferred_element_type=preferred_element_type)
@@ -147,7 +169,7 @@ class _PolicyChecked(nn.Module):
   """Checks the ``policy`` field where the layer is built."""
 
   def __post_init__(self):
-    _policy.policy_at(self.policy, "")
+    _policy.check(self.policy)
     super().__post_init__()
 
 
@@ -156,7 +178,8 @@ class MoRDotGeneral(_PolicyChecked):
 
   Flax's ``nn.Dense`` and ``nn.DenseGeneral`` build ``dot_general_cls()``
   inside their call, so this module is their child: its statistics live at
-  ``<layer path>/MoRDotGeneral_0``, and ``PolicyRules`` match that path.
+  ``<layer path>/MoRDotGeneral_0``; ``PolicyRules`` match ``<layer path>``,
+  as on every other route.
 
   Attributes:
     policy: a ``mor_jax.Policy``, a ``mor_jax.PolicyRules`` or None.
@@ -180,7 +203,8 @@ class MoRDotGeneral(_PolicyChecked):
                precision=None, preferred_element_type=None) -> jax.Array:
     """Computes ``lax.dot_general(lhs, rhs, ...)`` with MoR."""
     return mor_dot_general(self, self.policy, lhs, rhs, dimension_numbers,
-                           precision, preferred_element_type)
+                           precision, preferred_element_type,
+                           path="/".join(self.path[:-1]))
 
 
 class MoRDense(_PolicyChecked):
@@ -393,61 +417,17 @@ class MoREinsum(_PolicyChecked):
   def __call__(self, inputs: jax.Array,
                einsum_str: str | None = None) -> jax.Array:
     """Applies the einsum of ``inputs`` with the kernel (plus the bias)."""
-    return _einsum(self, self.policy, inputs, einsum_str)
+    return _einsum_layer(self, self.policy, inputs, einsum_str)
 
 
-def _einsum_dimension_numbers(einsum_str: str, lhs_shape, rhs_shape):
-  """``dot_general`` dimension numbers of a two-operand einsum.
-
-  Contracted labels are taken in sorted order and batch labels in output
-  order, as ``jnp.einsum`` does, so the GEMM is the same.
-
-  Args:
-    einsum_str: an explicit two-operand equation ("...->...").
-    lhs_shape: the first operand's shape.
-    rhs_shape: the second operand's shape.
-
-  Returns:
-    ``(dimension_numbers, perm, rhs_labels, out_labels)``:
-    ``lax.transpose(lax.dot_general(lhs, rhs, dimension_numbers), perm)`` is
-    the einsum; the labels have any ellipsis expanded.
-  """
-  if "->" not in einsum_str or einsum_str.count(",") != 1:
-    raise ValueError(
-        "einsum_str must be explicit (with '->') and have exactly two "
-        f"operands, got {einsum_str!r}.")
-  operands, out, _ = opt_einsum.parser.parse_einsum_input(
-      (einsum_str, np.empty(lhs_shape, np.bool_),
-       np.empty(rhs_shape, np.bool_)))
-  lhs, rhs = operands.split(",")
-  for labels, name in ((lhs, "the input"), (rhs, "the kernel")):
-    if len(set(labels)) != len(labels):
-      raise ValueError(
-          f"einsum_str {einsum_str!r}: a label repeats within {name}; a "
-          "diagonal is not a GEMM.")
-  for c in lhs + rhs:
-    if c not in out and (c not in lhs or c not in rhs):
-      raise ValueError(
-          f"einsum_str {einsum_str!r}: label {c!r} is summed within one "
-          "operand; sum it before the layer.")
-  batch = [c for c in out if c in lhs and c in rhs]
-  contract = sorted(set(lhs) & set(rhs) - set(out))
-  dims = ((tuple(lhs.index(c) for c in contract),
-           tuple(rhs.index(c) for c in contract)),
-          (tuple(lhs.index(c) for c in batch),
-           tuple(rhs.index(c) for c in batch)))
-  names = batch + [c for c in lhs + rhs if c not in batch + contract]
-  return dims, tuple(names.index(c) for c in out), rhs, out
-
-
-def _einsum(module, policy: PolicyLike, inputs: jax.Array,
-            einsum_str: str | None) -> jax.Array:
+def _einsum_layer(module, policy: PolicyLike, inputs: jax.Array,
+                  einsum_str: str | None = None) -> jax.Array:
   """The body of ``nn.Einsum`` with MoR."""
   einsum_str = nn.merge_param("einsum_str", module.einsum_str, einsum_str)
   einsum_str = einsum_str.replace(" ", "")
   kernel = module.param("kernel", module.kernel_init, module.shape,
                         module.param_dtype)
-  dims, perm, rhs_labels, out_labels = _einsum_dimension_numbers(
+  dims, perm, rhs_labels, out_labels = _einsum.dimension_numbers(
       einsum_str, inputs.shape, tuple(module.shape))
   bias = None
   if module.use_bias:
@@ -470,7 +450,7 @@ def _einsum(module, policy: PolicyLike, inputs: jax.Array,
 
 # Flax's layers whose __call__ the interceptor replaces by the MoR body.
 _BODIES = {nn.Dense: _dense, nn.DenseGeneral: _dense_general,
-           nn.Einsum: _einsum}
+           nn.Einsum: _einsum_layer}
 
 
 @contextlib.contextmanager
@@ -483,7 +463,8 @@ def intercept(policy: PolicyLike = Policy()) -> Iterator[None]:
   ``MoRDense``, ``MoRDenseGeneral`` or ``MoREinsum`` in the layer's own
   scope: the same parameters, statistics at the layer's path. It acts when
   the model is traced, so enter it inside the jitted function (or use
-  ``convert``).
+  ``convert``). A ``PolicyRules`` rule that matches no layer inside warns
+  when the context exits, naming it.
 
   Args:
     policy: a ``mor_jax.Policy``, or a ``mor_jax.PolicyRules`` matched
@@ -501,7 +482,7 @@ def intercept(policy: PolicyLike = Policy()) -> Iterator[None]:
     >>> sorted(v)
     ['mor_grads', 'mor_stats', 'params']
   """
-  _policy.policy_at(policy, "")  # Fails here on a bad type, not at trace time.
+  _policy.check(policy)  # Fails here on a bad type, not at trace time.
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
@@ -514,23 +495,27 @@ def intercept(policy: PolicyLike = Policy()) -> Iterator[None]:
       return next_fun(*args, **kwargs)
     return body(module, policy, *args, **kwargs)
 
-  with nn.intercept_methods(interceptor):
+  with _policy.tracking(policy), nn.intercept_methods(interceptor):
     yield
 
 
 def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
-            methods: Sequence[str] = ("__call__",)) -> nn.Module:
+            methods: Sequence[str] | None = None) -> nn.Module:
   """A copy of ``model`` whose Flax Dense, DenseGeneral and Einsum run with MoR.
 
-  The copy is an instance of a subclass of ``type(model)`` whose ``methods``
+  The copy is an instance of a subclass of ``type(model)`` whose methods
   run inside ``intercept(policy)``: same fields, same parameters, so
-  ``init``, ``apply`` and existing checkpoints work unchanged, and the
-  statistics appear at each layer's path.
+  ``init``, ``apply`` (with any ``method=``) and existing checkpoints work
+  unchanged, and the statistics appear at each layer's path. A
+  ``PolicyRules`` rule that matches no layer in a call warns, naming it.
 
   Args:
     model: an unbound linen Module (the top of the model).
     policy: a ``mor_jax.Policy`` or a ``mor_jax.PolicyRules``.
-    methods: the methods that ``apply`` will call.
+    methods: the methods that run with MoR; None (the default): ``__call__``
+      and every public method the model's classes define (Flax's own, such
+      as ``init`` and ``apply``, excepted), so ``apply(..., method="encode")``
+      is quantized too.
 
   Returns:
     The converted model.
@@ -553,10 +538,10 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
   """
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen Module, got {model!r}.")
-  _policy.policy_at(policy, "")
+  _policy.check(policy)
   cls = type(model)
   namespace = {}
-  for name in methods:
+  for name in _convert.public_methods(cls) if methods is None else methods:
     method = getattr(cls, name, None)
     if not callable(method):
       raise ValueError(f"methods: {cls.__name__} has no method {name!r}.")
@@ -570,8 +555,12 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
 
 def _intercepted(method: Callable, policy: PolicyLike) -> Callable:
   def run(self, *args, **kwargs):
-    with intercept(policy):
-      return method(self, *args, **kwargs)
+    try:
+      with intercept(policy):
+        return method(self, *args, **kwargs)
+    except AssertionError as e:
+      _convert.explain_scan_assertion(e)
+      raise
   run.__name__ = run.__qualname__ = method.__name__
   run.__doc__ = method.__doc__
   return run

@@ -1,7 +1,10 @@
 """Flax NNX layers whose matrix multiplies run through MoR (docs/numerics.md section 6).
 
 ``MoRLinear`` is ``flax.nnx.Linear`` with a ``policy``: the same parameters,
-and two kinds of statistics variables:
+and two kinds of statistics variables. ``convert(model, policy)`` gives a
+model's own ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` the
+same, in place, through their ``dot_general`` / ``einsum_op`` hooks
+(``MoRDotGeneral``, ``MoREinsumOp``). The variables:
 
 - ``ForwardStats`` (attribute ``fprop``): the forward statistics, updated by
   every call, ``{"activation": s, "weight": s}``;
@@ -35,6 +38,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -44,11 +48,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mor_jax import _dot
+from mor_jax import _einsum
 from mor_jax import _policy
 from mor_jax import _stats
 
 
-__all__ = ["ForwardStats", "GradProbes", "MoRLinear", "flatten_stats"]
+__all__ = [
+    "ForwardStats",
+    "GradProbes",
+    "MoRDotGeneral",
+    "MoREinsumOp",
+    "MoRLinear",
+    "convert",
+    "flatten_stats",
+]
+
+
+PolicyLike = _policy.Policy | _policy.PolicyRules | None
 
 
 class ForwardStats(nnx.Variable):
@@ -59,13 +75,106 @@ class GradProbes(nnx.Variable):
   """Zero-valued probes whose gradient carries a layer's backward statistics."""
 
 
-class MoRLinear(nnx.Module):
+class _MoRGemm(nnx.Module):
+  """Holds one GEMM's policy and statistics variables; runs the GEMM."""
+
+  def _init_stats(self, policy: _policy.Policy | None) -> None:
+    self.policy = policy
+    if policy is None:
+      return
+    self.fprop = ForwardStats({
+        role: _stats.NamedMoRStats.zeros(getattr(policy, role))
+        for role in ("activation", "weight")})
+    probes = _dot.zero_probes(policy)
+    self.dgrad = GradProbes(probes["dgrad"])
+    self.wgrad = GradProbes(probes["wgrad"])
+
+  def _dot(self, lhs, rhs, dimension_numbers, precision=None,
+           preferred_element_type=None, out_sharding=None) -> jax.Array:
+    if self.policy is None:
+      return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                                 preferred_element_type,
+                                 out_sharding=out_sharding)
+    y, stats = _dot.dot_general_with_stats(
+        lhs, rhs, dimension_numbers,
+        {"dgrad": self.dgrad.get_value(), "wgrad": self.wgrad.get_value()},
+        policy=self.policy, precision=precision,
+        preferred_element_type=preferred_element_type)
+    self.fprop.set_value(stats["fprop"])
+    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
+
+
+class MoRDotGeneral(_MoRGemm):
+  """A ``dot_general`` with MoR and statistics, for NNX's ``dot_general``.
+
+  Hand it to ``nnx.Linear(..., dot_general=MoRDotGeneral(policy))`` or
+  ``nnx.LinearGeneral``: it becomes the layer's child, with the variables
+  of ``MoRLinear`` (``flatten_stats`` names them by the layer's path).
+  ``convert`` puts one into every layer it converts.
+
+  Args:
+    policy: a ``mor_jax.Policy``, or None (plain ``lax.dot_general``).
+
+  Examples:
+    >>> import jax.numpy as jnp, mor_jax
+    >>> from flax import nnx
+    >>> from mor_jax.nnx import MoRDotGeneral, flatten_stats
+    >>> layer = nnx.Linear(16, 4, rngs=nnx.Rngs(0),
+    ...                    dot_general=MoRDotGeneral(mor_jax.Policy()))
+    >>> layer(jnp.ones((2, 16))).shape
+    (2, 4)
+    >>> float(flatten_stats(layer)["fprop/weight/fraction_e4m3"])
+    1.0
+  """
+
+  def __init__(self, policy: _policy.Policy | None = _policy.Policy()):
+    if policy is not None and not isinstance(policy, _policy.Policy):
+      raise TypeError(f"policy must be a mor_jax.Policy or None, got "
+                      f"{policy!r} (resolve PolicyRules with convert).")
+    self._init_stats(policy)
+
+  def __call__(self, lhs: jax.Array, rhs: jax.Array, dimension_numbers,
+               precision=None, preferred_element_type=None,
+               out_sharding=None) -> jax.Array:
+    """``jax.lax.dot_general(lhs, rhs, ...)`` with MoR."""
+    return self._dot(lhs, rhs, dimension_numbers, precision,
+                     preferred_element_type, out_sharding)
+
+
+class MoREinsumOp(MoRDotGeneral):
+  """A two-operand einsum with MoR, for ``nnx.Einsum(..., einsum_op=...)``.
+
+  The equation is mapped to ``dot_general`` as ``mor_jax.dense.MoREinsum``
+  maps it (input first, kernel second).
+
+  Args:
+    policy: a ``mor_jax.Policy``, or None (plain ``lax.dot_general``).
+  """
+
+  def __call__(self, einsum_str: str, lhs: jax.Array, rhs: jax.Array,
+               precision=None, preferred_element_type=None,
+               out_sharding=None) -> jax.Array:
+    """``jnp.einsum(einsum_str, lhs, rhs)`` with MoR."""
+    dims, perm, _, _ = _einsum.dimension_numbers(
+        einsum_str.replace(" ", ""), lhs.shape, rhs.shape)
+    y = self._dot(lhs, rhs, dims, precision, preferred_element_type)
+    if perm != tuple(range(len(perm))):
+      y = jax.lax.transpose(y, perm)
+    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
+
+
+class MoRLinear(_MoRGemm):
   """``flax.nnx.Linear`` with MoR: the same parameters, ``policy`` added.
 
   Args:
     in_features: the number of input features.
     out_features: the number of output features.
-    policy: a ``mor_jax.Policy`` (default: tensor-level MoR, per-channel).
+    policy: a ``mor_jax.Policy`` (default: tensor-level MoR, per-channel),
+      a ``mor_jax.PolicyRules`` (resolved here, at ``path`` and the size
+      (in_features, out_features)) or None (a plain ``lax.dot_general``
+      without statistics).
+    path: the layer's path for ``PolicyRules`` (an NNX module does not know
+      its own; ``convert`` finds it), e.g. "blocks/0/mlp/fc1".
     use_bias: whether to add a bias to the output.
     dtype: the dtype of the computation (default: inferred).
     param_dtype: the dtype of the parameters.
@@ -96,7 +205,8 @@ class MoRLinear(nnx.Module):
       in_features: int,
       out_features: int,
       *,
-      policy: _policy.Policy = _policy.Policy(),
+      policy: PolicyLike = _policy.Policy(),
+      path: str = "",
       use_bias: bool = True,
       dtype: Any = None,
       param_dtype: Any = jnp.float32,
@@ -109,8 +219,7 @@ class MoRLinear(nnx.Module):
       kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
       bias_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
-    if not isinstance(policy, _policy.Policy):
-      raise TypeError(f"policy must be a mor_jax.Policy, got {policy!r}.")
+    policy = _policy.policy_at(policy, path, (in_features, out_features))
     self.kernel = nnx.Param(
         kernel_init(rngs.params(), (in_features, out_features), param_dtype),
         **kernel_metadata)
@@ -123,13 +232,7 @@ class MoRLinear(nnx.Module):
     self.precision = precision
     self.promote_dtype = promote_dtype
     self.preferred_element_type = preferred_element_type
-    self.policy = policy
-    self.fprop = ForwardStats({
-        role: _stats.NamedMoRStats.zeros(getattr(policy, role))
-        for role in ("activation", "weight")})
-    probes = _dot.zero_probes(policy)
-    self.dgrad = GradProbes(probes["dgrad"])
-    self.wgrad = GradProbes(probes["wgrad"])
+    self._init_stats(policy)
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
     """Applies the layer along the last dimension of ``inputs``."""
@@ -137,15 +240,104 @@ class MoRLinear(nnx.Module):
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias),
                                               dtype=self.dtype)
-    y, stats = _dot.dot_general_with_stats(
-        inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-        {"dgrad": self.dgrad.get_value(), "wgrad": self.wgrad.get_value()},
-        policy=self.policy, precision=self.precision,
-        preferred_element_type=self.preferred_element_type)
-    self.fprop.set_value(stats["fprop"])
+    y = self._dot(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
+                  self.precision, self.preferred_element_type)
     if bias is not None:
       y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
     return y
+
+
+def convert(model: nnx.Module,
+            policy: PolicyLike = _policy.Policy()) -> nnx.Module:
+  """Converts ``model``'s Flax NNX Linear, LinearGeneral and Einsum in place.
+
+  Each ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` (exactly
+  these classes, with Flax's default ``dot_general`` / ``einsum_op``) whose
+  policy is not None gets a ``MoRDotGeneral`` (``MoREinsumOp``) in that
+  attribute: the same parameters and the same call, with MoR and the
+  statistics variables of ``MoRLinear``. The policy is chosen as on the
+  linen route: ``PolicyRules`` match the layer's path (its attribute
+  names, e.g. "blocks/0/mlp/fc1") and size; a rule that matches no layer
+  warns, naming it. Converting twice changes nothing.
+
+  Args:
+    model: the NNX model, changed in place.
+    policy: a ``mor_jax.Policy``, a ``mor_jax.PolicyRules`` or None.
+
+  Returns:
+    ``model``.
+
+  Examples:
+    >>> import jax.numpy as jnp, mor_jax
+    >>> from flax import nnx
+    >>> from mor_jax.nnx import convert, flatten_stats
+    >>> class MLP(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.fc1 = nnx.Linear(16, 32, rngs=rngs)
+    ...     self.head = nnx.Linear(32, 4, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.head(nnx.relu(self.fc1(x)))
+    >>> model = convert(MLP(nnx.Rngs(0)), mor_jax.PolicyRules(
+    ...     rules=(("head", None),)))
+    >>> model(jnp.ones((2, 16))).shape
+    (2, 4)
+    >>> sorted({k.split("/")[0] for k in flatten_stats(model)})
+    ['fc1']
+  """
+  _policy.check(policy)
+  with _policy.tracking(policy):
+    for path, layer, hook, gemm in list(_layers(model)):
+      if not _is_default_hook(layer, hook):
+        continue
+      chosen = _policy.policy_at(policy, path, gemm)
+      if chosen is not None:
+        op = MoREinsumOp if hook == "einsum_op" else MoRDotGeneral
+        setattr(layer, hook, nnx.data(op(chosen)))
+  return model
+
+
+def _layers(model: nnx.Module):
+  """(path, layer, hook attribute, (k, n) or None) of Flax's GEMM layers."""
+  for path, node in nnx.iter_graph(model):
+    found = _gemm_hook(node)
+    if found is not None:
+      yield (_path(path), node) + found
+
+
+def _gemm_hook(node) -> tuple[str, tuple[int, int] | None] | None:
+  """(hook attribute, (k, n)) of a Flax Linear, LinearGeneral or Einsum."""
+  # Exact classes: a subclass may compute something else with its kernel.
+  if type(node) is nnx.Linear:  # pylint: disable=unidiomatic-typecheck
+    return "dot_general", (node.in_features, node.out_features)
+  if type(node) is nnx.LinearGeneral:  # pylint: disable=unidiomatic-typecheck
+    return "dot_general", (math.prod(node.in_features),
+                           math.prod(node.out_features))
+  if type(node) is nnx.Einsum:  # pylint: disable=unidiomatic-typecheck
+    return "einsum_op", _einsum_gemm(node.einsum_str, node.kernel_shape)
+  return None
+
+
+def _path(path: tuple) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def _is_default_hook(layer: nnx.Module, hook: str) -> bool:
+  if hook == "einsum_op":
+    return layer.einsum_op is jnp.einsum
+  if isinstance(layer, nnx.LinearGeneral):
+    return layer.dot_general is None and layer.dot_general_cls is None
+  return layer.dot_general is jax.lax.dot_general
+
+
+def _einsum_gemm(einsum_str: str, kernel_shape) -> tuple[int, int] | None:
+  """(k, n) of an Einsum layer's kernel, from its labels."""
+  inputs, out = einsum_str.split("->")
+  lhs, rhs = inputs.split(",")
+  if "." in rhs:
+    return None  # An ellipsis in the kernel: sizes known only at the call.
+  sizes = dict(zip(rhs, kernel_shape))
+  return (math.prod(sizes[c] for c in rhs if c not in out),
+          math.prod(sizes[c] for c in rhs if c in out and c not in lhs))
 
 
 def flatten_stats(model: nnx.Module,
@@ -153,7 +345,9 @@ def flatten_stats(model: nnx.Module,
   """The statistics of every MoR layer in ``model`` as a flat dict.
 
   The keys and metrics of ``mor_jax.dense.flatten_stats``, with module paths
-  from the NNX attribute names (e.g. "blocks/0/mlp/fprop/weight/amax").
+  from the NNX attribute names (e.g. "blocks/0/mlp/fprop/weight/amax"); a
+  layer converted by ``convert`` (or handed a ``MoRDotGeneral``) is named by
+  its own path, as a ``MoRLinear`` there would be.
 
   Args:
     model: the model after a call (its ``ForwardStats``).
@@ -163,7 +357,24 @@ def flatten_stats(model: nnx.Module,
   Returns:
     A dict of 0-d float32 arrays.
   """
-  fwd = nnx.to_pure_dict(nnx.state(model, ForwardStats))
-  bwd = (None if grads is None else
-         nnx.to_pure_dict(nnx.filter_state(grads, GradProbes)))
+  fwd = _by_layer(nnx.to_pure_dict(nnx.state(model, ForwardStats)))
+  bwd = (None if grads is None else _by_layer(
+      nnx.to_pure_dict(nnx.filter_state(grads, GradProbes))))
   return _stats.flatten_stats(fwd, bwd)
+
+
+# The attributes of Flax's layers that hold an injected MoRDotGeneral.
+_HOOKS = ("dot_general", "einsum_op")
+
+
+def _by_layer(tree):
+  """Moves the statistics of a layer's injected op up to the layer's path."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key in _HOOKS and isinstance(value, dict):
+      out.update(_by_layer(value))
+    else:
+      out[key] = _by_layer(value)
+  return out

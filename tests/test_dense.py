@@ -436,7 +436,7 @@ def test_policy_rules_choose_by_module_path():
 
 
 def test_policy_rules_through_dot_general_cls_and_per_layer_policy():
-  rules = mor_jax.PolicyRules(rules=((r"b/.*", NOQUANT),))
+  rules = mor_jax.PolicyRules(rules=((r"b", NOQUANT),))  # the layer's path
 
   class Two(nn.Module):
     @nn.compact
@@ -483,8 +483,14 @@ def test_flatten_stats_keys():
      "policy must be a mor_jax.Policy, a mor_jax.PolicyRules or None"),
     (lambda: MoRDotGeneral(policy=mor_jax.TensorLevelMoR()), TypeError,
      "policy must be a mor_jax.Policy"),
-    (lambda: mor_nnx.MoRLinear(2, 3, policy=RULES, rngs=nnx.Rngs(0)),
+    (lambda: mor_nnx.MoRLinear(2, 3, policy="fp8", rngs=nnx.Rngs(0)),
      TypeError, "policy must be a mor_jax.Policy"),
+    (lambda: mor_nnx.MoRDotGeneral(RULES), TypeError,
+     "resolve PolicyRules with convert"),
+    (lambda: mor_jax.PolicyRules(min_size=-1), ValueError,
+     "PolicyRules.min_size must be an int >= 0"),
+    (lambda: mor_jax.PolicyRules(filter=3), TypeError,
+     "PolicyRules.filter must be callable"),
     (lambda: dense.convert(nn.Dense(3), policy=3), TypeError,
      "policy must be a mor_jax.Policy"),
     (lambda: dense.convert(lambda x: x), TypeError,
