@@ -39,6 +39,8 @@ from mor_jax._recipes import Static as Static
 from mor_jax._recipes import SubTensorMoR as SubTensorMoR
 from mor_jax._recipes import TensorLevelMoR as TensorLevelMoR
 from mor_jax._stats import NamedMoRStats as NamedMoRStats
+from mor_jax._summary import summarize as summarize
+from mor_jax._summary import Summary as Summary
 
 __version__ = "0.1.0"
 
@@ -63,6 +65,7 @@ __all__ = [
     "Recipe",
     "Representation",
     "Static",
+    "Summary",
     "SubTensorMoR",
     "TensorLevelMoR",
     "compute_scales",
@@ -76,6 +79,7 @@ __all__ = [
     "quantize",
     "relative_error",
     "set_implementation",
+    "summarize",
     "use_implementation",
     "zero_probes",
 ]

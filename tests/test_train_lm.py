@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from examples import train_lm
 from examples.lm import config, data, metrics, report, sharding
 from examples.lm import train as training
+from mor_jax import report as mor_report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = config.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
@@ -192,7 +193,7 @@ def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
 
 def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(report, "_save",
+  monkeypatch.setattr(mor_report, "_save",
                       lambda fig, path, tight=True: figures.append(fig))
   assert report.plot_error_heatmap(train("seed0"), tmp_path / "h.png")
   (fig,) = figures
