@@ -41,6 +41,7 @@ from mor_jax._recipes import TensorLevelMoR as TensorLevelMoR
 from mor_jax._stats import NamedMoRStats as NamedMoRStats
 from mor_jax._summary import summarize as summarize
 from mor_jax._summary import Summary as Summary
+from mor_jax._variables import split_variables as split_variables
 
 __version__ = "0.1.0"
 
@@ -79,6 +80,7 @@ __all__ = [
     "quantize",
     "relative_error",
     "set_implementation",
+    "split_variables",
     "summarize",
     "use_implementation",
     "zero_probes",
