@@ -10,6 +10,7 @@ step, so the module shares one persistent compilation cache among its runs
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import json
@@ -177,6 +178,14 @@ def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
   runs = metrics.load_runs(tmp_path)
   assert [r.recipe for r in runs] == ["bf16", RECIPE]
   np.testing.assert_array_equal(runs[0].train["loss"], run1.train["loss"])
+  # mor_jax.summarize of every stats step, through the CSV writer.
+  with open(tmp_path / f"{RECIPE}_summary.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["step"]) for r in rows] == runs[1].stats_steps.tolist()
+  np.testing.assert_allclose(
+      [float(r["e4m3_share/all"]) for r in rows],
+      np.mean([v for k, v in runs[1].stats.items()
+               if k.endswith("/fraction_e4m3")], axis=0), rtol=1e-6)
   for name in ("summary.md", "summary.csv"):
     assert (tmp_path / name).read_text().startswith("| recipe" if
                                                     name.endswith("md") else
