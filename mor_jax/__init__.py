@@ -1,7 +1,9 @@
 """mor_jax: Mixture-of-Representations FP8 training for JAX and Flax.
 
 Users import ``mor_jax`` (numerics, MoR selection, the quantized
-dot_general) and ``mor_jax.dense`` (Flax layers). Everything else is private.
+dot_general, ``summarize`` and ``split_variables``), ``mor_jax.dense`` (Flax
+layers) and ``mor_jax.report`` (tables, a CSV writer, plots). Everything else
+is private.
 """
 
 from mor_jax._dispatch import implementation as implementation
