@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -18,7 +19,7 @@ MODEL = MoRDense(4)
 
 @pytest.fixture(scope="module")
 def variables():
-  return MODEL.init(jax.random.key(0), X)
+  return jax.jit(MODEL.init)(jax.random.key(0), X)  # Eager init is slow.
 
 
 def _plain(tree):
@@ -66,10 +67,12 @@ def test_missing_probes_warn(variables):
   no_probes = {k: v for k, v in variables.items() if k != "mor_grads"}
   with pytest.warns(UserWarning, match="no backward statistics"):
     mor_jax.split_variables(no_probes)
-  # A step that collects statistics but forgot the probes.
+  # A step that collects statistics but forgot the probes; the warning comes
+  # at trace time (jitted: eager MoR is slow on a CPU).
+  with_stats = jax.jit(functools.partial(MODEL.apply, mutable=["mor_stats"]))
   with pytest.warns(UserWarning, match="got no 'mor_grads' probes"):
-    MODEL.apply(no_probes, X, mutable=["mor_stats"])
+    with_stats(no_probes, X)
   with warnings.catch_warnings():  # Inference, or a step with the probes.
     warnings.simplefilter("error")
-    MODEL.apply(no_probes, X)
-    MODEL.apply(variables, X, mutable=["mor_stats"])
+    jax.jit(MODEL.apply)(no_probes, X)
+    with_stats(variables, X)

@@ -88,15 +88,16 @@ def test_summarize_forward_only_and_errors():
 def _model_step():
   layer = MoRDense(4)
   x = jax.random.normal(jax.random.key(0), (8, 16))
-  v = layer.init(jax.random.key(1), x)
+  v = jax.jit(layer.init)(jax.random.key(1), x)  # Eager init is slow too.
 
   def loss_fn(params, probes):
     y, state = layer.apply({"params": params, "mor_grads": probes}, x,
                            mutable=["mor_stats"])
     return jnp.mean(y ** 2), state["mor_stats"]
 
-  (_, fwd), (_, g_probes) = jax.value_and_grad(
-      loss_fn, argnums=(0, 1), has_aux=True)(v["params"], v["mor_grads"])
+  # Jitted: eager MoR dispatches hundreds of small ops, far slower on a CPU.
+  (_, fwd), (_, g_probes) = jax.jit(jax.value_and_grad(
+      loss_fn, argnums=(0, 1), has_aux=True))(v["params"], v["mor_grads"])
   return fwd, g_probes
 
 
