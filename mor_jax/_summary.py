@@ -120,9 +120,11 @@ def summarize(mor_stats: Mapping | None = None,
     >>> from mor_jax.dense import MoRDense
     >>> layer = MoRDense(4)
     >>> x = jax.random.normal(jax.random.key(0), (8, 16))
-    >>> v = layer.init(jax.random.key(1), x)
-    >>> _, state = layer.apply(v, x, mutable=["mor_stats"])
-    >>> s = jax.jit(mor_jax.summarize)(state["mor_stats"])
+    >>> @jax.jit   # eager MoR runs op by op: slow
+    ... def forward_stats(x):
+    ...   v = layer.init(jax.random.key(1), x)
+    ...   return layer.apply(v, x, mutable=["mor_stats"])[1]["mor_stats"]
+    >>> s = mor_jax.summarize(forward_stats(x))
     >>> float(s["e4m3_share/activation"]), float(s["bf16_fallbacks"])
     (1.0, 0.0)
     >>> s.worst_error_where in ("fprop/activation", "fprop/weight")

@@ -65,7 +65,7 @@ def split_variables(variables: Mapping[str, Any]) -> tuple[Any, Any]:
     >>> model = MoRDense(4)
     >>> x = jnp.ones((8, 16))
     >>> params, probes = mor_jax.split_variables(
-    ...     model.init(jax.random.key(0), x))
+    ...     jax.jit(model.init)(jax.random.key(0), x))
     >>> sorted(params), sorted(probes)
     (['bias', 'kernel'], ['dgrad', 'wgrad'])
     >>> opt_state = optax.adam(1e-3).init(params)   # never the probes

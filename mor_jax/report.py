@@ -22,9 +22,11 @@ Examples:
   >>> from mor_jax.report import layer_table
   >>> layer = MoRDense(4)
   >>> x = jax.random.normal(jax.random.key(0), (8, 16))
-  >>> v = layer.init(jax.random.key(1), x)
-  >>> _, state = layer.apply(v, x, mutable=["mor_stats"])
-  >>> print(layer_table(flatten_stats(state["mor_stats"])).splitlines()[0])
+  >>> @jax.jit   # eager MoR runs op by op: slow
+  ... def forward_stats(x):
+  ...   v = layer.init(jax.random.key(1), x)
+  ...   return layer.apply(v, x, mutable=["mor_stats"])[1]["mor_stats"]
+  >>> print(layer_table(flatten_stats(forward_stats(x))).splitlines()[0])
   | layer | fprop/activation | fprop/weight |
 """
 
