@@ -37,6 +37,7 @@ import optax
 import mor_jax
 from examples import tiny_transformer
 from mor_jax.dense import MoRDotGeneral, convert, flatten_stats
+from mor_jax.report import layer_table
 
 # Quantize everything (default Policy) except the output projection; the rule
 # matches the layer's path "lm_head" on both routes.
@@ -161,17 +162,8 @@ def train(steps: int = 300, batch_size: int = 32, seq_len: int = 32,
 
 def report(metrics: dict[str, float]) -> str:
   """A table: per layer and quantization, the representation and the error."""
-  layers = sorted({k.split("/fprop/")[0] for k in metrics if "/fprop/" in k})
-  lines = [f"{'layer':18}" + "".join(f"{r:>18}" for r in ROLES)]
-  for layer in layers:
-    cells = []
-    for role in ROLES:
-      pre = f"{layer}/{role}/"
-      fmt = "E4M3" if metrics[pre + "fraction_e4m3"] == 1.0 else "BF16"
-      cells.append(f"{fmt} {metrics[pre + 'chosen_error']:.2%}".rjust(18))
-    name = layer.removesuffix("/MoRDotGeneral_0")
-    lines.append(f"{name:18}" + "".join(cells))
-  return "\n".join(lines)
+  return layer_table({k.replace("/MoRDotGeneral_0/", "/"): v
+                      for k, v in metrics.items()})
 
 
 def main():

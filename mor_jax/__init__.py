@@ -1,9 +1,11 @@
 """mor_jax: Mixture-of-Representations FP8 training for JAX and Flax.
 
 Users import ``mor_jax`` (numerics, MoR selection, the quantized
-dot_general, ``describe``), ``mor_jax.dense`` (Flax linen layers and
-``convert``) and ``mor_jax.nnx`` (Flax NNX layers and ``convert``), both
-reachable as attributes after ``import mor_jax``. Everything else is private.
+dot_general, ``describe``, ``summarize`` and ``split_variables``),
+``mor_jax.dense`` (Flax linen layers and ``convert``) and ``mor_jax.nnx``
+(Flax NNX layers and ``convert``), both reachable as attributes after
+``import mor_jax``, and ``mor_jax.report`` (tables, a CSV writer, plots).
+Everything else is private.
 """
 
 from mor_jax._dispatch import implementation as implementation
@@ -41,6 +43,9 @@ from mor_jax._recipes import Static as Static
 from mor_jax._recipes import SubTensorMoR as SubTensorMoR
 from mor_jax._recipes import TensorLevelMoR as TensorLevelMoR
 from mor_jax._stats import NamedMoRStats as NamedMoRStats
+from mor_jax._summary import summarize as summarize
+from mor_jax._summary import Summary as Summary
+from mor_jax._variables import split_variables as split_variables
 # The Flax modules last: they build on the names above.
 from mor_jax import dense as dense  # pylint: disable=g-bad-import-order
 from mor_jax import nnx as nnx  # pylint: disable=g-bad-import-order
@@ -69,6 +74,7 @@ __all__ = [
     "Recipe",
     "Representation",
     "Static",
+    "Summary",
     "SubTensorMoR",
     "TensorLevelMoR",
     "compute_scales",
@@ -85,6 +91,8 @@ __all__ = [
     "quantize",
     "relative_error",
     "set_implementation",
+    "split_variables",
+    "summarize",
     "use_implementation",
     "zero_probes",
 ]

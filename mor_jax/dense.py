@@ -103,6 +103,11 @@ PolicyLike = Policy | PolicyRules | None
 NamedMoRStats = _stats.NamedMoRStats
 flatten_stats = _stats.flatten_stats
 
+_NO_PROBES = (
+    f"MoR layers write '{STATS}' but got no '{GRADS}' probes, so no backward "
+    f"statistics: pass {{'params': params, '{GRADS}': probes}} to apply, with "
+    "params, probes = mor_jax.split_variables(model.init(...)), and "
+    "differentiate with respect to the probes too.")
 _default_kernel_init = nn.initializers.lecun_normal()
 _default_bias_init = nn.initializers.zeros_init()
 
@@ -152,11 +157,17 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
         f"transform, e.g. variable_axes={{'params': 0, {STATS!r}: 0, "
         f"{GRADS!r}: 0}}.", UserWarning, stacklevel=2)
   probes = _dot.zero_probes(policy)
-  for gemm_name, zeros in probes.items():
-    if (module.has_variable(GRADS, gemm_name) or
-        module.is_mutable_collection(GRADS)):
-      probes[gemm_name] = module.variable(GRADS, gemm_name,
-                                          lambda z=zeros: z).value
+  missing = False
+  for gemm, zeros in probes.items():
+    if module.has_variable(GRADS, gemm) or module.is_mutable_collection(GRADS):
+      probes[gemm] = module.variable(GRADS, gemm, lambda z=zeros: z).value
+    else:
+      missing = True
+  if missing and module.is_mutable_collection(STATS):
+    # Collecting statistics without the probes: a train step that forgot
+    # them gets the forward statistics only. The message names no layer, so
+    # Python shows it once, not once per layer.
+    warnings.warn(_NO_PROBES, stacklevel=2)
   out, stats = _dot.dot_general_with_stats(
       lhs, rhs, dimension_numbers, probes, policy=policy, precision=precision,
       preferred_element_type=preferred_element_type)

@@ -10,6 +10,7 @@ step, so the module shares one persistent compilation cache among its runs
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import json
@@ -28,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from examples import train_lm
 from examples.lm import config, data, metrics, report, sharding
 from examples.lm import train as training
+from mor_jax import report as mor_report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = config.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
@@ -176,6 +178,14 @@ def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
   runs = metrics.load_runs(tmp_path)
   assert [r.recipe for r in runs] == ["bf16", RECIPE]
   np.testing.assert_array_equal(runs[0].train["loss"], run1.train["loss"])
+  # mor_jax.summarize of every stats step, through the CSV writer.
+  with open(tmp_path / f"{RECIPE}_summary.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["step"]) for r in rows] == runs[1].stats_steps.tolist()
+  np.testing.assert_allclose(
+      [float(r["e4m3_share/all"]) for r in rows],
+      np.mean([v for k, v in runs[1].stats.items()
+               if k.endswith("/fraction_e4m3")], axis=0), rtol=1e-6)
   for name in ("summary.md", "summary.csv"):
     assert (tmp_path / name).read_text().startswith("| recipe" if
                                                     name.endswith("md") else
@@ -192,7 +202,7 @@ def test_report_reads_plain_and_gzip_files(train, tmp_path, capsys):
 
 def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(report, "_save",
+  monkeypatch.setattr(mor_report, "_save",
                       lambda fig, path, tight=True: figures.append(fig))
   assert report.plot_error_heatmap(train("seed0"), tmp_path / "h.png")
   (fig,) = figures

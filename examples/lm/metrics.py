@@ -20,11 +20,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from mor_jax import report as mor_report
 
 from .config import RECIPES
 from .sharding import format_mesh
 
-ROLES = ("activation", "weight", "gradient")
+ROLES = mor_report.ROLES
+split_key = mor_report.split_key
 
 
 class Writer:
@@ -63,12 +65,6 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   return rows
 
 
-def split_key(key: str) -> tuple[str, str, str, str]:
-  """'<layer path>/<gemm>/<role>/<metric>' -> its four parts."""
-  layer, gemm, role, metric = key.rsplit("/", 3)
-  return layer, gemm, role, metric
-
-
 @dataclasses.dataclass
 class Run:
   """One recipe's metrics file, parsed."""
@@ -80,6 +76,8 @@ class Run:
   stats_steps: np.ndarray
   stats: dict[str, np.ndarray]
   end: dict[str, Any]
+  # ``mor_jax.summarize`` of each stats row, as ``Summary.as_dict`` gives it.
+  summaries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   @classmethod
   def load(cls, path: pathlib.Path) -> Run:
@@ -99,7 +97,8 @@ class Run:
         stats_steps=np.array([r["step"] for r in stats], np.int64),
         stats={n: np.array([r["stats"][n] for r in stats], np.float64)
                for n in names},
-        end=(by_kind.get("done") or by_kind.get("stopped") or [{}])[-1])
+        end=(by_kind.get("done") or by_kind.get("stopped") or [{}])[-1],
+        summaries=[r["summary"] for r in stats if "summary" in r])
 
   @property
   def steps_done(self) -> int:
@@ -115,13 +114,7 @@ class Run:
 
   def role_series(self, metric: str) -> dict[str, np.ndarray]:
     """Per role: ``metric`` averaged over layers and both GEMMs, per stats step."""
-    out = {}
-    for role in ROLES:
-      cols = [v for k, v in self.stats.items()
-              if split_key(k)[2] == role and split_key(k)[3] == metric]
-      if cols:
-        out[role] = np.mean(cols, axis=0)
-    return out
+    return mor_report.role_mean(self.stats, metric)
 
   def step_ms(self) -> float:
     """Median time per step in ms, the first (compiling) window excluded."""

@@ -1,11 +1,11 @@
 """Report: the summary table and the plots of a directory of metrics files.
 
-The table goes to the terminal, ``summary.md`` and ``summary.csv``; the
-plots (losses against bf16, E4M3 share per role, a heatmap of each layer's
-and GEMM's error) to PNG files beside them. matplotlib is imported only when
-a plot is drawn, and then only ``matplotlib.figure.Figure``: no pyplot and
-no backend switch, so importing or calling this leaves an interactive
-session's matplotlib as it was.
+The table goes to the terminal, ``summary.md`` and ``summary.csv``; each
+recipe's ``mor_jax.summarize`` scalars per stats step to
+``<recipe>_summary.csv``; the plots (losses against bf16, E4M3 share per
+role, a heatmap of each layer's and GEMM's error) to PNG files beside them.
+The plots and the CSV writer are ``mor_jax.report``'s; matplotlib is
+imported only when a plot is drawn, without pyplot or a backend switch.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from mor_jax import report as mor_report
 
 from .metrics import ROLES, Run, load_runs, split_key
 from .sharding import MESH_AXES
 
-GEMMS_OF = {"activation": "fprop, wgrad", "weight": "fprop, dgrad",
-            "gradient": "dgrad, wgrad"}
 BASELINE = "bf16"
-THRESHOLD = 0.045  # TensorLevelMoR's default acceptance bound, marked in plots.
 
 
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
@@ -54,17 +52,6 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
   return rows
 
 
-def markdown_table(rows: Sequence[dict[str, str]]) -> str:
-  cols = list(rows[0])
-  widths = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
-  lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-  lines += ["| " + " | ".join(r[c].rjust(w) if i else r[c].ljust(w)
-                              for i, (c, w) in enumerate(zip(cols, widths)))
-            + " |" for r in rows]
-  return "\n".join(lines)
-
-
 def _smooth(x: np.ndarray, n: int) -> np.ndarray:
   """Trailing moving average over n points (fewer at the start)."""
   c = np.cumsum(np.insert(x, 0, 0.0))
@@ -73,28 +60,12 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
   return (c[idx] - c[lo]) / (idx - lo)
 
 
-def _recipe_colors(runs: Sequence[Run]) -> dict[str, str]:
-  """One colour per recipe in every plot, though some panels skip bf16."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-  return {r.recipe: cycle[k % len(cycle)] for k, r in enumerate(runs)}
-
-
-def _figure(**kwargs):
-  """A figure outside pyplot: no backend selected, none kept open to close.
-
-  ``savefig`` renders PNGs with Agg all the same.
-  """
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  return Figure(**kwargs)
-
-
 def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
   """Training (smoothed) and validation loss, and their ratio to bf16."""
   base = next((r for r in runs if r.recipe == BASELINE), None)
-  fig = _figure(figsize=(12, 7))
+  fig = mor_report.figure(figsize=(12, 7))
   axes = fig.subplots(2, 2, sharex="col", height_ratios=(2, 1), squeeze=False)
-  colors = _recipe_colors(runs)
+  colors = mor_report.label_colors([r.recipe for r in runs])
   for r in runs:
     n = max(1, r.steps_done // 50)
     train = _smooth(r.train["loss"], n)
@@ -122,26 +93,14 @@ def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
     ax.set_ylabel(f"ratio to {BASELINE}")
     ax.set_xlabel("step")
     ax.legend(fontsize="small")
-  _save(fig, path)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
 
 
 def plot_fp8_share(runs: Sequence[Run], path: pathlib.Path) -> None:
   """Share of quantizations in E4M3 per role over steps, one line per recipe."""
-  fig = _figure(figsize=(14, 4))
-  axes = fig.subplots(1, 3, sharey=True)
-  colors = _recipe_colors(runs)
-  for ax, role in zip(axes, ROLES):
-    for r in runs:
-      series = r.role_series("fraction_e4m3").get(role)
-      if series is not None:
-        ax.plot(r.stats_steps, 100 * series, label=r.recipe, lw=1,
-                color=colors[r.recipe])
-    ax.set_title(f"{role}s ({GEMMS_OF[role]})")
-    ax.set_xlabel("step")
-    ax.set_ylim(-2, 102)
-  axes[0].set_ylabel("quantizations in E4M3 (%)")
-  axes[-1].legend()
-  _save(fig, path)
+  mor_report.plot_fp8_share({r.recipe: (r.stats_steps, r.stats) for r in runs},
+                            path)
 
 
 def plot_error_heatmap(run: Run, path: pathlib.Path) -> bool:
@@ -150,45 +109,9 @@ def plot_error_heatmap(run: Run, path: pathlib.Path) -> bool:
   Returns:
     False (and writes nothing) if the recipe has no E4M3 candidate.
   """
-  rows_by_role = {role: sorted(
-      (k for k in run.stats if split_key(k)[2] == role
-       and split_key(k)[3] == "error_e4m3"), key=_layer_order)
-      for role in ROLES}
-  if not any(rows_by_role.values()) or run.stats_steps.size == 0:
-    return False
-  vmax = max(2 * THRESHOLD, max(float(np.max(run.stats[k]))
-                                for keys in rows_by_role.values()
-                                for k in keys))
-  from matplotlib.colors import TwoSlopeNorm  # pylint: disable=import-outside-toplevel
-  norm = TwoSlopeNorm(vmin=0.0, vcenter=THRESHOLD, vmax=vmax)
-  n_rows = max(len(keys) for keys in rows_by_role.values())
-  # Constrained layout reserves room for each panel's own row labels, which
-  # differ between panels (the GEMMs of the role), so none overlaps the
-  # panel to its left.
-  fig = _figure(figsize=(15, 1.8 + 0.15 * n_rows), layout="constrained")
-  axes = fig.subplots(1, 3, squeeze=False)
-  fig.get_layout_engine().set(wspace=0.04)
-  image = None
-  for ax, role in zip(axes[0], ROLES):
-    keys = rows_by_role[role]
-    data = np.array([run.stats[k] for k in keys])
-    step = run.stats_steps
-    half = (step[1] - step[0]) / 2 if step.size > 1 else 0.5
-    image = ax.imshow(data, aspect="auto", cmap="RdBu_r", norm=norm,
-                      interpolation="nearest",
-                      extent=(step[0] - half, step[-1] + half,
-                              len(keys) - 0.5, -0.5))
-    ax.set_yticks(range(len(keys)), [_row_label(k) for k in keys],
-                  fontsize=6 if len(keys) > 24 else 8)
-    ax.set_title(f"{role}s ({GEMMS_OF[role]})")
-    ax.set_xlabel("step")
-  axes[0, 0].set_ylabel("block, layer, GEMM")
-  cbar = fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
-  cbar.set_label(f"relative error in E4M3 (threshold {THRESHOLD:.1%})")
-  fig.suptitle(f"{run.recipe}: relative error of each quantization had it "
-               "been E4M3 (red: above the MoR threshold, kept in BF16 by MoR)")
-  _save(fig, path, tight=False)
-  return True
+  return mor_report.plot_error_heatmap(
+      run.stats_steps, run.stats, path, title=run.recipe,
+      row_label=_row_label, row_order=_layer_order)
 
 
 def _layer_parts(layer: str) -> tuple[int, str]:
@@ -218,10 +141,12 @@ def _layer_order(key: str) -> tuple:
           ("fprop", "dgrad", "wgrad").index(gemm))
 
 
-def _save(fig, path: pathlib.Path, tight: bool = True) -> None:
-  if tight:
-    fig.tight_layout()
-  fig.savefig(path, dpi=110)
+def write_summary_csv(run: Run, path: pathlib.Path) -> None:
+  """``path``: a row per stats step of ``mor_jax.summarize``'s scalars."""
+  path.unlink(missing_ok=True)
+  with mor_report.CsvWriter(path) as w:
+    for step, summary in zip(run.stats_steps, run.summaries):
+      w.write(step, summary)
 
 
 def report(directory: pathlib.Path) -> str:
@@ -263,8 +188,10 @@ def report(directory: pathlib.Path) -> str:
   if len(corpora) > 1:
     notes.append(f"WARNING: the runs used different corpora {sorted(corpora)};"
                  " their losses are not comparable.")
-  text = markdown_table(rows) + "\n\n" + "\n\n".join(notes) + "\n"
+  text = mor_report.markdown_table(rows) + "\n\n" + "\n\n".join(notes) + "\n"
   (directory / "summary.md").write_text(text)
+  for r in runs:
+    write_summary_csv(r, directory / f"{r.recipe}_summary.csv")
   plot_losses(runs, directory / "loss.png")
   plot_fp8_share(runs, directory / "fp8_share.png")
   for r in runs:

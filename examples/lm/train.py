@@ -72,7 +72,8 @@ def loss_and_grads(model: Transformer, params, probes, batch: jax.Array):
   """Loss, parameter gradients and the MoR statistics of one batch.
 
   Returns:
-    (loss, grads, ``flatten_stats`` of the forward and backward statistics).
+    (loss, grads, ``flatten_stats`` of the forward and backward statistics,
+    their ``mor_jax.summarize``).
   """
   def loss_fn(params, probes):
     logits, mutated = model.apply({"params": params, "mor_grads": probes},
@@ -81,7 +82,8 @@ def loss_and_grads(model: Transformer, params, probes, batch: jax.Array):
 
   (loss, fwd), (grads, g_probes) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(params, probes)
-  return loss, grads, flatten_stats(fwd, g_probes)
+  return (loss, grads, flatten_stats(fwd, g_probes),
+          mor_jax.summarize(fwd, g_probes))
 
 
 def train_step(model: Transformer, tx: optax.GradientTransformation,
@@ -95,19 +97,20 @@ def train_step(model: Transformer, tx: optax.GradientTransformation,
 
   Returns:
     (new state, [loss, lr, grad_norm], the MoR statistics as one vector in
-    the sorted order of their names).
+    the sorted order of their names, their ``mor_jax.Summary``).
   """
   batch = sample_batch(tokens, jax.random.fold_in(data_key, state.step),
                        cfg.batch, cfg.seq_len)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-  loss, grads, stats = loss_and_grads(model, state.params, probes, batch)
+  loss, grads, stats, summary = loss_and_grads(model, state.params, probes,
+                                               batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   scalars = jnp.stack([loss, schedule(state.step), optax.tree.norm(grads)])
   # One stacked vector rather than thousands of scalar outputs per step.
   stats = jnp.stack([stats[k] for k in sorted(stats)])
-  return TrainState(state.step + 1, params, opt_state), scalars, stats
+  return TrainState(state.step + 1, params, opt_state), scalars, stats, summary
 
 
 def stat_names(model: Transformer, cfg: Config, params, probes) -> list[str]:
@@ -252,7 +255,7 @@ def _jit_on_mesh(step, evaluate, cfg, corpus, state, probes, data_key, *,
       functools.partial(step,
                         batch_sharding=NamedSharding(mesh, P(BATCH_AXES))),
       in_shardings=(state_shardings, replicated, replicated, replicated),
-      out_shardings=(state_shardings, replicated, replicated),
+      out_shardings=(state_shardings, replicated, replicated, replicated),
       donate_argnums=0)
   eval_fn = jax.jit(evaluate,
                     in_shardings=(state_shardings.params, windows_sharding),
@@ -309,11 +312,12 @@ def validate(program: Program, params, writer: Writer, step: int) -> float:
 def _write_window(writer: Writer, fetched, window_s: float,
                   names: list[str]) -> None:
   """The train (and stats) rows of one log window; its time split evenly."""
-  for s, (loss, lr, gnorm), st in fetched:
+  for s, (loss, lr, gnorm), st, summary in fetched:
     writer.write(kind="train", step=s, loss=float(loss), lr=float(lr),
                  grad_norm=float(gnorm), step_time=window_s / len(fetched))
     if st is not None:
-      writer.write(kind="stats", step=s, stats=dict(zip(names, map(float, st))))
+      writer.write(kind="stats", step=s, stats=dict(zip(names, map(float, st))),
+                   summary=summary.as_dict())
 
 
 def train_loop(program: Program, state: TrainState, cfg: Config,
@@ -328,14 +332,16 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
   Returns:
     (the state, the step reached, seconds spent in training windows).
   """
-  pending: list[tuple[int, jax.Array, jax.Array | None]] = []
+  pending: list[tuple[int, jax.Array, jax.Array | None,
+                     mor_jax.Summary | None]] = []
   train_s, step = 0.0, start
   t_window = time.perf_counter()
   while step < cfg.steps:
-    state, scalars, stats = program.step(state, program.probes,
-                                         program.tokens, program.data_key)
-    keep = stats if step % cfg.stats_every == 0 else None
-    pending.append((step, scalars, keep))
+    state, scalars, stats, summary = program.step(
+        state, program.probes, program.tokens, program.data_key)
+    keep = step % cfg.stats_every == 0
+    pending.append((step, scalars, stats if keep else None,
+                    summary if keep else None))
     step += 1
     if step % cfg.log_every and step != cfg.steps:
       continue
@@ -344,6 +350,9 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
     train_s += window_s
     _write_window(writer, fetched, window_s, names)
     postfix = {"loss": f"{float(fetched[-1][1][0]):.3f}"}
+    last = next((f[3] for f in reversed(fetched) if f[3] is not None), None)
+    if last is not None and "e4m3_share/all" in last:
+      postfix["E4M3"] = f"{float(last['e4m3_share/all']):.1%}"
     if step % cfg.eval_every == 0 or step == cfg.steps:
       postfix["val"] = f"{validate(program, state.params, writer, step):.3f}"
     pending = []
