@@ -99,8 +99,9 @@ def _log2(x: jax.Array) -> jax.Array:
 def _dynamic_range(amax: jax.Array, min_nonzero: jax.Array) -> jax.Array:
   """log2(amax / min |x != 0|), 0 where there is no nonzero element.
 
-  In log2 so that it cannot overflow: the ratio of two float32 magnitudes
-  reaches 2**277, far past float32's range, while its log2 lies in [0, 277].
+  In log2 so that it cannot overflow: the ratio of two normal float32
+  magnitudes reaches 2**254, far past float32's range; its log2 lies in
+  [0, 254].
   """
   some = jnp.isfinite(min_nonzero)
   a = jnp.where(some, amax, 1.0)

@@ -53,7 +53,8 @@ def to_float32(x: jax.Array) -> jax.Array:
   +-float32 max would otherwise become +-inf (docs/numerics.md section 3.9).
   """
   if jnp.dtype(x.dtype).itemsize > 4:
-    x = jnp.where(jnp.isinf(x), x, jnp.clip(x, -float(_F32.max), float(_F32.max)))
+    big = float(_F32.max)
+    x = jnp.where(jnp.isinf(x), x, jnp.clip(x, -big, big))
   return x.astype(jnp.float32)
 
 
