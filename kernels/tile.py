@@ -15,6 +15,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from mor_jax import _numerics
+
 
 def check_powers_of_two(config) -> None:
   """Raises ValueError unless every field of a tile config is a power of two."""
@@ -57,7 +59,7 @@ def load(x_ref, mask: jax.Array | None):
     x = jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
   else:
     x = x_ref[...]
-  x = x.astype(jnp.float32)
+  x = _numerics.to_float32(x)
   bits = jax.lax.bitcast_convert_type(x, jnp.int32)
   abs_bits = bits & ABS_BITS
   counted = (abs_bits >= MIN_NORMAL_BITS) & (abs_bits < EXP_FIELD)

@@ -3,7 +3,7 @@
 When MoR rejects an operand of a GEMM (kernels/gemm.py), the GEMM runs in
 BF16 on the operands the emulated path uses: for an accepted operand its
 FP8 values dequantized, f32(code) * (1 / scale) rounded to the compute dtype
-(bit for bit ``mor_jax.dequantize``), for a rejected one the tensor as it
+and saturated at its max (bit for bit ``mor_jax.dequantize``), for a rejected one the tensor as it
 came, in the K-major layout of the GEMM. ``wide_operand`` writes them only
 when the GEMM falls back: each program reads the decision and returns at
 once otherwise, so in training (where FP8 is the rule) the op costs one
@@ -59,7 +59,8 @@ def _kernel(flags_ref, codes_ref, recip_ref, x_ref, out_ref, *, shape,
     # The codes come as their bytes: a masked load's fill must be an integer.
     q = jax.lax.bitcast_convert_type(load(codes_ref, mask), codes_dtype)
     q = q.astype(jnp.float32)
-    out = _numerics.flush_subnormals(q * recip_ref[...][:, None])
+    out = _numerics.saturate(_numerics.flush_subnormals(
+        q * recip_ref[...][:, None]), out_ref.dtype)
     tile.store(out_ref, out.astype(out_ref.dtype), mask)
 
   @pl.when(fallback & ~accepted)

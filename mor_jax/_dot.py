@@ -157,7 +157,9 @@ def _mor_dot_general(lhs, rhs, probes, dims, policy, precision, pet):
 def _forward(lhs, rhs, probes, dims, policy, precision, pet):
   del probes  # Only its cotangent matters.
   execution = _fp8.resolve(policy.execution, dims, policy)
-  if execution is not None:
+  # Empty operands take the per-view path, which handles zero-size views
+  # (empty in, empty or zero out, statistics of nothing quantized).
+  if execution is not None and lhs.size and rhs.size:
     return _forward_matrices(lhs, rhs, dims, policy, precision, pet,
                              execution)
   views = _views(dims, lhs.ndim, rhs.ndim)

@@ -114,8 +114,10 @@ class Side:
     x = self.view().astype(dtype)
     if self.codes is None:
       return x
-    deq = _numerics.flush_subnormals(
-        self.codes.astype(jnp.float32) * self.recip[:, None]).astype(dtype)
+    # As mor_jax.dequantize: saturate where q / scale rounds past the max.
+    deq = _numerics.saturate(_numerics.flush_subnormals(
+        self.codes.astype(jnp.float32) * self.recip[:, None]), dtype
+                             ).astype(dtype)
     return jnp.where(self.accepted, deq, x)
 
 

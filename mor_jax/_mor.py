@@ -20,6 +20,7 @@ import numpy as np
 
 from mor_jax import _dispatch
 from mor_jax import _formats
+from mor_jax import _numerics
 from mor_jax import _partition
 from mor_jax import _passes
 from mor_jax import _quantize
@@ -43,7 +44,8 @@ class Measurements:
     stats: the per-block ``BlockStats`` the units are reduced from.
     amax: max |x| over finite elements.
     min_nonzero: min |x| over finite nonzero elements (+inf if none).
-    dynamic_range: amax / min_nonzero (0 where there is no nonzero element).
+    dynamic_range: log2(amax / min_nonzero), in bits (0 where there is no
+      nonzero element).
     nonfinite: whether the unit holds a NaN or an infinity.
     count: number of finite nonzero elements.
   """
@@ -55,14 +57,17 @@ class Measurements:
     self._quantized: dict[Representation, tuple] = {}
     self._tensor = recipe.granularity == "tensor"
     self.stats = passes.block_stats(x)
-    self.amax = self._reduce(self.stats.amax, jnp.max)
-    self.min_nonzero = self._reduce(self.stats.min_nonzero, jnp.min)
+    # The identities make an empty tensor (a grid of no blocks) reduce too.
+    self.amax = self._reduce(self.stats.amax, jnp.max, 0.0)
+    self.min_nonzero = self._reduce(self.stats.min_nonzero, jnp.min, jnp.inf)
     self.nonfinite = self._reduce(self.stats.nonfinite, jnp.any)
     self.count = self._reduce(self.stats.count, jnp.sum)
     self.dynamic_range = _dynamic_range(self.amax, self.min_nonzero)
 
-  def _reduce(self, grid, fn):
-    return fn(grid) if self._tensor else grid
+  def _reduce(self, grid, fn, initial=None):
+    if not self._tensor:
+      return grid
+    return fn(grid) if initial is None else fn(grid, initial=initial)
 
   def quantized(self, fmt: Representation
                 ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
@@ -84,10 +89,24 @@ class Measurements:
     return err_sum / jnp.maximum(self.count, 1)
 
 
+def _log2(x: jax.Array) -> jax.Array:
+  """log2 of a positive normal float32: its exponent, exactly, plus log2 of
+  its significand in [1, 2)."""
+  return (_numerics.exponent(x).astype(jnp.float32) +
+          jnp.log2(_numerics.mantissa(x)))
+
+
 def _dynamic_range(amax: jax.Array, min_nonzero: jax.Array) -> jax.Array:
-  """amax / min |x != 0|, 0 where there is no nonzero element."""
+  """log2(amax / min |x != 0|), 0 where there is no nonzero element.
+
+  In log2 so that it cannot overflow: the ratio of two normal float32
+  magnitudes reaches 2**254, far past float32's range; its log2 lies in
+  [0, 254].
+  """
   some = jnp.isfinite(min_nonzero)
-  return jnp.where(some, amax / jnp.where(some, min_nonzero, 1.0), 0.0)
+  a = jnp.where(some, amax, 1.0)
+  b = jnp.where(some, min_nonzero, 1.0)
+  return jnp.where(some, jnp.maximum(_log2(a) - _log2(b), 0.0), 0.0)
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -106,7 +125,8 @@ class MoRStats:
       unit took candidate i (0 for BF16).
     chosen_error: mean relative error of the returned value.
     amax: max |x| over finite elements.
-    dynamic_range: amax / min |x != 0| (0 if no nonzero element).
+    dynamic_range: log2(amax / min |x != 0|), the dynamic range in bits
+      (0 if no nonzero element); in log2 so that it cannot overflow.
     nonfinite: whether x holds a NaN or an infinity.
   """
 
@@ -291,7 +311,9 @@ def select(x: jax.Array, passes: _passes.Passes, recipe: Recipe,
            ) -> tuple[Measurements, jax.Array, MoRStats]:
   """Algorithm 2 on ``x``: (its measurements, the choice, the statistics)."""
   m = Measurements(x, passes, recipe, output)
-  accepted = [_accept(pred, m, fmt) & ~m.nonfinite
+  # An empty tensor has nothing to quantize: it stays in BF16, and its
+  # statistics say no unit and no element took any candidate.
+  accepted = [_accept(pred, m, fmt) & ~m.nonfinite & (x.size > 0)
               for fmt, pred in recipe.candidates[:-1]]
   accepted.append(jnp.ones_like(m.nonfinite))
   # The first accepted candidate: argmax returns the first True.
@@ -309,7 +331,7 @@ def _statistics(m: Measurements, choice: jax.Array, recipe: Recipe,
     sizes = jnp.asarray(part.block_sizes().ravel(), jnp.float32)
     fraction_elements = sizes @ flat / max(size, 1)
   else:
-    fraction_blocks = fraction_elements = onehot
+    fraction_blocks = fraction_elements = onehot * (size > 0)
 
   total = jnp.maximum(jnp.sum(m.count), 1)
   error = jnp.stack([jnp.sum(m.quantized(fmt)[1]) / total if fmt.is_fp8

@@ -46,6 +46,31 @@ def flush_subnormals(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.abs(x) < TINY, _from_bits(_bits(x) & _SIGN), x)
 
 
+def to_float32(x: jax.Array) -> jax.Array:
+  """``x`` in float32, finite values beyond float32's range saturated.
+
+  Every computation runs in float32; a wider input's finite values beyond
+  +-float32 max would otherwise become +-inf (docs/numerics.md section 3.9).
+  """
+  if jnp.dtype(x.dtype).itemsize > 4:
+    big = float(_F32.max)
+    x = jnp.where(jnp.isinf(x), x, jnp.clip(x, -big, big))
+  return x.astype(jnp.float32)
+
+
+def saturate(x: jax.Array, dtype) -> jax.Array:
+  """float32 ``x`` clipped to +-(``dtype``'s max, at most float32's).
+
+  A dequantized value q / scale can round past the largest finite value of
+  the output dtype (float32 near 3.4e38 with e8m0 or gam scales, float16
+  near 65504): it saturates there instead of becoming +-inf (docs/numerics.md
+  section 3.9). NaN stays NaN; +-inf becomes +-max, so callers apply this
+  only where q is finite.
+  """
+  big = min(float(jnp.finfo(dtype).max), float(_F32.max))
+  return jnp.clip(x, -big, big)
+
+
 def exponent(x: jax.Array) -> jax.Array:
   """Unbiased exponent of a positive normal float32 (int32)."""
   return ((_bits(x) >> _MANT_BITS) & _EXP_MASK) - _BIAS

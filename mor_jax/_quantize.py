@@ -201,7 +201,14 @@ def dequantize(qa: QuantizedArray, dtype=None) -> jax.Array:
 
   Returns:
     The dequantized array, shaped like ``qa.data``. Within 1 float32 ulp of
-    f32(q) / scale before the cast; float32 subnormals flushed to zero.
+    f32(q) / scale before the cast; float32 subnormals flushed to zero;
+    finite values saturated at ``dtype``'s largest (docs/numerics.md
+    section 3.9).
+
+  Raises:
+    TypeError: ``qa`` is not a ``QuantizedArray``, its codes are not of its
+      format, or ``dtype`` is not floating point.
+    ValueError: ``qa.scale`` does not have one float32 per block.
 
   Examples:
     >>> import jax.numpy as jnp, mor_jax
@@ -210,15 +217,38 @@ def dequantize(qa: QuantizedArray, dtype=None) -> jax.Array:
     ...                                     block_shape=(None,)))
     Array([0.96428573, 3.        , 0.10044643], dtype=float32)
   """
+  _check_quantized(qa)
   dtype = np.dtype(qa.dtype if dtype is None else dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"dtype must be a floating-point dtype, got {dtype}.")
   return _dequantize(qa.data, qa.scale, qa.block_shape, dtype)
+
+
+def _check_quantized(qa) -> None:
+  """Raises unless ``qa`` is a consistent ``QuantizedArray``."""
+  if not isinstance(qa, QuantizedArray):
+    raise TypeError("qa must be a mor_jax.QuantizedArray (the result of "
+                    f"mor_jax.quantize), got {type(qa).__name__}.")
+  fmt = _formats.as_fp8(qa.fmt, name="qa.fmt")
+  data, scale = jnp.asarray(qa.data), jnp.asarray(qa.scale)
+  if data.dtype != fmt.dtype:
+    raise TypeError(f"qa.data must hold {fmt.name} codes (dtype {fmt.dtype}), "
+                    f"got dtype {data.dtype}.")
+  block_shape = _partition.check_shape_arg(qa.block_shape, data.ndim,
+                                           "qa.block_shape")
+  grid = _partition.Partition.build(data.shape, block_shape).grid
+  if scale.shape != grid or scale.dtype != jnp.float32:
+    raise ValueError(
+        f"qa.scale must be float32 of shape {grid} (one per block of "
+        f"{block_shape} in qa.data's shape {data.shape}), got "
+        f"{scale.dtype}{list(scale.shape)}.")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _dequantize(data: jax.Array, scale: jax.Array, block_shape, dtype):
   part = _partition.Partition.build(data.shape, block_shape)
   values = part.to_blocks(data.astype(jnp.float32))
-  x_hat = _xla.dequantize_blocks(values, part.expand(scale))
+  x_hat = _xla.dequantize_blocks(values, part.expand(scale), dtype)
   return part.from_blocks(x_hat).astype(dtype)
 
 
@@ -301,13 +331,20 @@ def relative_error(x: jax.typing.ArrayLike,
   x_hat = jnp.asarray(x_hat)
   check_input(x)
   check_input(x_hat, "x_hat")
+  try:
+    fits = jnp.broadcast_shapes(x_hat.shape, x.shape) == x.shape
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(f"x_hat of shape {x_hat.shape} does not broadcast to x's "
+                     f"shape {x.shape}.")
   return _relative_error(x, x_hat)
 
 
 @jax.jit
 def _relative_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
-  x32 = _numerics.flush_subnormals(x.astype(jnp.float32)).ravel()
-  xh = jnp.broadcast_to(x_hat, x.shape).astype(jnp.float32).ravel()
+  x32 = _numerics.flush_subnormals(_numerics.to_float32(x)).ravel()
+  xh = _numerics.to_float32(jnp.broadcast_to(x_hat, x.shape)).ravel()
   counted = _xla.nonzero_finite(x32)
   e = jnp.where(counted, _numerics.exponent(jnp.abs(x32)), 0)
   # 2**-e in two exact factors, each a normal float32.

@@ -9,6 +9,8 @@ validated where they are built, so they key jit caches.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from collections.abc import Callable
 from typing import Any, Literal
@@ -33,6 +35,22 @@ GRANULARITIES: tuple[Granularity, ...] = typing.get_args(Granularity)
 Predicate = Callable[["Measurements", Representation], jax.Array]
 
 
+def check_threshold(threshold) -> float:
+  """A mean-relative-error bound in (0, 1] as a Python float, or ValueError."""
+  if isinstance(threshold, (bool, np.bool_)) or not isinstance(
+      threshold, numbers.Real):
+    raise ValueError("threshold must be a real number in (0, 1] (a mean "
+                     f"relative error, 0.045 for 4.5%), got {threshold!r}.")
+  value = float(threshold)
+  if not 0 < value <= 1:
+    hint = (f" (for {value}% write {value / 100:g})"
+            if 1 < value <= 100 else "")
+    raise ValueError("threshold must be a real number in (0, 1] (a mean "
+                     f"relative error, 0.045 for 4.5%), got {threshold!r}"
+                     f"{hint}.")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class ErrorBelow:
   """Accepts a unit whose relative error in the candidate format is < threshold."""
@@ -40,10 +58,7 @@ class ErrorBelow:
   threshold: float
 
   def __post_init__(self):
-    if not (isinstance(self.threshold, (int, float)) and
-            0 < self.threshold and np.isfinite(self.threshold)):
-      raise ValueError(
-          f"threshold must be a positive finite number, got {self.threshold!r}.")
+    object.__setattr__(self, "threshold", check_threshold(self.threshold))
 
   def __call__(self, m: "Measurements", fmt: Representation) -> jax.Array:
     return m.error(fmt) < self.threshold
@@ -61,10 +76,14 @@ class ErrorNotAbove:
 
 @dataclasses.dataclass(frozen=True)
 class DynamicRangeWithin:
-  """Accepts a unit whose max|x| / min|x != 0| fits the candidate's normal range."""
+  """Accepts a unit whose max|x| / min|x != 0| fits the candidate's normal range.
+
+  Compared in log2 (``Measurements.dynamic_range`` is in bits), which cannot
+  overflow.
+  """
 
   def __call__(self, m: "Measurements", fmt: Representation) -> jax.Array:
-    return m.dynamic_range <= fmt.max / fmt.smallest_normal
+    return m.dynamic_range <= math.log2(fmt.max / fmt.smallest_normal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +215,7 @@ class TensorLevelMoR(Recipe):
   granularity: Granularity = _derived(default="tensor")
 
   def __post_init__(self):
+    object.__setattr__(self, "threshold", check_threshold(self.threshold))
     object.__setattr__(self, "candidates",
                        ((E4M3, ErrorBelow(self.threshold)), (BF16, None)))
     super().__post_init__()

@@ -71,7 +71,8 @@ def flatten_stats(mor_stats: Mapping | None = None,
   - ``chosen_error``: mean relative error of the tensor as quantized (0
     when it stayed in BF16); ``error_<name>``: the error had every unit
     taken that FP8 candidate;
-  - ``amax``, ``dynamic_range``; ``nonfinite`` (1.0 if a NaN or Inf).
+  - ``amax``, ``dynamic_range`` (in bits, log2 of amax / min|x != 0|);
+    ``nonfinite`` (1.0 if a NaN or Inf).
 
   Statistics with leading axes (layers stacked by ``nn.scan``, or a
   ``vmap``) are split: ``"<module path>/<i>/<gemm>/<role>/<metric>"`` for

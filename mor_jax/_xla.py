@@ -24,7 +24,7 @@ from mor_jax import _scaling
 
 def prepare(x: jax.Array, part: _partition.Partition) -> jax.Array:
   """Blocked float32 view of ``x`` with subnormals flushed (section 3)."""
-  return _numerics.flush_subnormals(part.to_blocks(x.astype(jnp.float32)))
+  return _numerics.flush_subnormals(part.to_blocks(_numerics.to_float32(x)))
 
 
 class Scaled(NamedTuple):
@@ -86,13 +86,18 @@ def to_codes(q: jax.Array, fmt: _formats.Representation) -> jax.Array:
   return jax.lax.bitcast_convert_type(codes, fmt.dtype)
 
 
-def dequantize_blocks(values: jax.Array, scale_b: jax.Array) -> jax.Array:
+def dequantize_blocks(values: jax.Array, scale_b: jax.Array,
+                      dtype) -> jax.Array:
   """x_hat = q / scale in float32, as q * (1 / scale), subnormals flushed.
 
   Multiplying by a correctly rounded reciprocal stays within 1 float32 ulp
-  of the quotient, as section 3 allows, on every backend.
+  of the quotient, as section 3 allows, on every backend. Finite codes
+  saturate at ``dtype``'s largest value (section 3.9); NaN and +-inf codes
+  stay as they are.
   """
-  return _numerics.flush_subnormals(values * _scaling.reciprocal(scale_b))
+  x_hat = _numerics.flush_subnormals(values * _scaling.reciprocal(scale_b))
+  return jnp.where(jnp.isfinite(values), _numerics.saturate(x_hat, dtype),
+                   x_hat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +129,8 @@ class XlaPasses:
     if output == "codes":
       out = part.from_blocks(to_codes(s.q, fmt))
     elif output == "values":
-      out = part.from_blocks(dequantize_blocks(s.q, scale_b)).astype(x.dtype)
+      out = part.from_blocks(dequantize_blocks(s.q, scale_b, x.dtype)).astype(
+          x.dtype)
       out = jnp.where(jnp.isfinite(x), out, x)
     else:
       out = None

@@ -27,9 +27,27 @@ def fmax(fmt: str) -> np.float32:
   return np.float32(ml_dtypes.finfo(FORMATS[fmt]).max)
 
 
+F32_MAX = np.float32(np.finfo(np.float32).max)
+
+
+def to_float32(x) -> np.ndarray:
+  """x in float32; finite values beyond float32's range saturate to +-max."""
+  x = np.asarray(x)
+  if x.dtype.itemsize > 4:
+    x = np.where(np.isinf(x), x, np.clip(x, -float(F32_MAX), float(F32_MAX)))
+  return x.astype(np.float32)
+
+
+def to_dtype(v, dtype) -> np.ndarray:
+  """float32 results cast to ``dtype``, finite ones saturated at its max."""
+  v = np.asarray(v, np.float32)
+  big = min(float(ml_dtypes.finfo(dtype).max), float(F32_MAX))
+  return np.where(np.isfinite(v), np.clip(v, -big, big), v).astype(dtype)
+
+
 def flush(x: np.ndarray) -> np.ndarray:
   """float32 copy of x with float32 subnormals set to (signed) zero."""
-  x = np.asarray(x).astype(np.float32)
+  x = to_float32(x)
   with np.errstate(invalid="ignore"):
     return np.where(np.abs(x) < F32_TINY, np.copysign(np.float32(0), x), x)
 
@@ -112,31 +130,55 @@ def quantize(x, fmt, block_shape, scaling, group_shape=None):
 
 
 def dequantize(codes, sc, block_shape) -> np.ndarray:
-  """f32(q) / scale in float32, float32 subnormal results flushed."""
+  """f32(q) / scale in float32, float32 subnormal results flushed, finite
+  codes saturated at float32's max."""
   out = np.zeros(codes.shape, np.float32)
   for idx, sl in blocks(codes.shape, block_shape):
-    with np.errstate(invalid="ignore"):
-      out[sl] = codes[sl].astype(np.float32) / sc[idx]
+    with np.errstate(invalid="ignore", over="ignore"):
+      q = codes[sl].astype(np.float32)
+      v = q / sc[idx]
+      out[sl] = np.where(np.isfinite(q), np.clip(v, -F32_MAX, F32_MAX), v)
   return flush(out)
 
 
 def fake_quantize(x, fmt, block_shape, scaling, group_shape=None):
   """float32 values of dequantize(quantize(x)), non-finite x passed through."""
   codes, sc = quantize(x, fmt, block_shape, scaling, group_shape)
-  x32 = np.asarray(x).astype(np.float32)
+  x32 = to_float32(x)
   return np.where(np.isfinite(x32), dequantize(codes, sc, block_shape), x32)
 
 
 def relative_error(x, x_hat) -> float:
   """docs/numerics.md section 4 in float64: mean over finite nonzero x."""
   x64 = flush(x).astype(np.float64)
-  xh = np.broadcast_to(np.asarray(x_hat).astype(np.float32), x64.shape)
+  xh = np.broadcast_to(to_float32(x_hat), x64.shape)
   xh = xh.astype(np.float64)
   mask = (x64 != 0) & np.isfinite(x64)
   if not mask.any():
     return 0.0
   with np.errstate(invalid="ignore", over="ignore"):
     return float(np.mean(np.abs(x64[mask] - xh[mask]) / np.abs(x64[mask])))
+
+
+def scaled_errors(x, fmt, block_shape, scaling, group_shape=None):
+  """Per block (error sum, count) of MoR's statistic (docs/numerics.md
+  section 4): |y - q| / |y| with y = x * scale in float32 and q its FP8 value,
+  1 where q is 0, over the finite nonzero x; sums in float64."""
+  x32 = flush(x)
+  codes, sc = quantize(x, fmt, block_shape, scaling, group_shape)
+  grid = sc.shape
+  sums, counts = np.zeros(grid), np.zeros(grid, np.int64)
+  for idx, sl in blocks(x32.shape, block_shape):
+    xv = x32[sl]
+    mask = (xv != 0) & np.isfinite(xv)
+    with np.errstate(over="ignore", under="ignore"):
+      y = (xv[mask] * sc[idx]).astype(np.float64)
+    q = codes[sl][mask].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      term = np.where(q == 0, 1.0, np.abs(y - q) / np.abs(y))
+    sums[idx] = term.sum()
+    counts[idx] = mask.sum()
+  return sums, counts
 
 
 def block_errors(x, x_hat, block_shape):
@@ -172,7 +214,8 @@ def mor(x, candidates, granularity, block_shape, scaling, group_shape=None):
     if rule[0] == "error_not_above":
       fq.setdefault(rule[1], fake_quantize(x, rule[1], block_shape, scaling,
                                            group_shape))
-  errs = {fmt: block_errors(x, v, block_shape) for fmt, v in fq.items()}
+  errs = {fmt: scaled_errors(x, fmt, block_shape, scaling, group_shape)
+          for fmt in fq}
   nonfinite = np.zeros(grid, bool)
   amax = np.zeros(grid)
   minnz = np.full(grid, np.inf)
@@ -188,7 +231,9 @@ def mor(x, candidates, granularity, block_shape, scaling, group_shape=None):
                               reduce(minnz, np.min))
     errs = {f: (s.sum(), c.sum()) for f, (s, c) in errs.items()}
   mean = {f: s / np.maximum(c, 1) for f, (s, c) in errs.items()}
-  dyn = np.where(np.isfinite(minnz), amax / np.where(np.isfinite(minnz), minnz, 1), 0)
+  some = np.isfinite(minnz)
+  with np.errstate(divide="ignore"):
+    dyn = np.where(some, np.log2(amax / np.where(some, minnz, 1)), 0)
   choice = np.full(np.shape(nonfinite), len(candidates), np.int32)
   for i in reversed(range(len(candidates))):
     fmt, rule = candidates[i]
@@ -198,11 +243,11 @@ def mor(x, candidates, granularity, block_shape, scaling, group_shape=None):
       ok = mean[fmt] <= mean[rule[1]]
     elif rule[0] == "dynamic_range":
       info = ml_dtypes.finfo(FORMATS[fmt])
-      ok = dyn <= float(info.max) / float(info.smallest_normal)
+      ok = dyn <= np.log2(float(info.max) / float(info.smallest_normal))
     else:
       ok = np.ones(np.shape(nonfinite), bool)
     choice = np.where(ok & ~nonfinite, i, choice)
-  value = x.astype(np.float32).copy()
+  value = to_float32(x).copy()
   for i, (fmt, _) in enumerate(candidates):
     for idx, sl in blocks(x.shape, block_shape):
       c = choice if granularity == "tensor" else choice[idx]

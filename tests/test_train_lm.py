@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gzip
 import json
+import math
 import pathlib
 import shutil
 import subprocess
 import sys
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
@@ -29,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from examples import train_lm
 from examples.lm import config, data, metrics, report, sharding
 from examples.lm import train as training
+from examples.lm.model import Transformer
 from mor_jax import report as mor_report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -104,6 +109,59 @@ def test_statistics_of_every_block_layer_and_role(train):
   assert len(fractions) == 48
   labels = {report._row_label(k) for k in fractions}  # pylint: disable=protected-access
   assert {"0 qkv fprop", "1 fc2 dgrad", "1 out wgrad"} <= labels
+
+
+def test_interrupted_run_resumes_to_the_same_losses_and_decisions(
+    train, corpus, tmp_path):
+  """A run stopped at its deadline (here: after its first step) and resumed
+  from its checkpoint gives the uninterrupted run's rows, bit for bit."""
+  assert not training.train_recipe(RECIPE, TINY, corpus, tmp_path,
+                                   progress=False, deadline=-math.inf)
+  assert len(list(tmp_path.glob("*.ckpt"))) == 1
+  assert training.train_recipe(RECIPE, TINY, corpus, tmp_path, progress=False)
+  assert not list(tmp_path.glob("*.ckpt"))
+  resumed, whole = metrics.Run.load(tmp_path / f"{RECIPE}.jsonl"), train("seed0")
+  for k in ("step", "loss", "lr", "grad_norm"):
+    np.testing.assert_array_equal(resumed.train[k], whole.train[k], err_msg=k)
+  np.testing.assert_array_equal(resumed.val["loss"], whole.val["loss"])
+  np.testing.assert_array_equal(resumed.stats_steps, whole.stats_steps)
+  assert resumed.stats.keys() == whole.stats.keys()
+  for k in resumed.stats:
+    np.testing.assert_array_equal(resumed.stats[k], whole.stats[k], err_msg=k)
+  rows = metrics.read_jsonl(train.files["seed0"])
+  assert not any(r["skipped"] for r in rows if r["kind"] == "train")
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_located(corpus):
+  """An infinity in block 1's fc2 kernel: the step is skipped (parameters
+  and optimizer moments unchanged) and the statistics name the layer and
+  role that saw it."""
+  model = Transformer(TINY, config.policy(RECIPE, TINY))
+  tx, schedule = training.make_optimizer(TINY)
+  variables = model.init(jax.random.key(0),
+                         jnp.zeros((1, TINY.seq_len), jnp.int32))
+  params, probes = variables["params"], variables["mor_grads"]
+  fc2 = params["blocks"]["mlp"]["fc2"]
+  params["blocks"]["mlp"]["fc2"] = dict(
+      fc2, kernel=fc2["kernel"].at[1, 0, 0].set(jnp.inf))
+  state = training.TrainState(jnp.int32(0), params, tx.init(params))
+  step = jax.jit(functools.partial(training.train_step, model, tx, schedule,
+                                   TINY))
+  new, scalars, stats = step(state, probes, jnp.asarray(corpus.train),
+                             jax.random.key(1))
+  assert float(scalars[3]) == 1.0  # skipped
+  assert not np.isfinite(float(scalars[0]))
+  chex.assert_trees_all_equal(new.params, state.params)
+  chex.assert_trees_all_equal(new.opt_state.inner_state,
+                              state.opt_state.inner_state)
+  names = training.stat_names(model, TINY, params, probes)
+  flags = {k[:-len("/nonfinite")]: float(v) for k, v in zip(names, stats)
+           if k.endswith("/nonfinite")}
+  # Keys: <module>/<layer>/<gemm>/<role> (flatten_stats splits nn.scan).
+  assert flags["blocks/mlp/fc2/1/fprop/weight"] == 1.0
+  assert flags["blocks/mlp/fc2/1/fprop/activation"] == 0.0
+  layer0 = [v for k, v in flags.items() if "/0/fprop/" in k]
+  assert len(layer0) == 8 and not any(layer0)
 
 
 def test_corpus_split_is_by_file_and_deterministic(tmp_path):

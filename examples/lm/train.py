@@ -47,9 +47,19 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
+# Consecutive steps with non-finite gradients skipped before the optimizer
+# gives up and lets them through (a diverged run then shows as NaN).
+MAX_SKIPPED_STEPS = 5
+
+
 def make_optimizer(cfg: Config) -> tuple[optax.GradientTransformation,
                                          optax.Schedule]:
-  """AdamW with warmup and cosine decay, after global-norm clipping."""
+  """AdamW with warmup and cosine decay, after global-norm clipping.
+
+  A step whose gradients hold a NaN or an infinity is skipped (parameters
+  and moments unchanged, ``optax.apply_if_finite``); a finite step is bit
+  for bit the plain chain's.
+  """
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1),
       end_value=cfg.lr * cfg.min_lr_ratio)
@@ -60,7 +70,7 @@ def make_optimizer(cfg: Config) -> tuple[optax.GradientTransformation,
       optax.clip_by_global_norm(cfg.clip),
       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay,
                   mask=mask))
-  return tx, schedule
+  return optax.apply_if_finite(tx, MAX_SKIPPED_STEPS), schedule
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -96,8 +106,11 @@ def train_step(model: Transformer, tx: optax.GradientTransformation,
   batch axes; the rest follows from the parameters' shardings.
 
   Returns:
-    (new state, [loss, lr, grad_norm], the MoR statistics as one vector in
-    the sorted order of their names, their ``mor_jax.Summary``).
+    (new state, [loss, lr, grad_norm, skipped], the MoR statistics as one
+    vector in the sorted order of their names, their ``mor_jax.Summary``).
+    ``skipped`` is 1.0 where the gradients were non-finite and the update
+    was skipped; the statistics' ``nonfinite`` entries say which layer and
+    role saw the NaN or Inf.
   """
   batch = sample_batch(tokens, jax.random.fold_in(data_key, state.step),
                        cfg.batch, cfg.seq_len)
@@ -107,7 +120,9 @@ def train_step(model: Transformer, tx: optax.GradientTransformation,
                                                batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  scalars = jnp.stack([loss, schedule(state.step), optax.tree.norm(grads)])
+  skipped = 1.0 - opt_state.last_finite.astype(jnp.float32)
+  scalars = jnp.stack([loss, schedule(state.step), optax.tree.norm(grads),
+                       skipped])
   # One stacked vector rather than thousands of scalar outputs per step.
   stats = jnp.stack([stats[k] for k in sorted(stats)])
   return TrainState(state.step + 1, params, opt_state), scalars, stats, summary
@@ -312,9 +327,10 @@ def validate(program: Program, params, writer: Writer, step: int) -> float:
 def _write_window(writer: Writer, fetched, window_s: float,
                   names: list[str]) -> None:
   """The train (and stats) rows of one log window; its time split evenly."""
-  for s, (loss, lr, gnorm), st, summary in fetched:
+  for s, (loss, lr, gnorm, skipped), st, summary in fetched:
     writer.write(kind="train", step=s, loss=float(loss), lr=float(lr),
-                 grad_norm=float(gnorm), step_time=window_s / len(fetched))
+                 grad_norm=float(gnorm), step_time=window_s / len(fetched),
+                 skipped=bool(skipped))
     if st is not None:
       writer.write(kind="stats", step=s, stats=dict(zip(names, map(float, st))),
                    summary=summary.as_dict())
@@ -339,13 +355,19 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
   while step < cfg.steps:
     state, scalars, stats, summary = program.step(
         state, program.probes, program.tokens, program.data_key)
-    keep = step % cfg.stats_every == 0
-    pending.append((step, scalars, stats if keep else None,
-                    summary if keep else None))
+    pending.append((step, scalars, stats, summary))
     step += 1
     if step % cfg.log_every and step != cfg.steps:
       continue
-    fetched = jax.device_get(pending)  # The only host sync of the window.
+    # The host syncs once per window: the scalars, then the statistics of
+    # the logged steps and of every skipped one (to show where the NaN or
+    # Inf arose).
+    scalars = jax.device_get([p[1] for p in pending])
+    logged = [p[0] % cfg.stats_every == 0 or bool(sc[3])
+              for p, sc in zip(pending, scalars)]
+    stats = jax.device_get([p[2:] if keep else (None, None)
+                            for p, keep in zip(pending, logged)])
+    fetched = [(p[0], sc, *st) for p, sc, st in zip(pending, scalars, stats)]
     window_s = time.perf_counter() - t_window
     train_s += window_s
     _write_window(writer, fetched, window_s, names)
