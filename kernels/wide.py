@@ -3,8 +3,8 @@
 When MoR rejects an operand of a GEMM (kernels/gemm.py), the GEMM runs in
 BF16 on the operands the emulated path uses: for an accepted operand its
 FP8 values dequantized, f32(code) * (1 / scale) rounded to the compute dtype
-and saturated at its max (bit for bit ``mor_jax.dequantize``), for a rejected one the tensor as it
-came, in the K-major layout of the GEMM. ``wide_operand`` writes them only
+and saturated at its max (bit for bit ``mor_jax.dequantize``), for a
+rejected one the tensor as it came, in the K-major layout of the GEMM. ``wide_operand`` writes them only
 when the GEMM falls back: each program reads the decision and returns at
 once otherwise, so in training (where FP8 is the rule) the op costs one
 launch. Where it returns at once, its output is left unwritten.
