@@ -147,9 +147,11 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_located(corpus):
   state = training.TrainState(jnp.int32(0), params, tx.init(params))
   step = jax.jit(functools.partial(training.train_step, model, tx, schedule,
                                    TINY))
-  new, scalars, stats = step(state, probes, jnp.asarray(corpus.train),
-                             jax.random.key(1))
+  new, scalars, stats, summary = step(state, probes,
+                                      jnp.asarray(corpus.train),
+                                      jax.random.key(1))
   assert float(scalars[3]) == 1.0  # skipped
+  assert float(summary["nonfinite"]) >= 1  # the dashboard's scalars say so
   assert not np.isfinite(float(scalars[0]))
   chex.assert_trees_all_equal(new.params, state.params)
   chex.assert_trees_all_equal(new.opt_state.inner_state,
