@@ -63,6 +63,10 @@ class GemmConfig:
     grid_tile_width: blocks per band of the planar-snake tile order (L2
       reuse).
     epilogue_tile: edge of the square tiles the output leaves through.
+    delay_release: K steps a compute warpgroup keeps in flight: 0 waits for
+      each wgmma before releasing its shared-memory slot; 1 releases the
+      previous step's slot instead, so that the next wgmma is issued while
+      one runs.
   """
 
   tile_m: int = 128
@@ -72,11 +76,16 @@ class GemmConfig:
   stages: int = 4
   grid_tile_width: int = 8
   epilogue_tile: int = 64
+  delay_release: int = 0
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      if f.name == "delay_release":
+        if isinstance(v, bool) or v not in (0, 1):
+          raise ValueError(f"GemmConfig.delay_release must be 0 or 1, got "
+                           f"{v!r}.")
+      elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"GemmConfig.{f.name} must be a positive int, got "
                          f"{v!r}.")
 
@@ -133,9 +142,11 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
           memory_registers=40,
           in_specs=[
               plgpu.BlockSpec((tm, tile_k), lambda kk: (0, kk),
-                              transforms=transforms, memory_space=plgpu.SMEM),
+                              transforms=transforms, memory_space=plgpu.SMEM,
+                              delay_release=cfg.delay_release),
               plgpu.BlockSpec((bn, tile_k), lambda kk: (0, kk),
-                              transforms=transforms, memory_space=plgpu.SMEM),
+                              transforms=transforms, memory_space=plgpu.SMEM,
+                              delay_release=cfg.delay_release),
           ],
           wg_axis="wg",
           num_compute_wgs=_COMPUTE_WGS,
@@ -198,7 +209,7 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
         def mma(_, a_smem, b_smem, acc_ref):
           # B is K-major in shared memory, as FP8 wgmma requires.
           plgpu.wgmma(acc_ref, a_smem, b_smem.at[pl.ds(wg * tn, tn)].T)
-          plgpu.wgmma_wait(0)
+          plgpu.wgmma_wait(cfg.delay_release)
           return acc_ref
 
         pipeline(mma, compute_context)(

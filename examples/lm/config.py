@@ -8,6 +8,9 @@ import mor_jax
 
 _E4M3 = mor_jax.E4M3
 EXECUTIONS = ("auto", "fp8", "emulate")  # mor_jax.Policy.execution
+# jax.nn.dot_product_attention's implementations: "xla" everywhere and
+# deterministic; "cudnn" (GPUs) fused, without the [T, T] scores in memory.
+ATTENTIONS = ("xla", "cudnn")
 RECIPES: dict[str, tuple[str, mor_jax.Policy]] = {
     "bf16": ("BF16 GEMMs (NoQuant), the baseline",
              mor_jax.Policy.uniform(mor_jax.NoQuant())),
@@ -66,11 +69,16 @@ class Config:
   stats_every: int = _opt(10, "log MoR statistics every N steps")
   execution: str = _opt("auto", "how MoR's GEMMs run: auto (fp8 on GPUs with "
                         "FP8 tensor cores, else emulate), fp8 or emulate")
+  attention: str = _opt("xla", "attention: xla (deterministic) or cudnn "
+                        "(GPUs: fused, its backward not bit-reproducible)")
 
   def __post_init__(self):
     if self.execution not in EXECUTIONS:
       raise ValueError(f"--execution must be one of {', '.join(EXECUTIONS)}, "
                        f"got {self.execution!r}.")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"--attention must be one of {', '.join(ATTENTIONS)}, "
+                       f"got {self.attention!r}.")
     may_be_zero = ("seed", "warmup", "weight_decay", "min_lr_ratio")
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
@@ -99,11 +107,13 @@ PRESETS = {
                    eval_every=250, log_every=50, stats_every=50),
             ("bf16", "mor_channel", "mor_block", "fp8_tensor")),
     # About 1.0B parameters, 16,384 tokens per step: GEMMs large enough to
-    # dominate the step, as in the training FP8 is meant for.
+    # dominate the step, as in the training FP8 is meant for. Fused attention:
+    # XLA's keeps [T, T] scores per head, which took most of the step and
+    # 100 GiB (docs/results/gpu-2026-11-30-fp8b).
     "gpu1b": (Config(layers=20, d_model=2048, heads=16, d_ff=8192,
                      seq_len=1024, batch=16, steps=200, lr=3e-4, warmup=50,
                      val_batches=8, eval_every=100, log_every=10,
-                     stats_every=10),
+                     stats_every=10, attention="cudnn"),
               ("bf16", "mor_channel")),
 }
 

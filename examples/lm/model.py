@@ -51,10 +51,11 @@ class Attention(nn.Module):
     heads = self.cfg.heads
     qkv = mor_linear(self.cfg, self.policy, 3 * d, name="qkv")(x)
     qkv = qkv.reshape(b, t, 3, heads, d // heads)
-    # implementation="xla": otherwise cuDNN's fused attention may be chosen,
-    # whose backward pass is not guaranteed to be deterministic.
+    # Named, never None: jax would pick cuDNN's fused attention where it
+    # can, whose backward pass is not bit-reproducible.
     y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                     is_causal=True, implementation="xla")
+                                     is_causal=True,
+                                     implementation=self.cfg.attention)
     return mor_linear(self.cfg, self.policy, d, name="out",
                       residual=True)(y.reshape(b, t, d))
 
