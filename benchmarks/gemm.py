@@ -165,12 +165,13 @@ def bench_dual(iters: int) -> None:
 
   best = None
   for tr, tc, steps, warps, stages in DUAL_VARIANTS:
-    cfg = kernels.DualConfig(tile_rows=tr, tile_cols=tc, row_steps=steps,
-                             num_warps=warps, num_stages=stages)
+    tiling = kernels.PassTiling(tile_rows=tr, tile_cols=tc, row_steps=steps,
+                                num_warps=warps, num_stages=stages)
+    cfg = kernels.DualConfig(stats=tiling, codes=tiling)
     dual = kernels.dual.PallasDual(cfg, jax.default_backend() != "gpu")
     t = timed(jax.jit(functools.partial(passes, dual=dual)), x, iters=iters)
     t1 = timed(jax.jit(dual.stats), x, iters=iters)
-    say(bench="dual", case=dataclasses.asdict(cfg), ms=round(t * 1e3, 3),
+    say(bench="dual", case=dataclasses.asdict(tiling), ms=round(t * 1e3, 3),
         gbps_at_6B=round(6 * x.size / t / 1e9), stats_ms=round(t1 * 1e3, 3))
     best = min(best or (t, cfg), (t, cfg), key=lambda p: p[0])
   for cfg in dict.fromkeys((kernels.DualConfig(), best[1])):

@@ -128,7 +128,7 @@ def sweep_gemm(shape, calls: int) -> None:
 # (tile_rows, tile_cols, row_steps, warps, stages) beyond gemm.py's.
 MORE_DUAL_VARIANTS = ((8, 512, 32, 8, 2), (4, 512, 64, 4, 2),
                       (16, 256, 16, 8, 2), (32, 256, 8, 8, 2),
-                      (8, 256, 32, 8, 3), (16, 128, 32, 4, 3),
+                      (8, 256, 32, 8, 4), (16, 128, 32, 4, 4),
                       (16, 128, 16, 4, 1))
 
 
@@ -148,13 +148,14 @@ def sweep_dual(shape, calls: int) -> None:
     return dual.codes(v, rows, cols, mor_jax.E4M3)
 
   for tr, tc, steps, warps, stages in DUAL_VARIANTS + MORE_DUAL_VARIANTS:
-    cfg = kernels.DualConfig(tile_rows=tr, tile_cols=tc, row_steps=steps,
-                             num_warps=warps, num_stages=stages)
+    tiling = kernels.PassTiling(tile_rows=tr, tile_cols=tc, row_steps=steps,
+                                num_warps=warps, num_stages=stages)
+    cfg = kernels.DualConfig(stats=tiling, codes=tiling)
     dual = kernels.dual.PallasDual(cfg, False)
     times, _ = kernel_times(jax.jit(functools.partial(passes, dual=dual)), x,
                             calls=calls)
     print(json.dumps(dict(
-        sweep="dual", shape=[m, k], case=dataclasses.asdict(cfg),
+        sweep="dual", shape=[m, k], case=dataclasses.asdict(tiling),
         stats_ms=per_call_ms(times, calls, "mor_dual_stats"),
         codes_ms=per_call_ms(times, calls, "mor_dual_codes"),
         all_ms=per_call_ms(times, calls))), flush=True)

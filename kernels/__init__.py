@@ -27,6 +27,7 @@ from mor_jax.kernels import quantize as quantize
 from mor_jax.kernels import sharding as sharding
 from mor_jax.kernels import wide as wide
 from mor_jax.kernels.dual import DualConfig as DualConfig
+from mor_jax.kernels.dual import PassTiling as PassTiling
 from mor_jax.kernels.gemm import GemmConfig as GemmConfig
 from mor_jax.kernels.quantize import TileConfig as TileConfig
 from mor_jax.kernels.wide import WideConfig as WideConfig

@@ -45,8 +45,8 @@ from mor_jax.kernels import tile
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DualConfig:
-  """Tiles of the two dual passes (hashable: part of every cache key).
+class PassTiling:
+  """Tiles of one dual pass (hashable: part of every cache key).
 
   A program covers ``row_steps`` tiles of ``tile_rows`` x ``tile_cols``,
   one column strip, in a loop: its column statistics accumulate element by
@@ -54,9 +54,6 @@ class DualConfig:
   loads ``num_stages`` deep.
   """
 
-  # The fastest of ten tilings on the H200 at (16384, 8192) bf16: 0.673 ms
-  # for both passes against 0.975 for one 64 x 128 tile per program
-  # (docs/benchmarks.md).
   tile_rows: int = 16
   tile_cols: int = 128
   row_steps: int = 16
@@ -72,11 +69,35 @@ class DualConfig:
     return self.tile_rows * self.row_steps
 
 
-def _grid(shape, cfg: DualConfig) -> tuple[int, int]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DualConfig:
+  """Tilings of the two passes: they load alike but differ in work per
+  element, and their fastest tilings differ.
+
+  The defaults are the fastest of 17 tilings of each pass on the H200 at
+  (16384, 8192) bf16, kernel times from one run (``benchmarks/profile.py
+  --sweep dual``, docs/benchmarks.md): statistics 0.150 ms, codes 0.419 ms,
+  against 0.190 and 0.437 with one 16 x 128 x 16 tiling for both.
+  """
+
+  stats: PassTiling = PassTiling(tile_rows=8, tile_cols=256, row_steps=32,
+                                 num_warps=4, num_stages=2)
+  codes: PassTiling = PassTiling(tile_rows=16, tile_cols=64, row_steps=16,
+                                 num_warps=2, num_stages=2)
+
+  def __post_init__(self):
+    for name in ("stats", "codes"):
+      if not isinstance(getattr(self, name), PassTiling):
+        raise TypeError(f"DualConfig.{name} must be a "
+                        f"mor_jax.kernels.dual.PassTiling, got "
+                        f"{getattr(self, name)!r}.")
+
+
+def _grid(shape, cfg: PassTiling) -> tuple[int, int]:
   return -(-shape[0] // cfg.band), -(-shape[1] // cfg.tile_cols)
 
 
-def _steps(shape, cfg: DualConfig, body, init):
+def _steps(shape, cfg: PassTiling, body, init):
   """``body(rows, mask, carry)`` over the program's tiles, in a loop.
 
   rows: the tile's slice of the program's band; mask: which of its elements
@@ -99,7 +120,7 @@ def _steps(shape, cfg: DualConfig, body, init):
   return jax.lax.fori_loop(0, cfg.row_steps, step, init)
 
 
-def _stats_kernel(x_ref, *refs, shape, cfg: DualConfig):
+def _stats_kernel(x_ref, *refs, shape, cfg: PassTiling):
   # refs: amax, nonfinite, count, min of the rows, then of the columns.
   amax, nonfinite, count, low = refs[:4]
 
@@ -130,7 +151,7 @@ def _stats_kernel(x_ref, *refs, shape, cfg: DualConfig):
 
 
 def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
-                  row_err_ref, col_err_ref, *, shape, cfg: DualConfig,
+                  row_err_ref, col_err_ref, *, shape, cfg: PassTiling,
                   fmt: _formats.Representation):
   col_scale = col_scale_ref[...][None, :]
 
@@ -166,19 +187,19 @@ def _partials_spec(axis: int, n: int) -> pl.BlockSpec:
   return pl.BlockSpec((None, n), lambda i, j: (i, j))
 
 
-def _partials_shape(shape, cfg: DualConfig, axis: int, dtype):
+def _partials_shape(shape, cfg: PassTiling, axis: int, dtype):
   gr, gc = _grid(shape, cfg)
   if axis == 1:
     return jax.ShapeDtypeStruct((gc, gr * cfg.band), dtype)
   return jax.ShapeDtypeStruct((gr, gc * cfg.tile_cols), dtype)
 
 
-def _compiler_params(cfg: DualConfig):
+def _compiler_params(cfg: PassTiling):
   return pltriton.CompilerParams(num_warps=cfg.num_warps,
                                  num_stages=cfg.num_stages)
 
 
-def _local_stats(x: jax.Array, cfg: DualConfig, interpret: bool):
+def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
   """Per-row and per-column (amax, nonfinite, count, min) of one [R, C]."""
   r, c = x.shape
   specs, shapes = [], []
@@ -204,7 +225,7 @@ def _local_stats(x: jax.Array, cfg: DualConfig, interpret: bool):
 
 
 def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
-                 cfg: DualConfig, fmt: _formats.Representation,
+                 cfg: PassTiling, fmt: _formats.Representation,
                  interpret: bool):
   """(codes [R, C], codes of x^T [C, R], row error sums, column error sums)."""
   r, c = x.shape
@@ -245,7 +266,7 @@ class _Stats:
   rule = "r c -> r, r, r, r, c, c, c, c"
 
   def local(self, x):
-    return _local_stats(x, self.cfg, self.interpret)
+    return _local_stats(x, self.cfg.stats, self.interpret)
 
   def plan(self, arg_shapes):
     mesh, (ra, ca) = sharding.layout(arg_shapes[0])
@@ -269,7 +290,7 @@ class _Codes:
   rule = "r c, r, c -> r c, c r, r, c"
 
   def local(self, x, row_scale, col_scale):
-    return _local_codes(x, row_scale, col_scale, self.cfg, self.fmt,
+    return _local_codes(x, row_scale, col_scale, self.cfg.codes, self.fmt,
                         self.interpret)
 
   def plan(self, arg_shapes):

@@ -76,7 +76,9 @@ class GemmConfig:
   stages: int = 4
   grid_tile_width: int = 8
   epilogue_tile: int = 64
-  delay_release: int = 0
+  # 1.437 ms against 1.461 with 0 for the FP8 path at (16384, 8192, 8192)
+  # on the H200 (benchmarks/profile.py --sweep gemm, docs/benchmarks.md).
+  delay_release: int = 1
 
   def __post_init__(self):
     for f in dataclasses.fields(self):

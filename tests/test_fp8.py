@@ -165,6 +165,19 @@ def test_policy_execution_is_checked():
   assert mor_jax.Policy().execution == "auto"
 
 
+@pytest.mark.parametrize("make,error", [
+    (lambda: kernels.GemmConfig(delay_release=2), "delay_release must be 0"),
+    (lambda: kernels.GemmConfig(delay_release=True), "delay_release must be 0"),
+    (lambda: kernels.GemmConfig(tile_m=0), "tile_m must be a positive int"),
+    (lambda: kernels.PassTiling(tile_rows=12), "tile_rows must be a positive "
+     "power of two"),
+    (lambda: kernels.DualConfig(stats=(8, 256)), "stats must be a "),
+])
+def test_kernel_configs_are_checked(make, error):
+  with pytest.raises((ValueError, TypeError), match=error):
+    make()
+
+
 def test_auto_is_emulation_off_fp8_tensor_cores():
   from mor_jax import _fp8  # pylint: disable=g-import-not-at-top
   want = "fp8" if jax.default_backend() == "gpu" else "emulate"
@@ -213,8 +226,13 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
   x[3, :4] = [np.nan, np.inf, 0.0, 1e-40]
   x = jnp.asarray(x, jnp.bfloat16)
   interpret = jax.default_backend() != "gpu"
+  # Tilings unlike each other and the defaults: the passes share no grid.
   pallas = kernels.dual.PallasDual(
-      kernels.DualConfig(tile_rows=32, tile_cols=64, row_steps=steps), interpret)
+      kernels.DualConfig(
+          stats=kernels.PassTiling(tile_rows=32, tile_cols=64,
+                                   row_steps=steps),
+          codes=kernels.PassTiling(tile_rows=16, tile_cols=128,
+                                   row_steps=3 - steps)), interpret)
   xla = _xla.XlaDual()
   for got, want in zip(pallas.stats(x), xla.stats(x)):
     for a, b in zip(got, want):
