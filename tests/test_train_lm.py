@@ -284,6 +284,7 @@ def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
      "--heads 4"),
     (["--stats-every", "15"], "--stats-every 15 must be a multiple of "
      "--log-every"),
+    (["--attention", "flash"], "--attention must be one of xla, cudnn"),
     (["--mesh", "data=2,pipe=4"], "AXIS one of data, fsdp, tensor"),
     (["--mesh", "data=0"], "must be a positive integer"),
     (["--mesh", "data=3"], "spans 3 devices, but JAX sees"),
