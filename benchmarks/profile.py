@@ -10,7 +10,9 @@ name (CUPTI's kernel times: no host gaps, no launch queueing). Modes:
 - ``--sweep gemm``: tilings of kernels/gemm.py on both of its paths against
   cuBLAS FP8 and BF16 at one shape;
 - ``--sweep dual``: tilings of kernels/dual.py, each pass apart, against an
-  XLA copy.
+  XLA copy;
+- ``--trace DIR --steps N``: a trace taken elsewhere, e.g. by
+  ``examples/train_lm.py --profile-steps N``.
 
 On a CPU there is no device plane and nothing to sum. Run on a GPU:
 ``python benchmarks/profile.py`` (``--layers``, ``--shape``, ``--sweep``).
@@ -52,15 +54,9 @@ def device_kernels(trace_dir: str) -> list[tuple[str, float, float]]:
   return out
 
 
-def kernel_times(fn, *args, calls: int = 5):
-  """({kernel name: [durations in ns]}, span in ns) over ``calls`` calls of a
-  jitted ``fn`` after a first one, or None without a device plane."""
-  jax.block_until_ready(fn(*args))
-  trace_dir = tempfile.mkdtemp()
-  with jax.profiler.trace(trace_dir):
-    for _ in range(calls):
-      r = fn(*args)
-    jax.block_until_ready(r)
+def trace_times(trace_dir: str):
+  """({kernel name: [durations in ns]}, span in ns) of a trace, or None
+  without a device plane."""
   events = device_kernels(trace_dir)
   if not events:
     return None
@@ -69,6 +65,39 @@ def kernel_times(fn, *args, calls: int = 5):
     times[name].append(dur)
   span = (max(s + d for _, s, d in events) - min(s for _, s, _ in events))
   return times, span
+
+
+def kernel_times(fn, *args, calls: int = 5):
+  """``trace_times`` of ``calls`` calls of a jitted ``fn`` after a first."""
+  jax.block_until_ready(fn(*args))
+  trace_dir = tempfile.mkdtemp()
+  with jax.profiler.trace(trace_dir):
+    for _ in range(calls):
+      r = fn(*args)
+    jax.block_until_ready(r)
+  return trace_times(trace_dir)
+
+
+def summarize(label: str, got, steps: int, top: int, **info) -> None:
+  """Per step: busy and span, then the ``top`` kernels by time, the rest."""
+  if got is None:
+    print(json.dumps(dict(run=label, note="no device plane in the trace")))
+    return
+  time = collections.Counter({n: sum(d) for n, d in got[0].items()})
+  count = collections.Counter({n: len(d) for n, d in got[0].items()})
+  print(json.dumps(dict(run=label, **info,
+                        busy_ms=round(sum(time.values()) / steps / 1e6, 3),
+                        span_ms=round(got[1] / steps / 1e6, 3),
+                        launches=sum(count.values()) // steps)), flush=True)
+  for name, t in time.most_common(top):
+    print(json.dumps(dict(run=label, kernel=name[:90],
+                          ms=round(t / steps / 1e6, 4),
+                          launches=count[name] // steps)), flush=True)
+  rest = time.most_common()[top:]
+  print(json.dumps(dict(run=label, kernel=f"({len(rest)} others)",
+                        ms=round(sum(t for _, t in rest) / steps / 1e6, 4),
+                        launches=sum(count[nm] for nm, _ in rest) // steps)),
+        flush=True)
 
 
 def per_call_ms(times, calls: int, prefix: str = "") -> float:
@@ -172,25 +201,8 @@ def profile(kind: str, shape, steps: int, top: int) -> None:
     return jnp.sum(y.astype(jnp.float32) ** 2) * 1e-6
 
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  got = kernel_times(step, v, x, calls=steps)
-  if got is None:
-    print(json.dumps(dict(layer=kind, note="no device plane in the trace")))
-    return
-  time = collections.Counter({n: sum(d) for n, d in got[0].items()})
-  count = collections.Counter({n: len(d) for n, d in got[0].items()})
-  print(json.dumps(dict(layer=kind, shape=list(shape),
-                        busy_ms=round(sum(time.values()) / steps / 1e6, 3),
-                        span_ms=round(got[1] / steps / 1e6, 3),
-                        launches=sum(count.values()) // steps)), flush=True)
-  for name, t in time.most_common(top):
-    print(json.dumps(dict(layer=kind, kernel=name[:90],
-                          ms=round(t / steps / 1e6, 4),
-                          launches=count[name] // steps)), flush=True)
-  rest = time.most_common()[top:]
-  print(json.dumps(dict(layer=kind, kernel=f"({len(rest)} others)",
-                        ms=round(sum(t for _, t in rest) / steps / 1e6, 4),
-                        launches=sum(count[nm] for nm, _ in rest) // steps)),
-        flush=True)
+  summarize(kind, kernel_times(step, v, x, calls=steps), steps, top,
+            shape=list(shape))
 
 
 def main() -> None:
@@ -200,7 +212,13 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--top", type=int, default=25)
   ap.add_argument("--sweep", choices=("gemm", "dual"), default=None)
+  ap.add_argument("--trace", default=None,
+                  help="sum an existing trace instead, e.g. train_lm.py "
+                  "--profile-steps N's <out>/<recipe>_profile (--steps: N)")
   args = ap.parse_args()
+  if args.trace:
+    return summarize(args.trace, trace_times(args.trace), args.steps,
+                     args.top)
   shape = tuple(int(d) for d in args.shape.split("x"))
   if args.sweep == "gemm":
     return sweep_gemm(shape, args.steps)

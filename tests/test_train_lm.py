@@ -132,6 +132,15 @@ def test_interrupted_run_resumes_to_the_same_losses_and_decisions(
   assert not any(r["skipped"] for r in rows if r["kind"] == "train")
 
 
+def test_profiled_run_writes_a_trace_and_the_same_losses(train, corpus,
+                                                        tmp_path):
+  cfg = dataclasses.replace(TINY, profile_steps=2)
+  assert training.train_recipe(RECIPE, cfg, corpus, tmp_path, progress=False)
+  assert list((tmp_path / f"{RECIPE}_profile").rglob("*.xplane.pb"))
+  run = metrics.Run.load(tmp_path / f"{RECIPE}.jsonl")
+  np.testing.assert_array_equal(run.train["loss"], train("seed0").train["loss"])
+
+
 def test_a_step_with_non_finite_gradients_is_skipped_and_located(corpus):
   """An infinity in block 1's fc2 kernel: the step is skipped (parameters
   and optimizer moments unchanged) and the statistics name the layer and

@@ -71,6 +71,9 @@ class Config:
                         "FP8 tensor cores, else emulate), fp8 or emulate")
   attention: str = _opt("xla", "attention: xla (deterministic) or cudnn "
                         "(GPUs: fused, its backward not bit-reproducible)")
+  profile_steps: int = _opt(0, "trace the first N steps with jax.profiler "
+                            "into <out>/<recipe>_profile (benchmarks/"
+                            "profile.py --trace sums its kernels)")
 
   def __post_init__(self):
     if self.execution not in EXECUTIONS:
@@ -79,7 +82,8 @@ class Config:
     if self.attention not in ATTENTIONS:
       raise ValueError(f"--attention must be one of {', '.join(ATTENTIONS)}, "
                        f"got {self.attention!r}.")
-    may_be_zero = ("seed", "warmup", "weight_decay", "min_lr_ratio")
+    may_be_zero = ("seed", "warmup", "weight_decay", "min_lr_ratio",
+                   "profile_steps")
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
       if isinstance(value, str):

@@ -338,12 +338,16 @@ def _write_window(writer: Writer, fetched, window_s: float,
 
 def train_loop(program: Program, state: TrainState, cfg: Config,
                writer: Writer, names: list[str], bar: tqdm.tqdm, *,
-               start: int, deadline: float) -> tuple[TrainState, int, float]:
+               start: int, deadline: float,
+               trace_dir: pathlib.Path | None = None
+               ) -> tuple[TrainState, int, float]:
   """Steps from ``start`` to ``cfg.steps``, or until ``deadline`` passes.
 
   Steps are dispatched asynchronously and their outputs pulled to the host
   once per ``cfg.log_every`` steps, so the device never waits for the
-  host; the deadline and validation are checked at those points too.
+  host; the deadline and validation are checked at those points too. With
+  ``trace_dir`` the windows that hold the first ``cfg.profile_steps`` steps
+  are traced with ``jax.profiler`` into it.
 
   Returns:
     (the state, the step reached, seconds spent in training windows).
@@ -351,6 +355,9 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
   pending: list[tuple[int, jax.Array, jax.Array | None,
                      mor_jax.Summary | None]] = []
   train_s, step = 0.0, start
+  tracing = trace_dir is not None and cfg.profile_steps > 0
+  if tracing:
+    jax.profiler.start_trace(str(trace_dir))
   t_window = time.perf_counter()
   while step < cfg.steps:
     state, scalars, stats, summary = program.step(
@@ -370,6 +377,9 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
     fetched = [(p[0], sc, *st) for p, sc, st in zip(pending, scalars, stats)]
     window_s = time.perf_counter() - t_window
     train_s += window_s
+    if tracing and step - start >= cfg.profile_steps:
+      jax.profiler.stop_trace()  # the window's kernels have all run
+      tracing = False
     _write_window(writer, fetched, window_s, names)
     postfix = {"loss": f"{float(fetched[-1][1][0]):.3f}"}
     last = next((f[3] for f in reversed(fetched) if f[3] is not None), None)
@@ -384,6 +394,8 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
     if step < cfg.steps and time.monotonic() > deadline:
       break
     t_window = time.perf_counter()
+  if tracing:
+    jax.profiler.stop_trace()
   return state, step, train_s
 
 
@@ -436,8 +448,11 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
   bar = tqdm.tqdm(total=cfg.steps, initial=start, desc=f"{recipe:12}",
                   unit="step", disable=not progress or jax.process_index(),
                   dynamic_ncols=True)
+  trace_dir = (out / f"{recipe}_profile"
+               if cfg.profile_steps and jax.process_index() == 0 else None)
   state, step, train_s = train_loop(program, state, cfg, writer, names, bar,
-                                    start=start, deadline=deadline)
+                                    start=start, deadline=deadline,
+                                    trace_dir=trace_dir)
   done = step == cfg.steps
   if not done:
     save_checkpoint(out / f"{recipe}.{step:07d}.ckpt", state)
