@@ -200,10 +200,10 @@ def bench_chain(iters: int) -> None:
                                       preferred_element_type=jnp.bfloat16))
     wa, wb = h, w
     if kind == "kernel_with_writers":
-      wa, wb = (kernels.wide.wide_operand(
-          ~pred, pred, q, r, x, transposed=False, dtype=jnp.bfloat16,
-          cfg=cfg.wide, interpret=False) for q, r, x in ((h8, ones, h),
-                                                         (w8, rw, w)))
+      wa, wb = kernels.wide.wide_operands(
+          ~pred, kernels.wide.Operand(h, h8, ones, pred, False),
+          kernels.wide.Operand(w, w8, rw, pred, False), dtype=jnp.bfloat16,
+          cfg=cfg.wide, interpret=False)
     return kernels.gemm.gemm(pred, h8, w8, ones, rw, wa, wb,
                              out_dtype=jnp.bfloat16, config=cfg.gemm)
 

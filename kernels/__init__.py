@@ -9,8 +9,8 @@ reference; ``mor_jax._dispatch`` is the only place that calls them.
 
 - ``quantize``: the two quantization passes (Triton backend).
 - ``dual``: both GEMM orientations of a matrix from one read (Triton).
-- ``wide``: the operands of a GEMM's BF16 path, written only when it falls
-  back (Triton).
+- ``wide``: both operands of a GEMM's BF16 path, written in one launch only
+  when it falls back (Triton).
 - ``gemm``: the FP8 GEMM that falls back to BF16 on the device (Mosaic GPU).
 - ``sharding``: the kernels per shard under ``jit`` (custom_partitioning).
 - ``KernelConfig``: their tuning, a hashable value that is part of every
@@ -40,7 +40,7 @@ class KernelConfig:
   Attributes:
     quantize: tile sizes and warps of the quantization passes.
     dual: tiles of the two-orientation passes.
-    wide: tiles of the BF16-path operands.
+    wide: tiles and grid of the BF16-path operands' writer.
     gemm: tiles of the GEMM.
 
   Examples:

@@ -247,10 +247,8 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
     recip = recip_ref[...]
     if t.per_row:
       recip = recip[:, None]
-    # q is finite here: saturate rather than overflow (docs/numerics.md
-    # section 3.9); _patch_kernel restores non-finite inputs.
-    out = _numerics.saturate(_numerics.flush_subnormals(q * recip),
-                             out_ref.dtype).astype(out_ref.dtype)
+    # q is finite here; _patch_kernel restores non-finite inputs.
+    out = _numerics.dequantize_values(q, recip, out_ref.dtype, q_finite=True)
   else:
     return
   tile.store(out_ref, out, _mask(t))

@@ -114,10 +114,8 @@ class Side:
     x = self.view().astype(dtype)
     if self.codes is None:
       return x
-    # As mor_jax.dequantize: saturate where q / scale rounds past the max.
-    deq = _numerics.saturate(_numerics.flush_subnormals(
-        self.codes.astype(jnp.float32) * self.recip[:, None]), dtype
-                             ).astype(dtype)
+    deq = _numerics.dequantize_values(self.codes.astype(jnp.float32),
+                                      self.recip[:, None], dtype)
     return jnp.where(self.accepted, deq, x)
 
 
@@ -205,9 +203,10 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
   fp8 = a.accepted & b.accepted
   if _dispatch.gemm_backend(impl, dtype) == "pallas":
     cfg = impl.config
-    wide = [kernels.wide.wide_operand(
-        ~fp8, s.accepted, s.codes, s.recip, s.x, transposed=s.transposed,
-        dtype=dtype, cfg=cfg.wide, interpret=impl.interpret) for s in (a, b)]
+    wide = kernels.wide.wide_operands(
+        ~fp8, *(kernels.wide.Operand(s.x, s.codes, s.recip, s.accepted,
+                                     s.transposed) for s in (a, b)),
+        dtype=dtype, cfg=cfg.wide, interpret=impl.interpret)
     return kernels.gemm.gemm(fp8, a.codes, b.codes, a.recip, b.recip, *wide,
                              out_dtype=out_dtype, config=cfg.gemm)
   return jax.lax.cond(

@@ -71,6 +71,33 @@ def saturate(x: jax.Array, dtype) -> jax.Array:
   return jnp.clip(x, -big, big)
 
 
+def dequantize_values(q: jax.Array, recip: jax.Array, dtype, *,
+                      q_finite: bool = False) -> jax.Array:
+  """FP8 values ``q`` (float32) times ``recip`` = 1 / scale, in ``dtype``.
+
+  The one dequantization of every path (XLA, emulated GEMM, the kernels):
+  multiplying by a correctly rounded reciprocal stays within 1 float32 ulp
+  of q / scale (section 3); float32 subnormal products are flushed
+  (section 3.5), and finite codes saturate at ``dtype``'s largest value
+  instead of rounding past it (section 3.9).
+
+  Args:
+    q: float32 values of FP8 codes.
+    recip: float32 reciprocals of the scales, broadcastable to ``q``.
+    dtype: the output dtype.
+    q_finite: every ``q`` is known finite (the kernels), which skips the
+      select that keeps NaN and +-inf codes as they are.
+
+  Returns:
+    ``q * recip`` in ``dtype``.
+  """
+  x = flush_subnormals(q * recip)
+  out = saturate(x, dtype)
+  if not q_finite:
+    out = jnp.where(jnp.isfinite(q), out, x)
+  return out.astype(dtype)
+
+
 def exponent(x: jax.Array) -> jax.Array:
   """Unbiased exponent of a positive normal float32 (int32)."""
   return ((_bits(x) >> _MANT_BITS) & _EXP_MASK) - _BIAS

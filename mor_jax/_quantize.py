@@ -249,7 +249,7 @@ def _dequantize(data: jax.Array, scale: jax.Array, block_shape, dtype):
   part = _partition.Partition.build(data.shape, block_shape)
   values = part.to_blocks(data.astype(jnp.float32))
   x_hat = _xla.dequantize_blocks(values, part.expand(scale), dtype)
-  return part.from_blocks(x_hat).astype(dtype)
+  return part.from_blocks(x_hat)
 
 
 @jax.custom_vjp

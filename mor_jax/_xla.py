@@ -88,16 +88,12 @@ def to_codes(q: jax.Array, fmt: _formats.Representation) -> jax.Array:
 
 def dequantize_blocks(values: jax.Array, scale_b: jax.Array,
                       dtype) -> jax.Array:
-  """x_hat = q / scale in float32, as q * (1 / scale), subnormals flushed.
+  """x_hat = q / scale in ``dtype``, as ``_numerics.dequantize_values``.
 
-  Multiplying by a correctly rounded reciprocal stays within 1 float32 ulp
-  of the quotient, as section 3 allows, on every backend. Finite codes
-  saturate at ``dtype``'s largest value (section 3.9); NaN and +-inf codes
-  stay as they are.
+  NaN and +-inf codes stay as they are.
   """
-  x_hat = _numerics.flush_subnormals(values * _scaling.reciprocal(scale_b))
-  return jnp.where(jnp.isfinite(values), _numerics.saturate(x_hat, dtype),
-                   x_hat)
+  return _numerics.dequantize_values(values, _scaling.reciprocal(scale_b),
+                                     dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +125,7 @@ class XlaPasses:
     if output == "codes":
       out = part.from_blocks(to_codes(s.q, fmt))
     elif output == "values":
-      out = part.from_blocks(dequantize_blocks(s.q, scale_b, x.dtype)).astype(
-          x.dtype)
+      out = part.from_blocks(dequantize_blocks(s.q, scale_b, x.dtype))
       out = jnp.where(jnp.isfinite(x), out, x)
     else:
       out = None

@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -21,6 +22,7 @@ import mor_jax
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
 from tests import data
+from tests import reference
 
 PER_ROW = mor_jax.TensorLevelMoR(block_shape=(1, None))
 REJECT = mor_jax.TensorLevelMoR(block_shape=(1, None), threshold=1e-9)
@@ -249,25 +251,60 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6)
 
 
-@pytest.mark.parametrize("fallback,accepted,transposed", [
-    (True, True, False), (True, False, False), (True, False, True)])
-def test_wide_operand(fallback, accepted, transposed):
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((70, 300)), jnp.bfloat16)
-  codes = jnp.asarray(rng.standard_normal((70, 300)) * 10,
-                      jnp.float8_e4m3fn)
-  recip = jnp.asarray(rng.uniform(0.01, 1, 70), jnp.float32)
-  got = kernels.wide.wide_operand(
-      jnp.bool_(fallback), jnp.bool_(accepted), codes, recip,
-      x.T if transposed else x, transposed=transposed, dtype=jnp.bfloat16,
-      cfg=kernels.WideConfig(tile_rows=32, tile_cols=128),
-      interpret=jax.default_backend() != "gpu")
+def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):
+  """(kernels.wide.Operand, what the BF16 path must get for it, NumPy)."""
+  rng = np.random.default_rng(seed)
+  x = np.asarray(rng.standard_normal((rows, k)), dtype)
+  codes = np.asarray(rng.standard_normal((rows, k)) * 100, fmt)
+  # Row reciprocals whose products are float32 subnormals (flushed), and
+  # large ones whose products float16 cannot hold (saturated).
+  recip = rng.uniform(0.01, 1000, rows).astype(np.float32)
+  recip[::5] = np.float32(2e-38)
+  if accepted:
+    with np.errstate(over="ignore"):
+      want = reference.to_dtype(
+          reference.flush(codes.astype(np.float32) * recip[:, None]), dtype)
+  else:
+    want = x
+  op = kernels.wide.Operand(jnp.asarray(x.T if transposed else x),
+                            jnp.asarray(codes), jnp.asarray(recip),
+                            jnp.bool_(accepted), transposed)
+  return op, want
+
+
+def _assert_bits_equal(got, want):
+  got = np.asarray(got)
+  np.testing.assert_array_equal(got.view(np.uint16),
+                                np.asarray(want, got.dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("accepted", [(True, True), (True, False),
+                                      (False, True), (False, False)])
+@pytest.mark.parametrize("transposed", [(False, True), (True, False)])
+@pytest.mark.parametrize("rows,k,programs", [
+    ((70, 40), 300, 4),      # ragged; programs loop across both operands
+    ((64, 128), 256, 512),   # whole tiles; one tile per program
+])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_wide_operands(accepted, transposed, rows, k, programs, dtype):
+  dtype = data.DTYPES[dtype]
+  fmts = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
+  ops, wants = zip(*(_gemm_operand(r, k, a, t, dtype, f, seed)
+                     for seed, (r, a, t, f) in enumerate(
+                         zip(rows, accepted, transposed, fmts))))
+  cfg = kernels.WideConfig(tile_rows=32, tile_cols=128, programs=programs)
+  interpret = jax.default_backend() != "gpu"
+  write = jax.jit(lambda fallback, a, b: kernels.wide.wide_operands(
+      fallback, a, b, dtype=dtype, cfg=cfg, interpret=interpret))
   # An accepted operand: its codes dequantized, bit for bit as the emulated
-  # path has them; a rejected one: as it came.
-  want = ((codes.astype(jnp.float32) * recip[:, None]).astype(jnp.bfloat16)
-          if accepted else x)
-  np.testing.assert_array_equal(np.asarray(got, np.float32),
-                                np.asarray(want, np.float32))
+  # path has them; a rejected one: as it came, K-major.
+  got = write(jnp.bool_(True), *ops)
+  for g, w in zip(got, wants):
+    _assert_bits_equal(g, w)
+  # Without a fallback the outputs are left unwritten: only their types.
+  skipped = write(jnp.bool_(False), *ops)
+  assert [(o.shape, o.dtype) for o in skipped] == [
+      (w.shape, np.dtype(dtype)) for w in wants]
 
 
 # ----------------------------------------------------------------------------
@@ -292,6 +329,38 @@ def test_sharded_dual_and_layer_equal_one_device(spec):
   _assert_same_decisions(one[3], many[3])
   for got, want in zip(many[:3], one[:3]):
     assert _rel(got, want) <= 1e-2
+
+
+@pytest.mark.skipif(jax.device_count() < N_DEV, reason=f"needs {N_DEV} devices")
+@pytest.mark.parametrize("spec", [P("d", None), P(None, "d"), P("a", "b")])
+def test_sharded_wide_operands(spec):
+  axes = ("d",) if "d" in spec else ("a", "b")
+  mesh = jax.make_mesh((N_DEV,) if axes == ("d",) else (2, N_DEV // 2), axes,
+                       devices=jax.devices()[:N_DEV],
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+  a, want_a = _gemm_operand(128, 256, True, False, ml_dtypes.bfloat16,
+                            ml_dtypes.float8_e4m3fn, seed=3)
+  b, want_b = _gemm_operand(64, 256, False, True, ml_dtypes.bfloat16,
+                            ml_dtypes.float8_e4m3fn, seed=4)
+  put = lambda v, s: jax.device_put(v, NamedSharding(mesh, s))  # noqa: E731
+  t = P(spec[1], spec[0])
+  a = kernels.wide.Operand(put(a.x, spec), put(a.codes, spec),
+                           put(a.recip, P(spec[0])), a.accepted, False)
+  b = kernels.wide.Operand(put(b.x, t), put(b.codes, spec),
+                           put(b.recip, P(spec[0])), b.accepted, True)
+  cfg = kernels.WideConfig(tile_rows=16, tile_cols=64, programs=4)
+  write = jax.jit(lambda a, b: kernels.wide.wide_operands(
+      jnp.bool_(True), a, b, dtype=jnp.bfloat16, cfg=cfg,
+      interpret=jax.default_backend() != "gpu"))
+  compiled = write.lower(a, b).compile()
+  got = compiled(a, b)
+  for g, w in zip(got, (want_a, want_b)):
+    _assert_bits_equal(g, w)
+    # Written per shard, where the codes lie.
+    assert g.sharding.is_equivalent_to(NamedSharding(mesh, spec), 2)
+  text = compiled.as_text()
+  assert not any(c in text for c in ("all-gather", "all-to-all",
+                                     "collective-permute"))
 
 
 def _assert_same_decisions(a, b):
