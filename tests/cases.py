@@ -73,9 +73,13 @@ class Impl:
         "kernels")
     return traced
 
+  def compile(self, fn, *args, kernels: bool | None = None):
+    """``fn`` compiled for ``args``' shapes and dtypes (see ``trace``)."""
+    return self.trace(fn, *args, kernels=kernels).lower().compile()
+
   def run(self, fn, *args, kernels: bool | None = None):
     """``fn(*args)`` under jit with this implementation (see ``trace``)."""
-    return self.trace(fn, *args, kernels=kernels).lower().compile()(*args)
+    return self.compile(fn, *args, kernels=kernels)(*args)
 
 
 XLA = Impl("xla")
