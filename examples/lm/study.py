@@ -242,6 +242,15 @@ def study(out: pathlib.Path, tolerance: float = TOLERANCE,
   }
 
 
+def _nan_to_none(tree: Any) -> Any:
+  """NaN (no error bar from one seed) as null: JSON has no NaN."""
+  if isinstance(tree, dict):
+    return {k: _nan_to_none(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_nan_to_none(v) for v in tree]
+  return None if isinstance(tree, float) and math.isnan(tree) else tree
+
+
 def table_rows(numbers: dict[str, Any]) -> list[dict[str, str]]:
   """One row of formatted cells per recipe."""
   seeds = sorted({s for r in numbers["recipes"].values() for s in r["seeds"]})
@@ -316,7 +325,8 @@ def analyse(out: pathlib.Path, *, seed_reports: bool = True) -> str:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-  (out / "study.json").write_text(json.dumps(numbers, indent=1) + "\n")
+  (out / "study.json").write_text(
+      json.dumps(_nan_to_none(numbers), indent=1, allow_nan=False) + "\n")
   c, v = numbers["config"], numbers["versions"]
   tol, level = numbers["tolerance"], numbers["level"]
   notes = [
