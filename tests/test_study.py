@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import math
 import pathlib
@@ -272,13 +273,19 @@ def test_a_stopped_study_continues_where_it_stopped(done_study, corpus,
 
 
 def test_half_a_study_lists_what_is_missing(done_study, tmp_path):
-  """seed1's MoR run unfinished: its ratio is left out and named."""
+  """seed1's MoR run unfinished: its ratio is left out and named. (Seed 0
+  gzip-compressed, as committed results are.)"""
   for path in done_study.glob("seed*/*.jsonl"):
     (tmp_path / path.parent.name).mkdir(exist_ok=True)
     rows = path.read_text().splitlines(keepends=True)
     if path.parent.name == "seed1" and path.name == f"{GRAD}.jsonl":
       rows = rows[:-1]  # No "done" row.
-    (tmp_path / path.parent.name / path.name).write_text("".join(rows))
+    copy = tmp_path / path.parent.name / path.name
+    if path.parent.name == "seed0":
+      with gzip.open(f"{copy}.gz", "wt", encoding="utf-8") as f:
+        f.writelines(rows)
+    else:
+      copy.write_text("".join(rows))
   numbers = study.study(tmp_path)
   assert numbers["incomplete"] == [f"seed1/{GRAD}"]
   assert list(numbers["recipes"][GRAD]["seeds"]) == [0]

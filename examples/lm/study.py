@@ -34,7 +34,7 @@ from mor_jax import report as mor_report
 
 from .config import Config
 from .data import Corpus
-from .metrics import ROLES, Run, read_jsonl, recipe_order
+from .metrics import ROLES, Run, metrics_files, read_jsonl, recipe_order
 from .report import BASELINE, report
 from .train import train_recipe
 
@@ -177,12 +177,13 @@ def e4m3_shares(run: Run) -> dict[str, float]:
 
 
 def _seed_runs(out: pathlib.Path) -> dict[int, dict[str, Run]]:
-  """{seed: {recipe: Run}} of the complete runs under ``out/seed<k>``."""
+  """{seed: {recipe: Run}} of the runs under ``out/seed<k>`` (``*.jsonl``,
+  or ``*.jsonl.gz`` as committed results are)."""
   seeds = {}
   for d in out.iterdir():
     m = _SEED_DIR.fullmatch(d.name)
     if m and d.is_dir():
-      runs = (Run.load(p) for p in sorted(d.glob("*.jsonl")))
+      runs = (Run.load(p) for p in metrics_files(d))
       seeds[int(m.group(1))] = {r.recipe: r for r in runs}
   return dict(sorted(seeds.items()))
 
