@@ -31,7 +31,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import pathlib
 import sys
@@ -45,7 +44,8 @@ if not __package__:  # Run as a script: make the repository root importable.
 import jax
 import jax.numpy as jnp
 
-from examples.lm.config import PRESETS, RECIPES, Config, flag, policy
+from examples.lm.config import (PRESETS, RECIPES, Config, add_config_flags,
+                                config_from_args, policy, recipe_list)
 from examples.lm.data import Corpus, load_corpus
 from examples.lm.metrics import Run
 from examples.lm.model import Transformer, count_params, flops_per_step
@@ -55,23 +55,14 @@ from examples.lm.train import train_recipe, versions
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def _recipe_list(text: str) -> tuple[str, ...]:
-  names = tuple(RECIPES) if text == "all" else tuple(
-      n.strip() for n in text.split(",") if n.strip())
-  unknown = [n for n in names if n not in RECIPES]
-  if unknown or not names:
-    raise argparse.ArgumentTypeError(
-        f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)} or "
-        "'all'.")
-  return names
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   recipes = "\n".join(f"  {name:12} {desc}"
                       for name, (desc, _) in RECIPES.items())
   presets = "\n".join(
-      f"  {name:5} {c.layers} layers, d_model {c.d_model}, seq {c.seq_len}, "
-      f"batch {c.batch}, {c.steps} steps; recipes {','.join(r)}"
+      f"  {name:6} {c.layers} layers, d_model {c.d_model}, seq {c.seq_len}, "
+      f"batch {c.batch}, {c.steps} steps"
+      + (f", {c.outlier_channels} outlier channels x{c.outlier_scale:g}"
+         if c.outlier_channels else "") + f"; recipes {','.join(r)}"
       for name, (c, r) in PRESETS.items())
   parser = argparse.ArgumentParser(
       prog="train_lm.py",
@@ -79,7 +70,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
           "\n\n", 1)[1].rsplit("\n\nRun:", 1)[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=f"recipes (every GEMM operand: activations, weights, gradients):\n"
-             f"{recipes}\n\npresets:\n{presets}\n\n"
+             f"{recipes}\n"
+             "  RECIPE+ROLE=OTHER[+...]  an ablation: RECIPE with ROLE "
+             "(activation,\n               weight or gradient) quantized as "
+             "OTHER, e.g.\n               mor_channel+gradient=bf16\n\n"
+             f"presets:\n{presets}\n\n"
              "A GPU run one recipe per command (resumable after "
              "--time-limit):\n"
              "  python examples/train_lm.py --preset gpu --recipes bf16 "
@@ -88,7 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
              "  python examples/train_lm.py --report DIR")
   parser.add_argument("--preset", choices=list(PRESETS), default="demo",
                       help="settings and recipes to start from (default demo)")
-  parser.add_argument("--recipes", type=_recipe_list, default=None,
+  parser.add_argument("--recipes", type=recipe_list, default=None,
                       help="comma-separated recipes, or 'all' (default: the "
                       "preset's)")
   parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -122,22 +117,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      help="with --distributed: the number of processes")
   scale.add_argument("--process-id", type=int, metavar="I",
                      help="with --distributed: this process's index, 0..N-1")
-  group = parser.add_argument_group("settings (override the preset)")
-  for f in dataclasses.fields(Config):
-    group.add_argument(f"--{flag(f.name)}", type=type(f.default),
-                       default=None, metavar=f.name.upper(),
-                       help=f.metadata["help"])
+  add_config_flags(parser)
   return parser.parse_args(argv)
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-  base, _ = PRESETS[args.preset]
-  overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-               if getattr(args, f.name) is not None}
-  try:
-    return dataclasses.replace(base, **overrides)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
 
 
 def _start_processes(args: argparse.Namespace) -> None:

@@ -48,8 +48,10 @@ import sys
 import numpy as np
 
 import examples.compare_runs
+import examples.study
 import examples.train_lm
-from examples.lm import config, data, metrics, model, report, sharding, train
+from examples.lm import (config, data, metrics, model, report, sharding, study,
+                         train)
 
 loaded = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
 assert not loaded, f"imported at import time: {loaded}"
@@ -73,6 +75,14 @@ out = sys.argv[1]
 report.plot_losses([run], f"{out}/loss.png")
 report.plot_fp8_share([run], f"{out}/fp8_share.png")
 assert report.plot_error_heatmap(run, f"{out}/heatmap.png")
+study.plot_ratios({"baseline": "bf16", "tolerance": 0.005, "level": 0.95,
+                   "recipes": {"bf16": {"seeds": {0: {}, 1: {}}},
+                               "mor_channel": {
+                                   "seeds": {0: {"ratio": 1.002},
+                                             1: {"ratio": 1.006}},
+                                   "mean_ratio": 1.004,
+                                   "interval": [0.979, 1.029]}}},
+                  f"{out}/study.png")
 assert matplotlib.get_backend() == backend, matplotlib.get_backend()
 assert "matplotlib.pyplot" not in sys.modules
 """
@@ -87,5 +97,5 @@ def test_examples_leave_matplotlib_alone(tmp_path):
       [sys.executable, "-c", _MATPLOTLIB_UNTOUCHED, str(tmp_path)], cwd=ROOT,
       capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode == 0, done.stderr
-  for name in ("loss.png", "fp8_share.png", "heatmap.png"):
+  for name in ("loss.png", "fp8_share.png", "heatmap.png", "study.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

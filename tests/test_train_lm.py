@@ -287,7 +287,8 @@ def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--recipes", "bf16,foo"], "unknown recipe(s) ['foo']"),
+    (["--recipes", "bf16,foo"], "unknown recipe 'foo'"),
+    (["--recipes", "mor_channel+grad=bf16"], "'grad=bf16' must be ROLE=RECIPE"),
     (["--steps", "0"], "--steps must be > 0, got 0"),
     (["--d-model", "30", "--heads", "4"], "--d-model 30 must be a multiple of "
      "--heads 4"),

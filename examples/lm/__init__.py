@@ -8,9 +8,11 @@ Laid out like flax's ``examples/lm1b`` so that each part reads on its own:
 - ``sharding``: the (data, fsdp, tensor) mesh and the parameters' specs;
 - ``metrics``: the per-recipe JSON-lines files, written and read (``Run``);
 - ``train``: optimizer, train and eval steps, checkpoints, the training loop;
-- ``report``: the summary table and the plots.
+- ``report``: the summary table and the plots;
+- ``study``: the paired multi-seed study (``examples/study.py``): runs
+  seeds x recipes, and its table of loss ratios to BF16 with error bars.
 
 Importing any of them leaves matplotlib alone (not imported, backend
 unchanged); ``report`` draws on ``matplotlib.figure.Figure`` only when asked.
-``examples/train_lm.py`` is the command line.
+``examples/train_lm.py`` and ``examples/study.py`` are the command lines.
 """

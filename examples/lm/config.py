@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 
 import mor_jax
+from mor_jax import report as mor_report
 
 _E4M3 = mor_jax.E4M3
 EXECUTIONS = ("auto", "fp8", "emulate")  # mor_jax.Policy.execution
@@ -34,6 +37,43 @@ RECIPES: dict[str, tuple[str, mor_jax.Policy]] = {
                  mor_jax.Policy.uniform(
                      mor_jax.SubTensorMoR(mode="three_way"))),
 }
+
+
+# A recipe name may switch roles to another recipe's quantizer, for ablations:
+# "mor_channel+gradient=bf16" is mor_channel with BF16 output gradients. "+"
+# and "=" rather than "/": the name is also a file name (<recipe>.jsonl).
+ABLATION_SEP = "+"
+
+
+def parse_recipe(name: str) -> tuple[str, dict[str, str]]:
+  """'mor_channel+gradient=bf16' -> ('mor_channel', {'gradient': 'bf16'}).
+
+  Raises:
+    ValueError: naming what is wrong: an unknown recipe or role, a role
+      given twice, a part without '='.
+  """
+  base, *parts = name.split(ABLATION_SEP)
+  if base not in RECIPES:
+    raise ValueError(f"unknown recipe {base!r}; choose from "
+                     f"{', '.join(RECIPES)}.")
+  swaps: dict[str, str] = {}
+  for part in parts:
+    role, eq, other = part.partition("=")
+    if not eq or role not in mor_report.ROLES or other not in RECIPES:
+      raise ValueError(
+          f"{name!r}: {part!r} must be ROLE=RECIPE, ROLE one of "
+          f"{', '.join(mor_report.ROLES)}, RECIPE one of {', '.join(RECIPES)}.")
+    if role in swaps:
+      raise ValueError(f"{name!r}: role {role!r} given twice.")
+    swaps[role] = other
+  return base, swaps
+
+
+def describe(name: str) -> str:
+  """The recipe's description; for an ablation, the base's and the swaps."""
+  base, swaps = parse_recipe(name)
+  return RECIPES[base][0] + "".join(f"; {role} as {other}"
+                                    for role, other in swaps.items())
 
 
 def flag(name: str) -> str:
@@ -74,6 +114,13 @@ class Config:
   profile_steps: int = _opt(0, "trace the first N steps with jax.profiler "
                             "into <out>/<recipe>_profile (benchmarks/"
                             "profile.py --trace sums its kernels)")
+  outlier_channels: int = _opt(
+      0, "stress test: in every QKV and FC1 GEMM this many input channels "
+      "multiplied by --outlier-scale and the kernel's rows divided by it: "
+      "the same function, BF16 bit for bit, but outlier features for FP8 "
+      "(0: none)")
+  outlier_scale: float = _opt(262144.0, "the factor of --outlier-channels, "
+                              "a power of two (default 2^18)")
 
   def __post_init__(self):
     if self.execution not in EXECUTIONS:
@@ -83,7 +130,7 @@ class Config:
       raise ValueError(f"--attention must be one of {', '.join(ATTENTIONS)}, "
                        f"got {self.attention!r}.")
     may_be_zero = ("seed", "warmup", "weight_decay", "min_lr_ratio",
-                   "profile_steps")
+                   "profile_steps", "outlier_channels")
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
       if isinstance(value, str):
@@ -97,6 +144,12 @@ class Config:
     if self.d_model % self.heads:
       raise ValueError(f"--d-model {self.d_model} must be a multiple of "
                        f"--heads {self.heads}.")
+    if math.frexp(self.outlier_scale)[0] != 0.5:
+      raise ValueError("--outlier-scale must be a power of two (so that BF16 "
+                       f"is unchanged), got {self.outlier_scale}.")
+    if self.outlier_channels > self.d_model:
+      raise ValueError(f"--outlier-channels {self.outlier_channels} must be <= "
+                       f"--d-model {self.d_model}.")
     if self.stats_every % self.log_every:
       raise ValueError(f"--stats-every {self.stats_every} must be a multiple "
                        f"of --log-every {self.log_every}.")
@@ -105,6 +158,10 @@ class Config:
 PRESETS = {
     # About 1 minute per recipe on 2 CPU cores.
     "demo": (Config(), ("bf16", "mor_channel", "fp8_tensor")),
+    # The demo with 4 of the 64 input channels of QKV and FC1 2^18 times the
+    # rest (BF16 unchanged, bit for bit): per-tensor E4M3 flushes the rest.
+    "stress": (Config(outlier_channels=4, outlier_scale=2.0**18),
+               ("bf16", "fp8_tensor", "mor_channel")),
     # 57M parameters, 8,192 tokens per step.
     "gpu": (Config(layers=8, d_model=768, heads=12, d_ff=3072, seq_len=256,
                    batch=32, steps=2000, lr=1e-3, warmup=100, val_batches=32,
@@ -123,5 +180,47 @@ PRESETS = {
 
 
 def policy(recipe: str, cfg: Config) -> mor_jax.Policy:
-  """The recipe's Policy, with the configured execution."""
-  return dataclasses.replace(RECIPES[recipe][1], execution=cfg.execution)
+  """The recipe's Policy (``parse_recipe``), with the configured execution.
+
+  An ablation's swapped roles take the other recipe's quantizer for that
+  role ("bf16": ``mor_jax.NoQuant``).
+  """
+  base, swaps = parse_recipe(recipe)
+  return dataclasses.replace(
+      RECIPES[base][1], execution=cfg.execution,
+      **{role: getattr(RECIPES[other][1], role)
+         for role, other in swaps.items()})
+
+
+def recipe_list(text: str) -> tuple[str, ...]:
+  """--recipes: comma-separated names (``parse_recipe``), or 'all'."""
+  names = tuple(RECIPES) if text == "all" else tuple(
+      n.strip() for n in text.split(",") if n.strip())
+  if not names:
+    raise argparse.ArgumentTypeError("no recipe given.")
+  for n in names:
+    try:
+      parse_recipe(n)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from None
+  return names
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+  """A flag per ``Config`` field, None unless given (the preset's then)."""
+  group = parser.add_argument_group("settings (override the preset)")
+  for f in dataclasses.fields(Config):
+    group.add_argument(f"--{flag(f.name)}", type=type(f.default),
+                       default=None, metavar=f.name.upper(),
+                       help=f.metadata["help"])
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+  """``args.preset``'s Config with the flags ``add_config_flags`` gave."""
+  base, _ = PRESETS[args.preset]
+  overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+               if getattr(args, f.name) is not None}
+  try:
+    return dataclasses.replace(base, **overrides)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from mor_jax import report as mor_report
 
-from .config import RECIPES
+from .config import RECIPES, parse_recipe
 from .sharding import format_mesh
 
 ROLES = mor_report.ROLES
@@ -141,14 +141,22 @@ def metrics_files(directory: pathlib.Path) -> list[pathlib.Path]:
 
 
 def load_runs(directory: pathlib.Path) -> list[Run]:
-  """Every metrics file in ``directory`` (``metrics_files``), in ``RECIPES`` order."""
+  """Every metrics file in ``directory`` (``metrics_files``), in ``RECIPES``
+  order, each recipe's ablations after it."""
   if not directory.is_dir():
     raise SystemExit(f"error: {directory} is not a directory.")
   runs = [Run.load(p) for p in metrics_files(directory)]
   if not runs:
     raise SystemExit(f"error: no *.jsonl or *.jsonl.gz metrics files in "
                      f"{directory}.")
+  return sorted(runs, key=lambda r: recipe_order(r.recipe))
+
+
+def recipe_order(recipe: str) -> tuple[int, str]:
+  """A sort key: ``RECIPES`` order of the base recipe, then the name."""
   order = list(RECIPES)
-  return sorted(runs, key=lambda r: (order.index(r.recipe)
-                                     if r.recipe in order else len(order),
-                                     r.recipe))
+  try:
+    base = parse_recipe(recipe)[0]
+  except ValueError:  # A recipe of another version of this file.
+    return len(order), recipe
+  return order.index(base), recipe

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -24,19 +25,54 @@ from .config import Config
 VOCAB = 256  # Bytes are the tokens.
 
 
+def outlier_gain(cfg: Config) -> np.ndarray:
+  """[d_model] factors: ``cfg.outlier_channels`` evenly spaced channels at
+  ``cfg.outlier_scale``, the others 1."""
+  gain = np.ones(cfg.d_model, np.float32)
+  channels = np.linspace(0, cfg.d_model, cfg.outlier_channels,
+                         endpoint=False).astype(np.int64)
+  gain[channels] = cfg.outlier_scale
+  return gain
+
+
+def with_outliers(gain: np.ndarray) -> Callable[..., tuple]:
+  """A ``promote_dtype`` for MoRDense that gives its GEMM outlier features.
+
+  The inputs' channels are multiplied by ``gain`` and the kernel's matching
+  rows divided by it: X W = (X g)(W / g), so the layer computes the same
+  function, and with power-of-two gains in BF16 the same bits, while the
+  GEMM's operands hold a few channels far larger (X) and rows far smaller
+  (W) than the rest, as the outlier features of large language models do.
+  A per-tensor or per-row scale has to fit the outliers and flushes the
+  rest towards zero.
+  """
+  def promote(inputs, kernel, bias, *, dtype=None):
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias,
+                                                   dtype=dtype)
+    g = jnp.asarray(gain, inputs.dtype)
+    return inputs * g, kernel / g[:, None], bias
+  return promote
+
+
 def mor_linear(cfg: Config, policy: mor_jax.Policy, features: int, *,
-               name: str, residual: bool = False) -> MoRDense:
+               name: str, residual: bool = False,
+               outliers: bool = False) -> MoRDense:
   """A MoRDense with BF16 compute, float32 parameters and GPT-2 initialisation.
 
   Projections into the residual stream (``residual``) start scaled down by
   sqrt(2 * layers) so that the stream's variance does not grow with depth.
+  With ``outliers`` and ``cfg.outlier_channels`` its GEMM gets the stress
+  test's outlier features (``with_outliers``).
   """
   std = 0.02 / math.sqrt(2 * cfg.layers) if residual else 0.02
+  promote = (with_outliers(outlier_gain(cfg))
+             if outliers and cfg.outlier_channels else
+             nn.dtypes.promote_dtype)
   return MoRDense(features, policy=policy, use_bias=True, dtype=jnp.bfloat16,
                   param_dtype=jnp.float32,
                   kernel_init=nn.initializers.normal(std),
                   bias_init=nn.initializers.zeros_init(), precision=None,
-                  name=name)
+                  promote_dtype=promote, name=name)
 
 
 class Attention(nn.Module):
@@ -49,7 +85,8 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
     heads = self.cfg.heads
-    qkv = mor_linear(self.cfg, self.policy, 3 * d, name="qkv")(x)
+    qkv = mor_linear(self.cfg, self.policy, 3 * d, name="qkv",
+                     outliers=True)(x)
     qkv = qkv.reshape(b, t, 3, heads, d // heads)
     # Named, never None: jax would pick cuDNN's fused attention where it
     # can, whose backward pass is not bit-reproducible.
@@ -68,8 +105,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.gelu(mor_linear(self.cfg, self.policy, self.cfg.d_ff,
-                           name="fc1")(x))
+    h = nn.gelu(mor_linear(self.cfg, self.policy, self.cfg.d_ff, name="fc1",
+                           outliers=True)(x))
     return mor_linear(self.cfg, self.policy, x.shape[-1], name="fc2",
                       residual=True)(h)
 

@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 import mor_jax
 from mor_jax.dense import flatten_stats
 
-from .config import RECIPES, Config, policy
+from .config import Config, describe, policy
 from .data import Corpus, sample_batch, validation_windows
 from .metrics import Writer, read_jsonl
 from .model import Transformer, count_params, flops_per_step
@@ -159,7 +159,7 @@ def run_header(recipe: str, cfg: Config, corpus: Corpus, n_params: int,
                mesh_shape: dict[str, int] | None) -> dict[str, Any]:
   """The first row of a metrics file: what the run is and where it ran."""
   return dict(
-      kind="config", recipe=recipe, description=RECIPES[recipe][0],
+      kind="config", recipe=recipe, description=describe(recipe),
       policy=repr(policy(recipe, cfg)), config=dataclasses.asdict(cfg),
       corpus=corpus.describe(), params=n_params,
       tokens_per_step=cfg.batch * cfg.seq_len,
@@ -399,6 +399,18 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
   return state, step, train_s
 
 
+def initial_variables(model: Transformer, cfg: Config):
+  """(params, probes, data key) of ``cfg.seed``.
+
+  The parameters and the key of the batches depend on the seed alone, not on
+  the model's policy: every recipe starts from the same parameters and sees
+  the same batches (``sample_batch`` by the key and the step).
+  """
+  init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
+  variables = model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32))
+  return variables["params"], variables["mor_grads"], data_key
+
+
 def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
                  *, deadline: float = math.inf, progress: bool = True,
                  mesh_shape: dict[str, int] | None = None) -> bool:
@@ -416,7 +428,7 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
   process 0 writes, and ``deadline`` must stay infinite.
 
   Args:
-    recipe: a key of ``RECIPES``.
+    recipe: a key of ``RECIPES``, or an ablation of one (``parse_recipe``).
     cfg: the settings.
     corpus: the data.
     out: the output directory (created if missing).
@@ -431,9 +443,7 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
   out.mkdir(parents=True, exist_ok=True)
   model = Transformer(cfg, policy(recipe, cfg))
   tx, schedule = make_optimizer(cfg)
-  init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
-  variables = model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32))
-  params, probes = variables["params"], variables["mor_grads"]
+  params, probes, data_key = initial_variables(model, cfg)
   state = TrainState(jnp.int32(0), params, tx.init(params))
   header = run_header(recipe, cfg, corpus, count_params(params), mesh_shape)
   state, start, writer = open_run(out, recipe, state, header)
