@@ -74,6 +74,17 @@ def dense_layer(kind: str, n: int):
                   **kw)
 
 
+def dense_step(layer, x):
+  """(the layer's variables, its jitted forward and backward step on x)."""
+  v = layer.init(jax.random.key(1), x[:8])
+
+  def loss(v, x):
+    y = layer.apply(v, x, mutable=True)[0]
+    return jnp.sum(y.astype(jnp.float32) ** 2) * 1e-6
+
+  return v, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
 def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
                 **note) -> None:
@@ -82,13 +93,7 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
     base = None
     for kind in kinds:
       layer = dense_layer(kind, n)
-      v = layer.init(jax.random.key(1), x[:8])
-
-      def loss(v, x, layer=layer):
-        y = layer.apply(v, x, mutable=True)[0]
-        return jnp.sum(y.astype(jnp.float32) ** 2) * 1e-6
-
-      step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+      v, step = dense_step(layer, x)
       t = timed(step, v, x, iters=iters)
       if kind == "bf16":
         base = t
@@ -150,6 +155,13 @@ DUAL_VARIANTS = ((16, 128, 16, 4, 2), (64, 128, 1, 4, 1), (8, 128, 32, 4, 2),
                  (8, 256, 32, 4, 2), (16, 128, 16, 8, 2), (32, 128, 8, 4, 2))
 
 
+def dual_passes(v, dual):
+  """Both dual passes of v; fp32 scaling (F / amax) is enough to time them."""
+  rows, cols = (mor_jax.E4M3.max / jnp.maximum(st.amax[:, 0], 1e-30)
+                for st in dual.stats(v))
+  return dual.codes(v, rows, cols, mor_jax.E4M3)
+
+
 def bench_dual(iters: int) -> None:
   m, k = 16384, 8192
   x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
@@ -157,19 +169,14 @@ def bench_dual(iters: int) -> None:
   say(bench="dual", case="xla_copy", ms=round(copy * 1e3, 3),
       gbps=round(4 * x.size / copy / 1e9))
 
-  def passes(v, dual):
-    # fp32 scaling (F / amax) is enough to time the passes.
-    rows, cols = (mor_jax.E4M3.max / jnp.maximum(st.amax[:, 0], 1e-30)
-                  for st in dual.stats(v))
-    return dual.codes(v, rows, cols, mor_jax.E4M3)
-
   best = None
   for tr, tc, steps, warps, stages in DUAL_VARIANTS:
     tiling = kernels.PassTiling(tile_rows=tr, tile_cols=tc, row_steps=steps,
                                 num_warps=warps, num_stages=stages)
     cfg = kernels.DualConfig(stats=tiling, codes=tiling)
     dual = kernels.dual.PallasDual(cfg, jax.default_backend() != "gpu")
-    t = timed(jax.jit(functools.partial(passes, dual=dual)), x, iters=iters)
+    t = timed(jax.jit(functools.partial(dual_passes, dual=dual)), x,
+              iters=iters)
     t1 = timed(jax.jit(dual.stats), x, iters=iters)
     say(bench="dual", case=dataclasses.asdict(tiling), ms=round(t * 1e3, 3),
         gbps_at_6B=round(6 * x.size / t / 1e9), stats_ms=round(t1 * 1e3, 3))

@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 from jax.profiler import ProfileData
 
-import mor_jax
 from mor_jax import kernels
 # benchmarks/gemm.py, beside this script.
-from gemm import DUAL_VARIANTS, TN, _codes, dense_layer, rel
+from gemm import (DUAL_VARIANTS, TN, _codes, dense_layer, dense_step,
+                  dual_passes, rel)
 
 
 def device_kernels(trace_dir: str) -> list[tuple[str, float, float]]:
@@ -171,18 +171,13 @@ def sweep_dual(shape, calls: int) -> None:
   print(json.dumps(dict(sweep="dual", shape=[m, k], case="xla_copy",
                         ms=per_call_ms(got[0], calls))), flush=True)
 
-  def passes(v, dual):
-    rows, cols = (mor_jax.E4M3.max / jnp.maximum(st.amax[:, 0], 1e-30)
-                  for st in dual.stats(v))
-    return dual.codes(v, rows, cols, mor_jax.E4M3)
-
   for tr, tc, steps, warps, stages in DUAL_VARIANTS + MORE_DUAL_VARIANTS:
     tiling = kernels.PassTiling(tile_rows=tr, tile_cols=tc, row_steps=steps,
                                 num_warps=warps, num_stages=stages)
     cfg = kernels.DualConfig(stats=tiling, codes=tiling)
     dual = kernels.dual.PallasDual(cfg, False)
-    times, _ = kernel_times(jax.jit(functools.partial(passes, dual=dual)), x,
-                            calls=calls)
+    fn = jax.jit(functools.partial(dual_passes, dual=dual))
+    times, _ = kernel_times(fn, x, calls=calls)
     print(json.dumps(dict(
         sweep="dual", shape=[m, k], case=dataclasses.asdict(tiling),
         stats_ms=per_call_ms(times, calls, "mor_dual_stats"),
@@ -193,14 +188,7 @@ def sweep_dual(shape, calls: int) -> None:
 def profile(kind: str, shape, steps: int, top: int) -> None:
   m, k, n = shape
   x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
-  layer = dense_layer(kind, n)
-  v = layer.init(jax.random.key(1), x[:8])
-
-  def loss(v, x):
-    y = layer.apply(v, x, mutable=True)[0]
-    return jnp.sum(y.astype(jnp.float32) ** 2) * 1e-6
-
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  v, step = dense_step(dense_layer(kind, n), x)
   summarize(kind, kernel_times(step, v, x, calls=steps), steps, top,
             shape=list(shape))
 

@@ -313,13 +313,18 @@ def test_wide_operands(accepted, transposed, rows, k, programs, dtype):
 N_DEV = 8 if jax.default_backend() == "cpu" else 2
 
 
+def _mesh(spec: P) -> jax.sharding.Mesh:
+  """N_DEV devices on the axes ``spec`` names: "d", or "a" x "b"."""
+  axes = ("d",) if "d" in spec else ("a", "b")
+  return jax.make_mesh((N_DEV,) if axes == ("d",) else (2, N_DEV // 2), axes,
+                       devices=jax.devices()[:N_DEV],
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
 @pytest.mark.skipif(jax.device_count() < N_DEV, reason=f"needs {N_DEV} devices")
 @pytest.mark.parametrize("spec", [P("d", None), P(None, "d"), P("a", "b")])
 def test_sharded_dual_and_layer_equal_one_device(spec):
-  axes = ("d",) if "d" in spec else ("a", "b")
-  mesh = jax.make_mesh((N_DEV,) if axes == ("d",) else (2, N_DEV // 2), axes,
-                       devices=jax.devices()[:N_DEV],
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+  mesh = _mesh(spec)
   x, w = _operands((64, 128), (128, 64), jnp.bfloat16, seed=11)
   policy = _with(mor_jax.Policy(), "fp8")
   one = _run(x, w, DENSE, policy, impl="pallas")
@@ -334,10 +339,7 @@ def test_sharded_dual_and_layer_equal_one_device(spec):
 @pytest.mark.skipif(jax.device_count() < N_DEV, reason=f"needs {N_DEV} devices")
 @pytest.mark.parametrize("spec", [P("d", None), P(None, "d"), P("a", "b")])
 def test_sharded_wide_operands(spec):
-  axes = ("d",) if "d" in spec else ("a", "b")
-  mesh = jax.make_mesh((N_DEV,) if axes == ("d",) else (2, N_DEV // 2), axes,
-                       devices=jax.devices()[:N_DEV],
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+  mesh = _mesh(spec)
   a, want_a = _gemm_operand(128, 256, True, False, ml_dtypes.bfloat16,
                             ml_dtypes.float8_e4m3fn, seed=3)
   b, want_b = _gemm_operand(64, 256, False, True, ml_dtypes.bfloat16,

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 import mor_jax
 from examples import study as study_cli
@@ -32,6 +31,8 @@ from examples.lm import train as training
 from examples.lm.model import Transformer, outlier_gain
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
+
 TINY = config.Config(layers=1, d_model=32, heads=2, d_ff=64, seq_len=16,
                      batch=8, steps=4, warmup=1, log_every=2, stats_every=2,
                      eval_every=2, val_batches=2)
@@ -43,27 +44,6 @@ SEEDS = (0, 1)
 def _initial_variables(model: Transformer):
   """``initial_variables`` of TINY, jitted (faster than eager ``init``)."""
   return jax.jit(functools.partial(training.initial_variables, model, TINY))()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in saved.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def corpus():
-  """The ``email`` package of the standard library: 0.4 MB, ~30 files."""
-  return data.load_corpus(0.2, data.stdlib_root() / "email")
 
 
 @pytest.fixture(scope="module")

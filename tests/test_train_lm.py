@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec as P
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -37,33 +36,14 @@ from examples.lm.model import Transformer
 from mor_jax import report as mor_report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
+
 TINY = config.Config(layers=2, d_model=32, heads=2, d_ff=64, seq_len=16,
                      batch=8, steps=6, warmup=2, log_every=1, stats_every=1,
                      eval_every=3, val_batches=2)
 RECIPE = "mor_channel"
 MESHES = {"data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2),
           "data8": dict(data=8, fsdp=1, tensor=1)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in saved.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def corpus():
-  """The ``email`` package of the standard library: 0.4 MB, ~30 files."""
-  return data.load_corpus(0.2, data.stdlib_root() / "email")
 
 
 @pytest.fixture(scope="module")
