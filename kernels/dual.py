@@ -78,6 +78,17 @@ class DualConfig:
   (16384, 8192) bf16, kernel times from one run (``benchmarks/profile.py
   --sweep dual``, docs/benchmarks.md): statistics 0.150 ms, codes 0.419 ms,
   against 0.190 and 0.437 with one 16 x 128 x 16 tiling for both.
+
+  Examples:
+    >>> import mor_jax
+    >>> from mor_jax import kernels
+    >>> codes = kernels.PassTiling(tile_rows=32, tile_cols=64, row_steps=8)
+    >>> config = kernels.KernelConfig(dual=kernels.DualConfig(codes=codes))
+    >>> config.dual.codes.band, config.dual.stats.band  # rows per program
+    (256, 256)
+    >>> with mor_jax.use_implementation("pallas", config):
+    ...   mor_jax.implementation()
+    'pallas'
   """
 
   stats: PassTiling = PassTiling(tile_rows=8, tile_cols=256, row_steps=32,
