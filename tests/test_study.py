@@ -229,6 +229,14 @@ def test_other_settings_in_the_directory_are_refused(done_study, corpus):
                     corpus, done_study, progress=False)
 
 
+def test_a_run_killed_before_its_header_starts_afresh(corpus, tmp_path):
+  """A process killed while compiling leaves an empty metrics file."""
+  empty = tmp_path / "bf16.jsonl"
+  empty.write_text("")
+  assert metrics.read_jsonl(empty) == []
+  assert not study.is_complete(empty, TINY, corpus)
+
+
 def test_a_stopped_study_continues_where_it_stopped(done_study, corpus,
                                                     tmp_path):
   said = []

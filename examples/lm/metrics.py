@@ -57,6 +57,8 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
       lines = f.read().splitlines()
   else:
     lines = path.read_text(encoding="utf-8").splitlines()
+  if not lines:  # A run killed before its header was written.
+    return []
   rows = [json.loads(line) for line in lines[:-1]]
   try:
     rows.append(json.loads(lines[-1]))
