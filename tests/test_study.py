@@ -192,6 +192,19 @@ def test_study_table_from_the_runs(done_study):
   np.testing.assert_allclose(got["mean_ratio"], np.mean(ratios), rtol=1e-12)
   np.testing.assert_allclose(got["stderr"],
                              np.std(ratios, ddof=1) / np.sqrt(2), rtol=1e-12)
+  # The training-loss ratio: the mean loss of the last 5% of steps (at least
+  # one), computed here from the logged rows.
+  tail = max(1, TINY.steps // 20)
+  train = [np.mean(runs[s][GRAD].train["loss"][-tail:])
+           / np.mean(runs[s]["bf16"].train["loss"][-tail:]) for s in SEEDS]
+  np.testing.assert_allclose(
+      [got["seeds"][str(s)]["train_ratio"] for s in SEEDS], train, rtol=1e-12)
+  np.testing.assert_allclose(got["train_ratio"]["mean"], np.mean(train),
+                             rtol=1e-12)
+  half = 12.706204736 * np.std(train, ddof=1) / np.sqrt(2)  # t(0.975, 1)
+  np.testing.assert_allclose(got["train_ratio"]["interval"],
+                             [np.mean(train) - half, np.mean(train) + half],
+                             rtol=1e-6)
   # Only gradients are quantized: shares for that role alone.
   assert list(got["e4m3"]) == ["gradient"]
   shares = [np.mean([v for k, v in runs[s][GRAD].stats.items()
@@ -204,7 +217,8 @@ def test_study_table_from_the_runs(done_study):
   assert numbers["config"]["steps"] == TINY.steps
   header, _, bf16, grad = text.splitlines()[:4]
   for column in ("seed 0", "seed 1", "mean ratio", "std error",
-                 "95% interval", "within 0.5%", "E4M3 gradient"):
+                 "95% interval", "within 0.5%", "train ratio",
+                 "E4M3 gradient"):
     assert column in header
   assert bf16.startswith("| bf16 ") and grad.startswith(f"| {GRAD} ")
   assert f"{ratios[1]:.4f}" in grad

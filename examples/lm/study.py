@@ -212,14 +212,21 @@ def study(out: pathlib.Path, tolerance: float = TOLERANCE,
       if recipe in runs and BASELINE in runs:
         val, base = runs[recipe].final_val_loss(), runs[BASELINE].final_val_loss()
         per_seed[s] = {"val_loss": val, "bf16_val_loss": base,
-                       "ratio": val / base, "e4m3": e4m3_shares(runs[recipe])}
+                       "ratio": val / base, "e4m3": e4m3_shares(runs[recipe]),
+                       "train_ratio": (runs[recipe].final_train_loss()
+                                       / runs[BASELINE].final_train_loss())}
     est = Estimate.of([v["ratio"] for v in per_seed.values()], level)
+    train = Estimate.of([v["train_ratio"] for v in per_seed.values()], level)
     shares = {role: float(np.mean([v["e4m3"][role] for v in per_seed.values()]))
               for role in ROLES if all(role in v["e4m3"]
                                        for v in per_seed.values())}
     result[recipe] = {
         "seeds": per_seed, "mean_ratio": est.mean, "stderr": est.stderr,
         "interval": [est.low, est.high], "verdict": est.verdict(tolerance),
+        # Second evidence, from every step's batch rather than one
+        # evaluation: the mean training loss over the last 5% of steps.
+        "train_ratio": {"mean": train.mean, "interval": [train.low,
+                                                         train.high]},
         "mean_val_loss": float(np.mean([v["val_loss"]
                                         for v in per_seed.values()])),
         "e4m3": shares}
@@ -270,6 +277,9 @@ def table_rows(numbers: dict[str, Any]) -> list[dict[str, str]]:
     row[f"{numbers['level']:.0%} interval"] = (
         "-" if baseline or math.isnan(lo) else f"[{lo:.4f}, {hi:.4f}]")
     row[f"within {numbers['tolerance']:.1%}"] = "-" if baseline else r["verdict"]
+    t, (tlo, thi) = r["train_ratio"]["mean"], r["train_ratio"]["interval"]
+    row["train ratio"] = ("-" if baseline else f"{t:.4f}" if math.isnan(tlo)
+                          else f"{t:.4f} [{tlo:.4f}, {thi:.4f}]")
     for role in ROLES:
       row[f"E4M3 {role}"] = (f"{r['e4m3'][role]:.1%}" if role in r["e4m3"]
                              else "-")
@@ -346,7 +356,9 @@ def analyse(out: pathlib.Path, *, seed_reports: bool = True) -> str:
       f"would tell); mean above = the mean is above {1 + tol:g}, the lower "
       "end not; no = the whole interval is above. E4M3: share of "
       "quantizations (tensors, or blocks for sub-tensor recipes) in E4M3, "
-      "over layers, both GEMMs of the role, logged steps and seeds.",
+      "over layers, both GEMMs of the role, logged steps and seeds. train "
+      "ratio: the same paired ratio of the mean training loss over the last "
+      f"5% of steps, its mean and {level:.0%} interval.",
       f"{numbers['baseline']} itself: seed-to-seed standard deviation of the "
       f"final val loss {numbers['bf16_seed_spread']:.2%} of its mean.",
   ]
