@@ -284,7 +284,8 @@ def plot_fp8_share(runs: Mapping[str, tuple[Any, Mapping[str, Any]]],
     ax.set_xlabel("step")
     ax.set_ylim(-2, 102)
   axes[0].set_ylabel("quantizations in E4M3 (%)")
-  axes[-1].legend()
+  if axes[-1].get_legend_handles_labels()[0]:  # None for BF16-only runs.
+    axes[-1].legend()
   _save(fig, path)
 
 

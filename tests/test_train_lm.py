@@ -155,6 +155,21 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_located(corpus):
   assert len(layer0) == 8 and not any(layer0)
 
 
+def test_dense_recipe_is_bf16_without_statistics(corpus, tmp_path):
+  """The speed baseline: no MoR statistics, bf16's losses bit for bit."""
+  runs = {}
+  for recipe in ("bf16", config.PLAIN):
+    assert training.train_recipe(recipe, TINY, corpus, tmp_path,
+                                 progress=False)
+    runs[recipe] = metrics.Run.load(tmp_path / f"{recipe}.jsonl")
+  bf16, dense = runs["bf16"], runs[config.PLAIN]
+  np.testing.assert_array_equal(dense.train["loss"], bf16.train["loss"])
+  np.testing.assert_array_equal(dense.val["loss"], bf16.val["loss"])
+  assert bf16.stats and not dense.stats
+  report.report(tmp_path)
+  assert (tmp_path / "summary.md").read_text().count("| dense ") == 1
+
+
 def test_corpus_split_is_by_file_and_deterministic(tmp_path):
   a, b = data.load_corpus(0.05), data.load_corpus(0.05)
   assert (a.train_files, a.val_files, a.fingerprint) == (
@@ -269,6 +284,8 @@ def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--recipes", "bf16,foo"], "unknown recipe 'foo'"),
     (["--recipes", "mor_channel+grad=bf16"], "'grad=bf16' must be ROLE=RECIPE"),
+    (["--recipes", "dense+gradient=bf16"], "'dense' has no roles to swap"),
+    (["--recipes", "mor_channel+weight=dense"], "'dense' has no roles to swap"),
     (["--steps", "0"], "--steps must be > 0, got 0"),
     (["--d-model", "30", "--heads", "4"], "--d-model 30 must be a multiple of "
      "--heads 4"),

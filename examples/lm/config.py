@@ -14,9 +14,14 @@ EXECUTIONS = ("auto", "fp8", "emulate")  # mor_jax.Policy.execution
 # jax.nn.dot_product_attention's implementations: "xla" everywhere and
 # deterministic; "cudnn" (GPUs) fused, without the [T, T] scores in memory.
 ATTENTIONS = ("xla", "cudnn")
-RECIPES: dict[str, tuple[str, mor_jax.Policy]] = {
+RECIPES: dict[str, tuple[str, mor_jax.Policy | None]] = {
     "bf16": ("BF16 GEMMs (NoQuant), the baseline",
              mor_jax.Policy.uniform(mor_jax.NoQuant())),
+    # MoRDense(policy=None) is lax.dot_general: bf16's numbers bit for bit,
+    # without the statistics NoQuant still takes (amax, dynamic range, NaN
+    # and Inf counts): the speed baseline, as nn.Dense would run.
+    "dense": ("BF16 GEMMs without MoR statistics (plain lax.dot_general), the "
+              "speed baseline", None),
     "fp8_tensor": (
         "E4M3 per-tensor current scaling (fp32 scale), no fallback: "
         "Static falls back to BF16 only on a tensor holding NaN/Inf",
@@ -38,6 +43,8 @@ RECIPES: dict[str, tuple[str, mor_jax.Policy]] = {
                      mor_jax.SubTensorMoR(mode="three_way"))),
 }
 
+
+PLAIN = "dense"  # The recipe without MoR.
 
 # A recipe name may switch roles to another recipe's quantizer, for ablations:
 # "mor_channel+gradient=bf16" is mor_channel with BF16 output gradients. "+"
@@ -65,6 +72,8 @@ def parse_recipe(name: str) -> tuple[str, dict[str, str]]:
           f"{', '.join(mor_report.ROLES)}, RECIPE one of {', '.join(RECIPES)}.")
     if role in swaps:
       raise ValueError(f"{name!r}: role {role!r} given twice.")
+    if RECIPES[base][1] is None or RECIPES[other][1] is None:
+      raise ValueError(f"{name!r}: {PLAIN!r} has no roles to swap.")
     swaps[role] = other
   return base, swaps
 
@@ -179,13 +188,15 @@ PRESETS = {
 }
 
 
-def policy(recipe: str, cfg: Config) -> mor_jax.Policy:
+def policy(recipe: str, cfg: Config) -> mor_jax.Policy | None:
   """The recipe's Policy (``parse_recipe``), with the configured execution.
 
   An ablation's swapped roles take the other recipe's quantizer for that
-  role ("bf16": ``mor_jax.NoQuant``).
+  role ("bf16": ``mor_jax.NoQuant``). None for ``PLAIN``: no MoR at all.
   """
   base, swaps = parse_recipe(recipe)
+  if RECIPES[base][1] is None:
+    return None
   return dataclasses.replace(
       RECIPES[base][1], execution=cfg.execution,
       **{role: getattr(RECIPES[other][1], role)

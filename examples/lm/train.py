@@ -88,12 +88,12 @@ def loss_and_grads(model: Transformer, params, probes, batch: jax.Array):
   def loss_fn(params, probes):
     logits, mutated = model.apply({"params": params, "mor_grads": probes},
                                   batch[:, :-1], mutable=["mor_stats"])
-    return cross_entropy(logits, batch[:, 1:]), mutated["mor_stats"]
+    return cross_entropy(logits, batch[:, 1:]), mutated.get("mor_stats", {})
 
   (loss, fwd), (grads, g_probes) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(params, probes)
   return (loss, grads, flatten_stats(fwd, g_probes),
-          mor_jax.summarize(fwd, g_probes))
+          mor_jax.summarize(fwd, g_probes) if probes else {})
 
 
 def train_step(model: Transformer, tx: optax.GradientTransformation,
@@ -124,7 +124,8 @@ def train_step(model: Transformer, tx: optax.GradientTransformation,
   scalars = jnp.stack([loss, schedule(state.step), optax.tree.norm(grads),
                        skipped])
   # One stacked vector rather than thousands of scalar outputs per step.
-  stats = jnp.stack([stats[k] for k in sorted(stats)])
+  stats = (jnp.stack([stats[k] for k in sorted(stats)]) if stats
+           else jnp.zeros((0,), jnp.float32))
   return TrainState(state.step + 1, params, opt_state), scalars, stats, summary
 
 
@@ -331,7 +332,7 @@ def _write_window(writer: Writer, fetched, window_s: float,
     writer.write(kind="train", step=s, loss=float(loss), lr=float(lr),
                  grad_norm=float(gnorm), step_time=window_s / len(fetched),
                  skipped=bool(skipped))
-    if st is not None:
+    if st is not None and names:  # No statistics without MoR ("dense").
       writer.write(kind="stats", step=s, stats=dict(zip(names, map(float, st))),
                    summary=summary.as_dict())
 
@@ -408,7 +409,8 @@ def initial_variables(model: Transformer, cfg: Config):
   """
   init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
   variables = model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32))
-  return variables["params"], variables["mor_grads"], data_key
+  # No "mor_grads" (nor "mor_stats") without MoR: the "dense" recipe.
+  return variables["params"], variables.get("mor_grads", {}), data_key
 
 
 def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
