@@ -18,7 +18,13 @@ Three measurements, each against its ceiling and peers in the same process:
    (kernels/dual.py) on a (16384, 8192) bf16 X, for several tilings,
    against an XLA copy (the bandwidth ceiling), and the dense layer of 1.
    with the fastest tiling against the default.
-4. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
+4. ``block``: the block-scaled GEMM (kernels/block_gemm.py) at (16384,
+   8192, 8192) in bf16, X and W in 128x128 E4M3 blocks with 0%, 10%, 50%
+   and 100% of X's blocks in BF16 (so as many block pairs run wide),
+   against cuBLAS BF16 and the per-channel FP8 kernel (kernels/gemm.py) in
+   the same run: ms, ratio to BF16, and the relative Frobenius difference
+   from the twin ``block_gemm_reference`` (float32, precision HIGHEST).
+5. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
    the previous output (the cost of choosing at run time): XLA's FP8 dot
    unconditionally, inside ``lax.cond``, and the kernel with its device-side
    choice (alone, and with the BF16-path operand writers that return at
@@ -47,6 +53,7 @@ from flax.linen import fp8_ops
 import mor_jax
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
+from mor_jax.kernels import block_gemm
 from timing import timed  # benchmarks/timing.py, beside this script
 
 TN = (((1,), (1,)), ((), ()))
@@ -148,6 +155,41 @@ def bench_gemm(iters: int) -> None:
         rel_frobenius=rel(fn(), ref))
 
 
+def _blocks(x, bf16_share: float, seed: int):
+  """x's 128x128 E4M3 blocks, a random ``bf16_share`` of them BF16."""
+  qa = mor_jax.quantize(x, mor_jax.E4M3, block_shape=(128, 128))
+  rep = jax.random.bernoulli(jax.random.key(seed), bf16_share, qa.scale.shape)
+  rep = jnp.where(rep, block_gemm.REP_BF16, block_gemm.REP_E4M3)
+  return block_gemm.BlockOperand(qa.data, 1.0 / qa.scale, rep, x)
+
+
+def bench_block(iters: int) -> None:
+  m, k, n = 16384, 8192, 8192
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
+  a8, ra = jax.jit(_codes)(a)
+  b8, rb = jax.jit(_codes)(b)
+  t_bf16 = timed(jax.jit(lambda: jax.lax.dot_general(
+      a, b, TN, preferred_element_type=jnp.bfloat16)), iters=iters)
+  t_chan = timed(jax.jit(lambda: kernels.gemm.gemm(
+      True, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16,
+      config=kernels.GemmConfig())), iters=iters)
+  for case, t in (("cublas_bf16", t_bf16), ("per_channel_fp8", t_chan)):
+    say(bench="block", case=case, ms=round(t * 1e3, 3),
+        vs_bf16=round(t / t_bf16, 3), tflops=round(2 * m * n * k / t / 1e12, 1))
+  wb = jax.jit(_blocks, static_argnums=(1, 2))(b, 0.0, 2)
+  for share in (0.0, 0.1, 0.5, 1.0):
+    wa = jax.jit(_blocks, static_argnums=(1, 2))(a, share, 3)
+    fn = functools.partial(block_gemm.block_gemm, out_dtype=jnp.bfloat16)
+    t = timed(fn, wa, wb, iters=iters)
+    want = block_gemm.block_gemm_reference(
+        wa, wb, out_dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+    say(bench="block", case="block_kernel", bf16_blocks=share,
+        bf16_pairs=round(float(jnp.mean(wa.rep == block_gemm.REP_BF16)), 4),
+        ms=round(t * 1e3, 3), vs_bf16=round(t / t_bf16, 3),
+        tflops=round(2 * m * n * k / t / 1e12, 1), rel_frobenius=rel(fn(wa, wb), want))
+
+
 # Tilings of the dual passes: (tile_rows, tile_cols, row_steps, warps,
 # stages); the default first.
 DUAL_VARIANTS = ((16, 128, 16, 4, 2), (64, 128, 1, 4, 1), (8, 128, 32, 4, 2),
@@ -233,7 +275,8 @@ def bench_chain(iters: int) -> None:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--only", choices=("dense", "gemm", "dual", "chain"),
+  ap.add_argument("--only",
+                  choices=("dense", "gemm", "dual", "block", "chain"),
                   default=None)
   ap.add_argument("--iters", type=int, default=10)
   ap.add_argument("--dense-shapes", default="16384x8192x8192,16384x8192x28672")
@@ -251,6 +294,8 @@ def main() -> None:
     bench_gemm(args.iters)
   if args.only in (None, "dual"):
     bench_dual(args.iters)
+  if args.only in (None, "block"):
+    bench_block(args.iters)
   if args.only in (None, "chain"):
     bench_chain(args.iters)
   if args.only in (None, "dense"):

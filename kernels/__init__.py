@@ -12,6 +12,9 @@ reference; ``mor_jax._dispatch`` is the only place that calls them.
 - ``wide``: both operands of a GEMM's BF16 path, written in one launch only
   when it falls back (Triton).
 - ``gemm``: the FP8 GEMM that falls back to BF16 on the device (Mosaic GPU).
+- ``block_gemm``: a GEMM of 128x128 blocks (or 1x128 tiles) each in FP8 or
+  BF16, as sub-tensor MoR chose (Mosaic GPU); a prototype, not yet called by
+  the Policy.
 - ``sharding``: the kernels per shard under ``jit`` (custom_partitioning).
 - ``KernelConfig``: their tuning, a hashable value that is part of every
   cache key, so two tunings never share a compiled kernel.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mor_jax.kernels import block_gemm as block_gemm
 from mor_jax.kernels import dual as dual
 from mor_jax.kernels import gemm as gemm
 from mor_jax.kernels import quantize as quantize

@@ -46,8 +46,8 @@ TN = (((1,), (1,)), ((), ()))
 # The compute warpgroups of a block split its N extent.
 _COMPUTE_WGS = 2
 # Shared memory of an H100/H200 block (227 KiB), and room for barriers.
-_SMEM_BYTES = 232448
-_BARRIER_BYTES = 512
+SMEM_BYTES = 232448
+BARRIER_BYTES = 512
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,12 +100,33 @@ class GemmConfig:
     return max(self.tile_k_fp8, self.tile_k_wide)
 
 
-def _transforms(tile_minor: int, dtype) -> tuple:
+def smem_transforms(tile_minor: int, dtype) -> tuple:
   """Shared-memory tiling and swizzle for rows of ``tile_minor`` elements."""
   bits = jnp.dtype(dtype).itemsize * 8
   swizzle = plgpu.find_swizzle(tile_minor * bits)
   return (plgpu.TilingTransform((8, swizzle * 8 // bits)),
           plgpu.SwizzleTransform(swizzle))
+
+
+def write_tile(acc: jax.Array, out_smem, wg, dst) -> None:
+  """Stores a warpgroup's output tile through shared memory.
+
+  ``out_smem[wg]`` holds two slots of the tiles the output leaves through,
+  so that one leaves through TMA while the next is written; ``dst`` is the
+  warpgroup's window of the output in GMEM.
+  """
+  tm, tn = acc.shape
+  em, en = out_smem.shape[-2:]
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+  for i in range(tm // em):
+    for j in range(tn // en):
+      slot = (i * (tn // en) + j) % 2
+      plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+      out_smem[wg, slot] = acc[i * em:(i + 1) * em, j * en:(j + 1) * en]
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(
+          out_smem.at[wg, slot],
+          dst.at[pl.ds(i * em, em), pl.ds(j * en, en)])
 
 
 def _stages(cfg: GemmConfig, out_dtype) -> dict[int, int]:
@@ -118,7 +139,7 @@ def _stages(cfg: GemmConfig, out_dtype) -> dict[int, int]:
   out_bytes = (_COMPUTE_WGS * 2 * cfg.epilogue_tile**2 *
                jnp.dtype(out_dtype).itemsize)
   scale_bytes = _COMPUTE_WGS * (cfg.tile_m + cfg.tile_n) * 4
-  room = _SMEM_BYTES - out_bytes - scale_bytes - _BARRIER_BYTES
+  room = SMEM_BYTES - out_bytes - scale_bytes - BARRIER_BYTES
   stages = {}
   for itemsize, tile_k in ((1, cfg.tile_k_fp8), (2, cfg.tile_k_wide)):
     step = (cfg.tile_m + cfg.block_n) * tile_k * itemsize
@@ -130,12 +151,12 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
             out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig):
   m, k = a_ref.shape
   n = b_ref.shape[0]
-  tm, tn, bn, et = cfg.tile_m, cfg.tile_n, cfg.block_n, cfg.epilogue_tile
+  tm, tn, bn = cfg.tile_m, cfg.tile_n, cfg.block_n
   m_iters, n_iters = m // tm, n // bn
   stages = _stages(cfg, out_ref.dtype)
 
   def run(a_gmem, b_gmem, tile_k: int, scaled: bool):
-    transforms = _transforms(tile_k, a_gmem.dtype)
+    transforms = smem_transforms(tile_k, a_gmem.dtype)
 
     def pipeline(body, compute_context):
       return plgpu.emit_pipeline_warp_specialized(
@@ -194,19 +215,8 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
                               layout=plgpu.Layout.WGMMA.reduce(0))
               acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
                      lax.broadcast_in_dim(rb, (tm, tn), [1]))
-            acc = acc.astype(out_ref.dtype)
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            for i in range(tm // et):
-              for j in range(tn // et):
-                slot = (i * (tn // et) + j) % 2
-                plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-                out_smem[wg, slot] = acc[i * et:(i + 1) * et,
-                                         j * et:(j + 1) * et]
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(
-                    out_smem.at[wg, slot],
-                    out_ref.at[rows, cols].at[pl.ds(i * et, et),
-                                              pl.ds(j * et, et)])
+            write_tile(acc.astype(out_ref.dtype), out_smem, wg,
+                       out_ref.at[rows, cols])
 
         def mma(_, a_smem, b_smem, acc_ref):
           # B is K-major in shared memory, as FP8 wgmma requires.
@@ -227,15 +237,15 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
            lambda: run(a_ref, b_ref, cfg.tile_k_wide, False))
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
 def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
   m, k = a.shape
   n = b.shape[0]
-  mp, np_, kp = (_round_up(m, config.tile_m), _round_up(n, config.block_n),
-                 _round_up(k, config.k_multiple))
+  mp, np_, kp = (round_up(m, config.tile_m), round_up(n, config.block_n),
+                 round_up(k, config.k_multiple))
   if (mp, np_, kp) != (m, n, k):
     pad2 = lambda x, r: jnp.pad(x, ((0, r - x.shape[0]), (0, kp - k)))  # noqa: E731
     a8, a, ra = pad2(a8, mp), pad2(a, mp), jnp.pad(ra, (0, mp - m))
@@ -253,7 +263,7 @@ def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=dict(
           out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et, et), out_dtype,
-                              transforms=_transforms(et, out_dtype)),
+                              transforms=smem_transforms(et, out_dtype)),
           ra_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_m), jnp.float32),
           rb_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_n), jnp.float32),
           barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS)),

@@ -1,0 +1,395 @@
+"""A block-scaled GEMM whose 128x128 blocks each run in FP8 or in BF16.
+
+For X on its K-major view [M, K] and W on its view [N, K], ``block_gemm``
+computes Y = X W^T where both operands come in blocks of 128 rows (or, for
+X, single rows: DeepSeek's 1x128 tiles) by 128 of K, each block with its
+representation (``REP_E4M3``, ``REP_E5M2`` or ``REP_BF16``, as sub-tensor
+MoR chose it) and the reciprocal of its float32 scale. For every step of 128
+along K and every pair of a 128-row block of X and one of W:
+
+  both FP8 (not both E5M2):  P = (A8_blk @ B8_blk^T) * ra[:, None] * rb[None, :]
+                             on FP8 tensor cores into a fresh accumulator,
+                             promoted into the float32 sum (DeepGEMM's rule:
+                             partial sums leave the tensor cores every 128
+                             of K, which also applies scales that change
+                             along K);
+  otherwise:                 P = A_blk @ B_blk^T on BF16 tensor cores from
+                             the wide operands (the emulated path's values).
+
+An operand's codes hold one FP8 format (its ``codes.dtype``); a block whose
+representation is another FP8 format (E5M2 blocks of a three-way operand
+coded in E4M3) runs on the BF16 path from its wide values, exact but at BF16
+speed. E5M2 x E5M2 runs in BF16 too: Hopper's FP8 MMA would compute it with
+too few bits of accumulation to match the emulated path.
+
+Kernel (Mosaic GPU, as kernels/gemm.py, whose shared-memory layout and
+epilogue it shares): each thread block owns 128 x 128 outputs (one block
+pair per K step, so the choice is uniform in the thread block), split by
+rows between two compute warpgroups of 64 x 128, with one TMA warpgroup and
+a persistent grid in planar-snake order. The choice is made on the host
+side of the launch in jnp (``_plan``: a few KiB): per output tile, the K
+steps that run in FP8, listed first, then those that run in BF16, and their
+count. The kernel reads the lists from device memory and runs two
+warp-specialized pipelines per tile with grids of those dynamic lengths,
+the FP8 one (K tile 128, one byte per element) with its result carried in
+registers, the BF16 one (K tile 64) accumulating on top of it, so a tile
+loads only what its blocks need and the time is linear in the share of BF16
+pairs. Between the two, each warpgroup's sum waits in shared memory.
+
+Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
+of each operand, codes, wide values, scales and representations); padded
+elements are zero in both paths, so the product is unchanged and sliced.
+
+Hopper-only (sm_90), and Mosaic GPU has no public interpret mode:
+``block_gemm_reference``, the jnp twin with the same per-step promotion,
+runs elsewhere and is what the GPU tests compare the kernel with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from mor_jax.kernels import gemm
+
+# A block's representation; the codes of a three-way SubTensorMoR choice.
+REP_E4M3, REP_E5M2, REP_BF16 = 0, 1, 2
+_REP_NAMES = {"E4M3": REP_E4M3, "E5M2": REP_E5M2, "BF16": REP_BF16}
+# Edge of a block, and the K of one promotion step.
+BLOCK = 128
+# Output rows per compute warpgroup: two per thread block split its 128 rows.
+_COMPUTE_WGS = 2
+_WG_ROWS = BLOCK // _COMPUTE_WGS
+# K per pipeline step of the BF16 loop: 128 bytes of a row, as in gemm.py.
+_WIDE_K = 64
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockGemmConfig:
+  """Tuning of ``block_gemm`` (hashable: part of every cache key).
+
+  Attributes:
+    stages: pipeline depth of each of the two loops (fewer if the shared
+      memory does not hold them).
+    grid_tile_width: output tiles per band of the planar-snake order.
+  """
+
+  stages: int = 2
+  grid_tile_width: int = 8
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"BlockGemmConfig.{f.name} must be a positive int, "
+                         f"got {v!r}.")
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["codes", "recip", "rep", "wide"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class BlockOperand:
+  """One operand on its K-major view [rows, K], in blocks along K of 128.
+
+  Attributes:
+    codes: [rows, K] FP8 codes (E4M3 or E5M2), valid where ``rep`` says so.
+    recip: float32 reciprocals of the scales (what dequantization multiplies
+      by): [cdiv(rows, 128), cdiv(K, 128)] for 128x128 blocks, or
+      [rows, cdiv(K, 128)] for 1x128 tiles.
+    rep: int32 representation per block (``REP_*``), shaped like ``recip``.
+    wide: [rows, K] the values of the emulated path in a 16-bit dtype (the
+      kernel) or any float dtype (the reference): codes dequantized for FP8
+      blocks, the original values for BF16 ones (kernels/wide.py).
+  """
+
+  codes: jax.Array
+  recip: jax.Array
+  rep: jax.Array
+  wide: jax.Array
+
+
+def representation_codes(choice: jax.Array, names) -> jax.Array:
+  """MoR's ``choice`` (indices into ``names``) as ``REP_*`` codes."""
+  table = jnp.asarray([_REP_NAMES[n] for n in names], jnp.int32)
+  return table[choice]
+
+
+def _per_row(x: jax.Array, rows: int) -> jax.Array:
+  """Per-block [cdiv(rows, 128), Kb] or per-row [rows, Kb] -> per row."""
+  return x if x.shape[0] == rows else jnp.repeat(x, BLOCK, axis=0)[:rows]
+
+
+def _fp8_blocks(op: BlockOperand, rows_p: int, kb: int) -> jax.Array:
+  """[rows_p // 128, kb] bool: the 128-row block is all in ``codes``' format.
+
+  Padded rows count as FP8 (their codes and wide values are both zero).
+  """
+  own = REP_E4M3 if op.codes.dtype == jnp.float8_e4m3fn else REP_E5M2
+  ok = _per_row(op.rep, op.codes.shape[0]) == own
+  ok = jnp.pad(ok, ((0, rows_p - ok.shape[0]), (0, kb - ok.shape[1])),
+               constant_values=True)
+  return ok.reshape(rows_p // BLOCK, BLOCK, kb).all(axis=1)
+
+
+def _pairs(a: BlockOperand, b: BlockOperand, mp: int, np_: int,
+           kb: int) -> jax.Array:
+  """[mp/128, np/128, kb] bool: the K step of a tile runs in FP8."""
+  fa, fb = _fp8_blocks(a, mp, kb), _fp8_blocks(b, np_, kb)
+  if a.codes.dtype == b.codes.dtype == jnp.float8_e5m2:
+    return jnp.zeros((mp // BLOCK, np_ // BLOCK, kb), bool)
+  return fa[:, None, :] & fb[None, :, :]
+
+
+def _check(a: BlockOperand, b: BlockOperand) -> None:
+  for name, op in (("a", a), ("b", b)):
+    rows, k = op.codes.shape
+    kb = -(-k // BLOCK)
+    if op.codes.dtype not in (jnp.float8_e4m3fn, jnp.float8_e5m2):
+      raise TypeError(f"{name}.codes must be float8_e4m3fn or float8_e5m2, "
+                      f"got {op.codes.dtype}.")
+    if op.wide.shape != op.codes.shape:
+      raise ValueError(f"{name}.wide {op.wide.shape} must match "
+                       f"{name}.codes {op.codes.shape}.")
+    if (op.recip.shape != op.rep.shape or op.recip.shape[1] != kb or
+        op.recip.shape[0] not in (rows, -(-rows // BLOCK))):
+      raise ValueError(
+          f"{name}.recip {op.recip.shape} and {name}.rep {op.rep.shape} must "
+          f"both be [{-(-rows // BLOCK)} or {rows}, {kb}] for codes "
+          f"{op.codes.shape}.")
+  if a.codes.shape[1] != b.codes.shape[1]:
+    raise ValueError(f"a and b contract different K: {a.codes.shape} and "
+                     f"{b.codes.shape}.")
+
+
+def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
+            out_ref, out_smem, sum_smem, *, cfg: BlockGemmConfig,
+            stages: int):
+  mp, kp = a_ref.shape
+  np_ = b_ref.shape[0]
+  m_iters, n_iters, kb = mp // BLOCK, np_ // BLOCK, kp // BLOCK
+  wr = _WG_ROWS
+
+  def pipeline(body, compute_context, specs, steps):
+    return plgpu.emit_pipeline_warp_specialized(
+        body, grid=(steps,), memory_registers=40, in_specs=specs,
+        wg_axis="wg", num_compute_wgs=_COMPUTE_WGS,
+        max_concurrent_steps=stages, compute_context=compute_context)
+
+  def spec(shape, index_map, dtype=None):
+    transforms = () if dtype is None else gemm.smem_transforms(shape[1], dtype)
+    return plgpu.BlockSpec(shape, index_map, transforms=transforms,
+                           memory_space=plgpu.SMEM)
+
+  def fp8_specs(im, jn):
+    # Step s runs K block order[im, jn, s]: the tile's FP8 steps come first.
+    kk = lambda s: order_ref[im, jn, s]  # noqa: E731
+    return [
+        spec((BLOCK, BLOCK), lambda s: (0, kk(s)), a8_ref.dtype),   # A8
+        spec((BLOCK, BLOCK), lambda s: (0, kk(s)), b8_ref.dtype),   # B8
+        spec((1, BLOCK), lambda s: (kk(s), 0)),   # ra^T: this step's rows
+        spec((1, BLOCK), lambda s: (kk(s), 0)),   # rb^T: this step's columns
+    ]
+
+  def wide_specs(im, jn, n8):
+    # Two K tiles of 64 per K block: step s is half s % 2 of the block.
+    halves = BLOCK // _WIDE_K
+    kk = lambda s: order_ref[im, jn, n8 + s // halves] * halves + s % halves  # noqa: E731
+    return [spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), a_ref.dtype),
+            spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), b_ref.dtype)]
+
+  # The allocations of both loops live across the tile loop, so that no
+  # tile reallocates (the index maps do not change them; dummies suffice).
+  ignore = lambda *_, **__: None  # noqa: E731
+  fp8_allocs = pipeline(ignore, ignore, [
+      spec((BLOCK, BLOCK), lambda s: (0, s), a8_ref.dtype),
+      spec((BLOCK, BLOCK), lambda s: (0, s), b8_ref.dtype),
+      spec((1, BLOCK), lambda s: (s, 0)), spec((1, BLOCK), lambda s: (s, 0))],
+      kb).get_allocations(a8_ref, b8_ref, ra_ref, rb_ref)
+  wide_allocs = pipeline(ignore, ignore, [
+      spec((BLOCK, _WIDE_K), lambda s: (0, s), a_ref.dtype),
+      spec((BLOCK, _WIDE_K), lambda s: (0, s), b_ref.dtype)],
+      2 * kb).get_allocations(a_ref, b_ref)
+
+  @functools.partial(pl.run_scoped, fp8_allocs=fp8_allocs,
+                     wide_allocs=wide_allocs, collective_axes="wg")
+  def _(fp8_allocs, wide_allocs):
+    wg = lax.axis_index("wg")
+    my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
+
+    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
+    def _(info):
+      (lin,) = info.index
+      im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
+                                  cfg.grid_tile_width)
+      rows, cols = pl.ds(im * BLOCK, BLOCK), pl.ds(jn * BLOCK, BLOCK)
+      n8 = n8_ref[im, jn]
+
+      def fp8_context(run_pipeline):
+        acc = run_pipeline(jnp.zeros((wr, BLOCK), jnp.float32))
+        sum_smem[wg] = acc
+
+      def fp8_step(_, a8, b8, ra, rb, acc):
+        # A fresh accumulator per K block: its scales apply to this block
+        # only, and the float32 sum outside the tensor cores is exact.
+        def mma(part_ref):
+          plgpu.wgmma(part_ref, a8.at[my_rows], b8.T)
+          return part_ref[...]  # waits for the wgmma
+
+        part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
+        sa = plgpu.load(ra.at[0, my_rows], layout=plgpu.Layout.WGMMA.reduce(1))
+        sb = plgpu.load(rb.at[0], layout=plgpu.Layout.WGMMA.reduce(0))
+        return acc + (part * lax.broadcast_in_dim(sa, (wr, BLOCK), [0]) *
+                      lax.broadcast_in_dim(sb, (wr, BLOCK), [1]))
+
+      pipeline(fp8_step, fp8_context, fp8_specs(im, jn), n8)(
+          a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
+          rb_ref.at[:, cols], allocations=fp8_allocs)
+
+      def wide_context(run_pipeline):
+        acc = run_pipeline(sum_smem[wg])
+        gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
+                        out_ref.at[rows, cols].at[my_rows])
+
+      def wide_step(_, a, b, acc):
+        # BF16 products need no promotion: the sum goes on in the tensor
+        # cores' float32 accumulator, seeded with the FP8 loop's sum.
+        def mma(acc_ref):
+          plgpu.wgmma(acc_ref, a.at[my_rows], b.T)
+
+        return pl.run_state(mma)(plgpu.ACC.init(acc))
+
+      pipeline(wide_step, wide_context, wide_specs(im, jn, n8),
+               (BLOCK // _WIDE_K) * (kb - n8))(
+                   a_ref.at[rows, :], b_ref.at[cols, :],
+                   allocations=wide_allocs)
+
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+def _out_tile(out_dtype) -> tuple[int, int]:
+  """The output leaves in tiles of a warpgroup's 64 rows by 128 bytes (a
+  WGMMA-layout array splits only along whole 64-row groups)."""
+  return _WG_ROWS, 128 // jnp.dtype(out_dtype).itemsize
+
+
+def _stages(cfg: BlockGemmConfig, out_dtype) -> int:
+  """Pipeline depth that fits both loops, the output tiles and the sums."""
+  out_bytes = _COMPUTE_WGS * 2 * _WG_ROWS * 128
+  sum_bytes = _COMPUTE_WGS * _WG_ROWS * BLOCK * 4
+  # Per step: the FP8 loop's two 128x128 code tiles and two rows of scales;
+  # the BF16 loop's two 128x64 tiles.
+  step = 2 * BLOCK * BLOCK + 2 * BLOCK * 4 + 2 * BLOCK * _WIDE_K * 2
+  room = gemm.SMEM_BYTES - out_bytes - sum_bytes - gemm.BARRIER_BYTES
+  return max(1, min(cfg.stages, room // step))
+
+
+def _plan(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int):
+  """(order [Mb, Nb, Kb] int32: FP8 K blocks first, then the others, each in
+  K order; n8 [Mb, Nb] int32: how many run in FP8)."""
+  fp8 = _pairs(a, b, mp, np_, kb)
+  order = jnp.argsort(~fp8, axis=-1, stable=True).astype(jnp.int32)
+  return order, fp8.sum(axis=-1, dtype=jnp.int32)
+
+
+def _padded(op: BlockOperand, rows_p: int, kp: int):
+  """codes, wide [rows_p, kp]; recip^T [kp / 128, rows_p] per row."""
+  rows, k = op.codes.shape
+  pad2 = lambda x: jnp.pad(x, ((0, rows_p - rows), (0, kp - k)))  # noqa: E731
+  recip = _per_row(op.recip.astype(jnp.float32), rows)
+  recip = jnp.pad(recip, ((0, rows_p - rows), (0, kp // BLOCK - recip.shape[1])))
+  return pad2(op.codes), pad2(op.wide), recip.T
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config"))
+def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
+               config: BlockGemmConfig = BlockGemmConfig()) -> jax.Array:
+  """Y = A B^T from two block-represented operands; Hopper GPUs only.
+
+  Args:
+    a: the left operand, [M, K] (128x128 blocks or 1x128 tiles).
+    b: the right operand, [N, K] (128x128 blocks).
+    out_dtype: the output's dtype.
+    config: the tuning.
+
+  Returns:
+    [M, N] in ``out_dtype``, as ``block_gemm_reference`` computes it up to
+    the order of float32 additions. One device: no sharding rule yet.
+  """
+  _check(a, b)
+  if a.wide.dtype != b.wide.dtype or jnp.dtype(a.wide.dtype).itemsize != 2:
+    raise TypeError(f"block_gemm's wide operands must share a 16-bit dtype, "
+                    f"got {a.wide.dtype} and {b.wide.dtype}.")
+  m, k = a.codes.shape
+  n = b.codes.shape[0]
+  mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
+                 gemm.round_up(k, BLOCK))
+  order, n8 = _plan(a, b, mp, np_, kp // BLOCK)
+  a8, aw, ra = _padded(a, mp, kp)
+  b8, bw, rb = _padded(b, np_, kp)
+  et_m, et_n = _out_tile(out_dtype)
+  cores = getattr(jax.devices()[0], "core_count", 132)
+  call = plgpu.kernel(
+      functools.partial(_kernel, cfg=config, stages=_stages(config, out_dtype)),
+      out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+      grid=(cores,),
+      grid_names=("grid",),
+      num_threads=_COMPUTE_WGS + 1,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      scratch_types=dict(
+          out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et_m, et_n), out_dtype,
+                              transforms=gemm.smem_transforms(et_n,
+                                                              out_dtype)),
+          sum_smem=plgpu.SMEM((_COMPUTE_WGS, _WG_ROWS, BLOCK), jnp.float32,
+                              transforms=gemm.smem_transforms(BLOCK,
+                                                              jnp.float32))),
+  )
+  y = call(order, n8, a8, b8, ra, rb, aw, bw)
+  return y[:m, :n] if (mp, np_) != (m, n) else y
+
+
+def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
+                         precision=None) -> jax.Array:
+  """``block_gemm`` in jnp, with its per-K-block promotion; runs anywhere.
+
+  Every K block pair that runs in FP8 is a float32 dot of the codes, scaled
+  by the two blocks' reciprocals and added to the float32 sum in K order;
+  then the BF16 pairs' products are added, as the kernel's two loops do.
+  ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
+  """
+  _check(a, b)
+  m, k = a.codes.shape
+  n = b.codes.shape[0]
+  mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
+                 gemm.round_up(k, BLOCK))
+  kb = kp // BLOCK
+  fp8 = jnp.repeat(jnp.repeat(_pairs(a, b, mp, np_, kb), BLOCK, 0), BLOCK, 1)
+  a8, aw, ra = _padded(a, mp, kp)
+  b8, bw, rb = _padded(b, np_, kp)
+  blocks = lambda x: x.reshape(x.shape[0], kb, BLOCK).swapaxes(0, 1)  # noqa: E731
+  dot = functools.partial(lax.dot_general, dimension_numbers=gemm.TN,
+                          precision=precision,
+                          preferred_element_type=jnp.float32)
+
+  def fp8_step(acc, xs):
+    pa, pb, sa, sb, on = xs
+    part = dot(pa.astype(jnp.float32), pb.astype(jnp.float32))
+    return acc + jnp.where(on, part * sa[:, None] * sb[None, :], 0.0), None
+
+  def wide_step(acc, xs):
+    pa, pb, on = xs
+    return acc + jnp.where(on, 0.0, dot(pa, pb)), None
+
+  on = jnp.moveaxis(fp8, 2, 0)
+  acc = jnp.zeros((mp, np_), jnp.float32)
+  acc, _ = lax.scan(fp8_step, acc, (blocks(a8), blocks(b8), ra, rb, on))
+  acc, _ = lax.scan(wide_step, acc, (blocks(aw), blocks(bw), on))
+  return acc[:m, :n].astype(out_dtype)

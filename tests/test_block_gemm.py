@@ -1,0 +1,195 @@
+"""The block-scaled, mixed-representation GEMM (kernels/block_gemm.py).
+
+On a CPU: its jnp twin ``block_gemm_reference`` against a NumPy float64
+reference written here, and against mor_jax's emulated path (the operands
+that ``mor_quantize`` with 128x128 blocks or 1x128 tiles gives), on ragged
+shapes with 0%, 10%, 50% and 100% of each operand's blocks in BF16. On a
+Hopper GPU (marker ``gpu``): the compiled kernel against the twin.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mor_jax
+from mor_jax.kernels import block_gemm as bg
+
+B = 128
+DIMS = (((1,), (0,)), ((), ()))
+
+
+def _rel(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _spoil(x: np.ndarray, share: float, seed: int, lo: float) -> np.ndarray:
+  """x with round(share * blocks) of its 128x128 blocks spread over
+  [lo, 1/lo] in magnitude, a range E4M3 cannot hold."""
+  rb, kb = -(-x.shape[0] // B), -(-x.shape[1] // B)
+  pick = np.random.default_rng(seed).permutation(rb * kb)[:round(share * rb * kb)]
+  x = x.copy()
+  for p in pick:
+    i, j = divmod(int(p), kb)
+    blk = x[i * B:(i + 1) * B, j * B:(j + 1) * B]
+    blk *= np.geomspace(lo, 1 / lo, blk.shape[1], dtype=np.float32)
+  return x
+
+
+def _operand(x, recipe):
+  """(BlockOperand of x's [rows, K] view as ``recipe`` quantizes it, choice)."""
+  r = mor_jax.mor_quantize(x, recipe)
+  fmt = next(f for f in recipe.formats if f.is_fp8)
+  qa = mor_jax.quantize(x, fmt, block_shape=recipe.block_shape,
+                        scaling=recipe.scaling, group_shape=recipe.group_shape)
+  rep = bg.representation_codes(r.choice, r.names)
+  # The codes are MoR's own where it chose their format: the emulated
+  # operand is their dequantization there.
+  own = np.asarray(rep) == (bg.REP_E4M3 if fmt == mor_jax.E4M3 else bg.REP_E5M2)
+  mask = np.kron(own, np.ones(tuple(s or 1 for s in recipe.block_shape)))
+  mask = mask[:x.shape[0], :x.shape[1]].astype(bool)
+  deq = np.asarray(mor_jax.dequantize(qa))
+  np.testing.assert_array_equal(deq[mask], np.asarray(r.value)[mask])
+  return bg.BlockOperand(qa.data, 1 / qa.scale, rep, r.value), rep
+
+
+def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand) -> np.ndarray:
+  """Y = A B^T in float64, one 128-row block pair and one K block at a time."""
+  def rows(op):
+    n = op.codes.shape[0]
+    r, p = np.asarray(op.recip, np.float64), np.asarray(op.rep)
+    if r.shape[0] != n:
+      r, p = np.repeat(r, B, 0)[:n], np.repeat(p, B, 0)[:n]
+    own = 0 if op.codes.dtype == jnp.float8_e4m3fn else 1
+    return (np.asarray(op.codes).astype(np.float64), r, p == own,
+            np.asarray(op.wide, np.float64))
+
+  (ca, ra, fa, wa), (cb, rb, fb, wb) = rows(a), rows(b)
+  both_e5m2 = a.codes.dtype == b.codes.dtype == jnp.float8_e5m2
+  m, k = ca.shape
+  n = cb.shape[0]
+  y = np.zeros((m, n))
+  for kk in range(-(-k // B)):
+    ks = slice(kk * B, (kk + 1) * B)
+    for i in range(0, m, B):
+      for j in range(0, n, B):
+        ri, rj = slice(i, i + B), slice(j, j + B)
+        if fa[ri, kk].all() and fb[rj, kk].all() and not both_e5m2:
+          y[ri, rj] += (ca[ri, ks] @ cb[rj, ks].T * ra[ri, kk][:, None] *
+                        rb[rj, kk][None, :])
+        else:
+          y[ri, rj] += wa[ri, ks] @ wb[rj, ks].T
+  return y
+
+
+def _data(m, k, n, share, lo=1e-9):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((m, k), np.float32)
+  w = rng.standard_normal((k, n), np.float32) * 0.05
+  return _spoil(x, share, 1, lo), _spoil(w.T, share, 2, lo).T
+
+
+TWO_WAY = mor_jax.SubTensorMoR(mode="two_way")
+CASES = [
+    # (m, k, n, share of BF16 blocks, X's recipe, W's recipe)
+    (300, 520, 260, 0.0, TWO_WAY, TWO_WAY),
+    (300, 520, 260, 0.1, TWO_WAY, TWO_WAY),
+    (300, 520, 260, 0.5, TWO_WAY, TWO_WAY),
+    (300, 520, 260, 1.0, TWO_WAY, TWO_WAY),
+    (256, 384, 128, 0.0, TWO_WAY, TWO_WAY),
+    # DeepSeek's 1x128 tiles for X.
+    (200, 300, 130, 0.5, mor_jax.SubTensorMoR(block_shape=(1, 128)), TWO_WAY),
+    # E4M3 x E5M2 pairs on the FP8 path.
+    (200, 300, 130, 0.1, TWO_WAY,
+     mor_jax.Static(mor_jax.E5M2, block_shape=(128, 128), scaling="gam")),
+]
+
+
+@pytest.mark.parametrize("m,k,n,share,rx,rw", CASES)
+def test_reference_equals_numpy_and_emulation(m, k, n, share, rx, rw):
+  x, w = _data(m, k, n, share)
+  a, rep_a = _operand(jnp.asarray(x), rx)
+  b, rep_b = _operand(jnp.asarray(w.T), rw)
+  if rx == rw == TWO_WAY:  # the blocks spoiled are the blocks in BF16
+    for rep in (rep_a, rep_b):
+      assert np.mean(np.asarray(rep) == bg.REP_BF16) == pytest.approx(
+          round(share * rep.size) / rep.size)
+  got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
+  assert got.shape == (m, n)
+  assert _rel(got, numpy_block_gemm(a, b)) <= 1e-6
+  policy = mor_jax.Policy(activation=rx, weight=rw,
+                          gradient=mor_jax.NoQuant(), execution="emulate")
+  want = mor_jax.dot_general(jnp.asarray(x), jnp.asarray(w), DIMS,
+                             policy=policy)
+  assert _rel(got, want) <= 1e-5
+
+
+def test_three_way_e5m2_blocks_run_wide():
+  """A three-way operand coded in E4M3: its E5M2 blocks take the BF16 path."""
+  rx = mor_jax.SubTensorMoR(mode="three_way")
+  x, w = _data(300, 520, 260, 0.5, lo=1e-3)
+  a, rep_a = _operand(jnp.asarray(x), rx)
+  b, _ = _operand(jnp.asarray(w.T), TWO_WAY)
+  assert (np.asarray(rep_a) == bg.REP_E5M2).any()
+  got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
+  assert _rel(got, numpy_block_gemm(a, b)) <= 1e-6
+  policy = mor_jax.Policy(activation=rx, weight=TWO_WAY,
+                          gradient=mor_jax.NoQuant(), execution="emulate")
+  want = mor_jax.dot_general(jnp.asarray(x), jnp.asarray(w), DIMS,
+                             policy=policy)
+  assert _rel(got, want) <= 1e-5
+
+
+def test_fp8_pairs_use_the_codes():
+  """Wide values that disagree with the codes show which path a pair took."""
+  x, w = _data(256, 256, 128, 0.0)
+  a, _ = _operand(jnp.asarray(x), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T), TWO_WAY)
+  y = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
+  a_bad = bg.BlockOperand(a.codes, a.recip, a.rep, a.wide * 0)
+  np.testing.assert_array_equal(
+      bg.block_gemm_reference(a_bad, b, out_dtype=jnp.float32), y)
+  rep = a.rep.at[0, 1].set(bg.REP_BF16)  # one block of X in BF16 now
+  y2 = bg.block_gemm_reference(
+      bg.BlockOperand(a.codes, a.recip, rep, a.wide * 0), b,
+      out_dtype=jnp.float32)
+  assert (np.asarray(y2[:B]) != np.asarray(y[:B])).any()
+  np.testing.assert_array_equal(y2[B:], y[B:])
+
+
+def test_bad_operands_are_rejected():
+  a, _ = _operand(jnp.ones((128, 256)), TWO_WAY)
+  with pytest.raises(ValueError, match="recip"):
+    bg.block_gemm_reference(bg.BlockOperand(a.codes, a.recip[:, :1],
+                                            a.rep[:, :1], a.wide), a,
+                            out_dtype=jnp.float32)
+  with pytest.raises(TypeError, match="float8"):
+    bg.block_gemm_reference(bg.BlockOperand(a.wide, a.recip, a.rep, a.wide),
+                            a, out_dtype=jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# On a Hopper GPU: the compiled kernel.
+
+
+def _hopper() -> bool:
+  return (jax.default_backend() == "gpu" and
+          jax.devices()[0].compute_capability.startswith("9."))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("m,k,n,share,rx,rw", CASES + [
+    (1024, 1024, 512, 0.1, TWO_WAY, TWO_WAY)])
+def test_kernel_equals_reference(m, k, n, share, rx, rw):
+  x, w = _data(m, k, n, share)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), rx)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), rw)
+  got = bg.block_gemm(a, b, out_dtype=jnp.float32)
+  want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
+                                 precision=jax.lax.Precision.HIGHEST)
+  assert got.shape == (m, n)
+  assert _rel(got, want) <= 1e-3
