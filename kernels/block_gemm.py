@@ -26,15 +26,17 @@ Kernel (Mosaic GPU, as kernels/gemm.py, whose shared-memory layout and
 epilogue it shares): each thread block owns 128 x 128 outputs (one block
 pair per K step, so the choice is uniform in the thread block), split by
 rows between two compute warpgroups of 64 x 128, with one TMA warpgroup and
-a persistent grid in planar-snake order. The choice is made on the host
-side of the launch in jnp (``_plan``: a few KiB): per output tile, the K
-steps that run in FP8, listed first, then those that run in BF16, and their
-count. The kernel reads the lists from device memory and runs two
-warp-specialized pipelines per tile with grids of those dynamic lengths,
-the FP8 one (K tile 128, one byte per element) with its result carried in
-registers, the BF16 one (K tile 64) accumulating on top of it, so a tile
-loads only what its blocks need and the time is linear in the share of BF16
-pairs. Between the two, each warpgroup's sum waits in shared memory.
+a persistent grid in planar-snake order. The choice is prepared in jnp
+around the launch (``_plan``, a few KiB): per output tile, its K steps that
+run in FP8 listed first, then those that run in BF16, and their count. Per
+tile the TMA warpgroup copies the tile's list into shared memory, and every
+warpgroup reads the count from device memory; then two warp-specialized
+pipelines run with grids of those dynamic lengths, their index maps reading
+the list: the FP8 one (K tile 128, one byte per element, plus the step's
+scales), whose sum is carried in registers and parked in shared memory at
+its end, and the BF16 one (K tile 64), whose tensor-core accumulator gets
+the FP8 sum added before the output is written. A tile so loads only what
+its pairs need, and the time is linear in the share of BF16 pairs.
 
 Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
 of each operand, codes, wide values, scales and representations); padded
@@ -169,8 +171,8 @@ def _check(a: BlockOperand, b: BlockOperand) -> None:
 
 
 def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
-            out_ref, out_smem, sum_smem, *, cfg: BlockGemmConfig,
-            stages: int):
+            out_ref, out_smem, sum_smem, order_smem, order_barrier, *,
+            cfg: BlockGemmConfig, stages: int):
   mp, kp = a_ref.shape
   np_ = b_ref.shape[0]
   m_iters, n_iters, kb = mp // BLOCK, np_ // BLOCK, kp // BLOCK
@@ -182,14 +184,18 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
         wg_axis="wg", num_compute_wgs=_COMPUTE_WGS,
         max_concurrent_steps=stages, compute_context=compute_context)
 
-  def spec(shape, index_map, dtype=None):
+  def spec(shape, index_map, dtype=None, delay_release=0):
     transforms = () if dtype is None else gemm.smem_transforms(shape[1], dtype)
     return plgpu.BlockSpec(shape, index_map, transforms=transforms,
-                           memory_space=plgpu.SMEM)
+                           memory_space=plgpu.SMEM,
+                           delay_release=delay_release)
 
-  def fp8_specs(im, jn):
-    # Step s runs K block order[im, jn, s]: the tile's FP8 steps come first.
-    kk = lambda s: order_ref[im, jn, s]  # noqa: E731
+  # The index maps run in the TMA warpgroup only, and read the tile's list
+  # of K blocks from shared memory (order_smem, copied in once per tile).
+  def fp8_specs():
+    # Step s runs K block order[s]: the tile's FP8 steps come first. Each
+    # step reads its wgmma's result at once, so no slot is released late.
+    kk = lambda s: order_smem[s]  # noqa: E731
     return [
         spec((BLOCK, BLOCK), lambda s: (0, kk(s)), a8_ref.dtype),   # A8
         spec((BLOCK, BLOCK), lambda s: (0, kk(s)), b8_ref.dtype),   # B8
@@ -197,25 +203,24 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
         spec((1, BLOCK), lambda s: (kk(s), 0)),   # rb^T: this step's columns
     ]
 
-  def wide_specs(im, jn, n8):
-    # Two K tiles of 64 per K block: step s is half s % 2 of the block.
+  def wide_specs(n8):
+    # Two K tiles of 64 per K block: step s is half s % 2 of the block. One
+    # wgmma stays in flight while the next is issued (delay_release=1).
     halves = BLOCK // _WIDE_K
-    kk = lambda s: order_ref[im, jn, n8 + s // halves] * halves + s % halves  # noqa: E731
-    return [spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), a_ref.dtype),
-            spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), b_ref.dtype)]
+    kk = lambda s: order_smem[n8 + s // halves] * halves + s % halves  # noqa: E731
+    return [spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), a_ref.dtype, 1),
+            spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), b_ref.dtype, 1)]
 
   # The allocations of both loops live across the tile loop, so that no
-  # tile reallocates (the index maps do not change them; dummies suffice).
+  # tile reallocates. They depend on the specs' shapes, not on their index
+  # maps; the grid is a traced value, as in the loops, so that a short K
+  # does not shrink them below the loops' depth.
   ignore = lambda *_, **__: None  # noqa: E731
-  fp8_allocs = pipeline(ignore, ignore, [
-      spec((BLOCK, BLOCK), lambda s: (0, s), a8_ref.dtype),
-      spec((BLOCK, BLOCK), lambda s: (0, s), b8_ref.dtype),
-      spec((1, BLOCK), lambda s: (s, 0)), spec((1, BLOCK), lambda s: (s, 0))],
-      kb).get_allocations(a8_ref, b8_ref, ra_ref, rb_ref)
-  wide_allocs = pipeline(ignore, ignore, [
-      spec((BLOCK, _WIDE_K), lambda s: (0, s), a_ref.dtype),
-      spec((BLOCK, _WIDE_K), lambda s: (0, s), b_ref.dtype)],
-      2 * kb).get_allocations(a_ref, b_ref)
+  steps = jnp.int32(kb)
+  fp8_allocs = pipeline(ignore, ignore, fp8_specs(), steps).get_allocations(
+      a8_ref, b8_ref, ra_ref, rb_ref)
+  wide_allocs = pipeline(ignore, ignore, wide_specs(0), steps
+                         ).get_allocations(a_ref, b_ref)
 
   @functools.partial(pl.run_scoped, fp8_allocs=fp8_allocs,
                      wide_allocs=wide_allocs, collective_axes="wg")
@@ -230,6 +235,12 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
                                   cfg.grid_tile_width)
       rows, cols = pl.ds(im * BLOCK, BLOCK), pl.ds(jn * BLOCK, BLOCK)
       n8 = n8_ref[im, jn]
+
+      @pl.when(wg == _COMPUTE_WGS)  # the TMA warpgroup
+      def _():
+        plgpu.copy_gmem_to_smem(order_ref.at[im, jn], order_smem,
+                                order_barrier.at[0])
+        plgpu.barrier_wait(order_barrier.at[0])
 
       def fp8_context(run_pipeline):
         acc = run_pipeline(jnp.zeros((wr, BLOCK), jnp.float32))
@@ -248,24 +259,27 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
         return acc + (part * lax.broadcast_in_dim(sa, (wr, BLOCK), [0]) *
                       lax.broadcast_in_dim(sb, (wr, BLOCK), [1]))
 
-      pipeline(fp8_step, fp8_context, fp8_specs(im, jn), n8)(
+      pipeline(fp8_step, fp8_context, fp8_specs(), n8)(
           a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
           rb_ref.at[:, cols], allocations=fp8_allocs)
 
       def wide_context(run_pipeline):
-        acc = run_pipeline(sum_smem[wg])
-        gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
-                        out_ref.at[rows, cols].at[my_rows])
+        # BF16 products need no promotion: they sum in the tensor cores'
+        # float32 accumulator, and the FP8 loop's sum joins them at the end.
+        @functools.partial(pl.run_scoped,
+                           acc_ref=plgpu.ACC((wr, BLOCK), jnp.float32))
+        def _(acc_ref):
+          run_pipeline(acc_ref)
+          acc = acc_ref[...] + sum_smem[wg]
+          gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
+                          out_ref.at[rows, cols].at[my_rows])
 
-      def wide_step(_, a, b, acc):
-        # BF16 products need no promotion: the sum goes on in the tensor
-        # cores' float32 accumulator, seeded with the FP8 loop's sum.
-        def mma(acc_ref):
-          plgpu.wgmma(acc_ref, a.at[my_rows], b.T)
+      def wide_step(_, a, b, acc_ref):
+        plgpu.wgmma(acc_ref, a.at[my_rows], b.T)
+        plgpu.wgmma_wait(1)
+        return acc_ref
 
-        return pl.run_state(mma)(plgpu.ACC.init(acc))
-
-      pipeline(wide_step, wide_context, wide_specs(im, jn, n8),
+      pipeline(wide_step, wide_context, wide_specs(n8),
                (BLOCK // _WIDE_K) * (kb - n8))(
                    a_ref.at[rows, :], b_ref.at[cols, :],
                    allocations=wide_allocs)
@@ -273,28 +287,38 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
+# Bytes of a row of the output tiles: 64, half a swizzle, which leaves room
+# for two stages of each loop beside the sums.
+_OUT_ROW_BYTES = 64
+
+
 def _out_tile(out_dtype) -> tuple[int, int]:
-  """The output leaves in tiles of a warpgroup's 64 rows by 128 bytes (a
-  WGMMA-layout array splits only along whole 64-row groups)."""
-  return _WG_ROWS, 128 // jnp.dtype(out_dtype).itemsize
+  """The output leaves in tiles of a warpgroup's 64 rows (a WGMMA-layout
+  array splits only along whole 64-row groups) by 64 bytes."""
+  return _WG_ROWS, _OUT_ROW_BYTES // jnp.dtype(out_dtype).itemsize
 
 
-def _stages(cfg: BlockGemmConfig, out_dtype) -> int:
-  """Pipeline depth that fits both loops, the output tiles and the sums."""
-  out_bytes = _COMPUTE_WGS * 2 * _WG_ROWS * 128
+def _stages(cfg: BlockGemmConfig, kb: int) -> int:
+  """Pipeline depth that fits both loops, the output tiles, the sums, the
+  tile's list of K blocks and the barriers."""
+  out_bytes = _COMPUTE_WGS * 2 * _WG_ROWS * _OUT_ROW_BYTES
   sum_bytes = _COMPUTE_WGS * _WG_ROWS * BLOCK * 4
+  order_bytes = 4 * gemm.round_up(kb, 4)
   # Per step: the FP8 loop's two 128x128 code tiles and two rows of scales;
   # the BF16 loop's two 128x64 tiles.
   step = 2 * BLOCK * BLOCK + 2 * BLOCK * 4 + 2 * BLOCK * _WIDE_K * 2
-  room = gemm.SMEM_BYTES - out_bytes - sum_bytes - gemm.BARRIER_BYTES
+  room = (gemm.SMEM_BYTES - out_bytes - sum_bytes - order_bytes -
+          2 * gemm.BARRIER_BYTES)
   return max(1, min(cfg.stages, room // step))
 
 
 def _plan(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int):
-  """(order [Mb, Nb, Kb] int32: FP8 K blocks first, then the others, each in
-  K order; n8 [Mb, Nb] int32: how many run in FP8)."""
+  """(order [Mb, Nb, >= Kb] int32: per output tile, its FP8 K blocks first,
+  then the others, each in K order, padded to 16 bytes for TMA; n8 [Mb, Nb]
+  int32: how many run in FP8)."""
   fp8 = _pairs(a, b, mp, np_, kb)
   order = jnp.argsort(~fp8, axis=-1, stable=True).astype(jnp.int32)
+  order = jnp.pad(order, ((0, 0), (0, 0), (0, gemm.round_up(kb, 4) - kb)))
   return order, fp8.sum(axis=-1, dtype=jnp.int32)
 
 
@@ -336,7 +360,7 @@ def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   et_m, et_n = _out_tile(out_dtype)
   cores = getattr(jax.devices()[0], "core_count", 132)
   call = plgpu.kernel(
-      functools.partial(_kernel, cfg=config, stages=_stages(config, out_dtype)),
+      functools.partial(_kernel, cfg=config, stages=_stages(config, kp // BLOCK)),
       out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
       grid=(cores,),
       grid_names=("grid",),
@@ -350,7 +374,9 @@ def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
                                                               out_dtype)),
           sum_smem=plgpu.SMEM((_COMPUTE_WGS, _WG_ROWS, BLOCK), jnp.float32,
                               transforms=gemm.smem_transforms(BLOCK,
-                                                              jnp.float32))),
+                                                              jnp.float32)),
+          order_smem=plgpu.SMEM((order.shape[-1],), jnp.int32),
+          order_barrier=plgpu.Barrier(num_barriers=1)),
   )
   y = call(order, n8, a8, b8, ra, rb, aw, bw)
   return y[:m, :n] if (mp, np_) != (m, n) else y
@@ -361,8 +387,9 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   """``block_gemm`` in jnp, with its per-K-block promotion; runs anywhere.
 
   Every K block pair that runs in FP8 is a float32 dot of the codes, scaled
-  by the two blocks' reciprocals and added to the float32 sum in K order;
-  then the BF16 pairs' products are added, as the kernel's two loops do.
+  by the two blocks' reciprocals and added to a float32 sum in K order; the
+  BF16 pairs' products are summed apart and the two sums added, as the
+  kernel's two loops do.
   ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
   """
   _check(a, b)
@@ -389,7 +416,7 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
     return acc + jnp.where(on, 0.0, dot(pa, pb)), None
 
   on = jnp.moveaxis(fp8, 2, 0)
-  acc = jnp.zeros((mp, np_), jnp.float32)
-  acc, _ = lax.scan(fp8_step, acc, (blocks(a8), blocks(b8), ra, rb, on))
-  acc, _ = lax.scan(wide_step, acc, (blocks(aw), blocks(bw), on))
-  return acc[:m, :n].astype(out_dtype)
+  zero = jnp.zeros((mp, np_), jnp.float32)
+  acc8, _ = lax.scan(fp8_step, zero, (blocks(a8), blocks(b8), ra, rb, on))
+  acc, _ = lax.scan(wide_step, zero, (blocks(aw), blocks(bw), on))
+  return (acc + acc8)[:m, :n].astype(out_dtype)

@@ -160,6 +160,32 @@ def test_fp8_pairs_use_the_codes():
   np.testing.assert_array_equal(y2[B:], y[B:])
 
 
+def test_plan_lists_each_tiles_fp8_steps_first():
+  """The kernel's schedule: per output tile, its FP8 K blocks in K order,
+  then its BF16 ones in K order, and how many are FP8."""
+  rng = np.random.default_rng(3)
+  m, k, n = 300, 900, 260
+  rep_a = rng.choice([bg.REP_E4M3, bg.REP_BF16], (m, 8), p=[0.97, 0.03])
+  rep_b = rng.choice([bg.REP_E4M3, bg.REP_E5M2, bg.REP_BF16], (3, 8))
+
+  def op(rows, rep):
+    z = jnp.zeros((rows, k))
+    return bg.BlockOperand(z.astype(jnp.float8_e4m3fn), jnp.ones(rep.shape),
+                           jnp.asarray(rep, jnp.int32), z)
+
+  order, n8 = bg._plan(op(m, rep_a), op(n, rep_b), 384, 384, 8)  # pylint: disable=protected-access
+  assert order.shape[-1] % 4 == 0  # 16-byte rows for TMA
+  fa = np.pad(rep_a == bg.REP_E4M3, ((0, 384 - m), (0, 0)),
+              constant_values=True).reshape(3, B, 8).all(axis=1)
+  fb = rep_b == bg.REP_E4M3
+  for i in range(3):
+    for j in range(3):
+      fp8 = [kk for kk in range(8) if fa[i, kk] and fb[j, kk]]
+      wide = [kk for kk in range(8) if kk not in fp8]
+      assert int(n8[i, j]) == len(fp8)
+      assert list(np.asarray(order[i, j, :8])) == fp8 + wide
+
+
 def test_bad_operands_are_rejected():
   a, _ = _operand(jnp.ones((128, 256)), TWO_WAY)
   with pytest.raises(ValueError, match="recip"):
