@@ -108,7 +108,8 @@ class BlockOperand:
     rep: int32 representation per block (``REP_*``), shaped like ``recip``.
     wide: [rows, K] the values of the emulated path in a 16-bit dtype (the
       kernel) or any float dtype (the reference): codes dequantized for FP8
-      blocks, the original values for BF16 ones (kernels/wide.py).
+      blocks, the original values for BF16 ones (as kernels/wide.py writes
+      them for the per-channel GEMM).
   """
 
   codes: jax.Array
@@ -389,8 +390,7 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   Every K block pair that runs in FP8 is a float32 dot of the codes, scaled
   by the two blocks' reciprocals and added to a float32 sum in K order; the
   BF16 pairs' products are summed apart and the two sums added, as the
-  kernel's two loops do.
-  ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
+  kernel's two loops do. ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
   """
   _check(a, b)
   m, k = a.codes.shape
@@ -398,7 +398,7 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
                  gemm.round_up(k, BLOCK))
   kb = kp // BLOCK
-  fp8 = jnp.repeat(jnp.repeat(_pairs(a, b, mp, np_, kb), BLOCK, 0), BLOCK, 1)
+  on = jnp.moveaxis(_pairs(a, b, mp, np_, kb), 2, 0)  # [kb, Mb, Nb]
   a8, aw, ra = _padded(a, mp, kp)
   b8, bw, rb = _padded(b, np_, kp)
   blocks = lambda x: x.reshape(x.shape[0], kb, BLOCK).swapaxes(0, 1)  # noqa: E731
@@ -406,16 +406,20 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
                           precision=precision,
                           preferred_element_type=jnp.float32)
 
+  # The step's pairs, one per output element (made per step: at full size
+  # all of K's would take gigabytes).
+  expand = lambda on: jnp.repeat(jnp.repeat(on, BLOCK, 0), BLOCK, 1)  # noqa: E731
+
   def fp8_step(acc, xs):
     pa, pb, sa, sb, on = xs
     part = dot(pa.astype(jnp.float32), pb.astype(jnp.float32))
-    return acc + jnp.where(on, part * sa[:, None] * sb[None, :], 0.0), None
+    return acc + jnp.where(expand(on), part * sa[:, None] * sb[None, :],
+                           0.0), None
 
   def wide_step(acc, xs):
     pa, pb, on = xs
-    return acc + jnp.where(on, 0.0, dot(pa, pb)), None
+    return acc + jnp.where(expand(on), 0.0, dot(pa, pb)), None
 
-  on = jnp.moveaxis(fp8, 2, 0)
   zero = jnp.zeros((mp, np_), jnp.float32)
   acc8, _ = lax.scan(fp8_step, zero, (blocks(a8), blocks(b8), ra, rb, on))
   acc, _ = lax.scan(wide_step, zero, (blocks(aw), blocks(bw), on))
