@@ -23,23 +23,39 @@ from examples.lm.metrics import Run
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def compare(one: Run, other: Run) -> dict[str, float]:
-  """Differences between two runs over the steps both ran."""
+def compare(one: Run, other: Run) -> dict[str, float | int | None]:
+  """Differences between two runs over the steps both ran.
+
+  ``first_differing_step`` is the first logged step at which some decision
+  differs (None if none does), and ``train_loss_max_rel_diff_before`` the
+  losses' largest difference over the steps before it: where the runs part,
+  and how far apart they had drifted by then.
+  """
   n = min(one.train["loss"].size, other.train["loss"].size)
   v = min(one.val["loss"].size, other.val["loss"].size)
-  fractions = [k for k in one.stats if "/fraction_" in k]
   m = min(one.stats_steps.size, other.stats_steps.size)
-  differing = sum(
-      int(np.sum(one.stats[k][:m] != other.stats.get(k, np.full(m, np.nan))[:m]))
-      for k in fractions)
+  # A decision (one quantization's choice) logs one fraction per candidate.
+  decisions: dict[str, np.ndarray] = {}
+  for k in one.stats:
+    if "/fraction_" in k:
+      name = k.rsplit("/fraction_", 1)[0]
+      ne = one.stats[k][:m] != other.stats.get(k, np.full(m, np.nan))[:m]
+      decisions[name] = decisions.get(name, False) | ne
+  unequal = np.array(list(decisions.values())).reshape(-1, m)  # [decision, step]
+  differs = unequal.any(axis=0)
+  first = int(one.stats_steps[np.argmax(differs)]) if differs.any() else None
   rel = lambda a, b: float(np.max(np.abs(a - b) / np.abs(b))) if a.size else 0.0  # noqa: E731
+  before = n if first is None else min(n, first)
   return {
       "steps": n,
       "train_loss_max_rel_diff": rel(other.train["loss"][:n],
                                      one.train["loss"][:n]),
       "val_loss_max_rel_diff": rel(other.val["loss"][:v], one.val["loss"][:v]),
-      "decisions_compared": len(fractions) * m,
-      "decisions_differing": differing,
+      "decisions_compared": unequal.size,
+      "decisions_differing": int(unequal.sum()),
+      "first_differing_step": first,
+      "train_loss_max_rel_diff_before": rel(other.train["loss"][:before],
+                                            one.train["loss"][:before]),
       "tokens_per_s_ratio": other.tokens_per_s() / one.tokens_per_s(),
   }
 

@@ -323,12 +323,36 @@ def test_compare_runs_reports_equal_decisions(train, capsys):
   from examples import compare_runs  # pylint: disable=g-import-not-at-top
   diff = compare_runs.compare(train("seed0"), train("data8", mesh=MESHES["data8"]))
   assert diff["steps"] == TINY.steps
-  assert diff["decisions_compared"] == 96 * TINY.steps
+  assert diff["decisions_compared"] == 48 * TINY.steps  # 2 x 4 layers x 6
   assert diff["decisions_differing"] == 0
   assert diff["train_loss_max_rel_diff"] < 1e-4
   assert compare_runs.main([str(train.files["seed0"]),
                             str(train.files["data8"])]) == 0
   assert "decisions_differing: 0" in capsys.readouterr().out
+
+
+def test_compare_runs_counts_each_decision_once_and_finds_the_first(train):
+  """A quantization logs a fraction per candidate; it is one decision."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from examples import compare_runs  # pylint: disable=g-import-not-at-top
+  one = train("seed0")
+  names = sorted({k.rsplit("/fraction_", 1)[0] for k in one.stats
+                  if "/fraction_" in k})
+  m = one.stats_steps.size
+  assert m >= 2 and compare_runs.compare(one, one)["first_differing_step"] is None
+  flipped = {k: v.copy() for k, v in one.stats.items()}
+  for k in flipped:  # Both fractions of one decision, at the second logged step.
+    if k.startswith(names[0] + "/fraction_"):
+      flipped[k][1] = 1.0 - flipped[k][1]
+  losses = dict(one.train, loss=one.train["loss"] * (1 + 0.01 * (
+      one.train["step"] >= one.stats_steps[1])))
+  diff = compare_runs.compare(
+      one, dataclasses.replace(one, stats=flipped, train=losses))
+  assert diff["decisions_compared"] == len(names) * m
+  assert diff["decisions_differing"] == 1
+  assert diff["first_differing_step"] == one.stats_steps[1]
+  assert diff["train_loss_max_rel_diff_before"] == 0.0
+  assert diff["train_loss_max_rel_diff"] == pytest.approx(0.01)
 
 
 def _script(*argv: str, cwd: pathlib.Path) -> str:
@@ -356,4 +380,4 @@ def test_compare_runs_runs_as_a_script_and_as_a_module(train, tmp_path):
   module = _script("-m", "examples.compare_runs", *files, cwd=ROOT)
   assert script == module
   assert f"steps: {TINY.steps}\n" in script
-  assert f"decisions_compared: {96 * TINY.steps}\n" in script
+  assert f"decisions_compared: {48 * TINY.steps}\n" in script
