@@ -2,7 +2,8 @@
 
 Its statistics against NumPy and scipy, the ablation recipes, the stress
 test's outliers (BF16 unchanged bit for bit), and a tiny study of 2 seeds x
-2 recipes: the table, skipping finished runs, continuing after a stop.
+2 recipes: the table, skipping finished runs, continuing after a stop;
+damaged metrics files named.
 The MoR recipe of the tiny study quantizes gradients only (an ablation),
 which compiles faster than a full recipe; the module shares one persistent
 compilation cache among its runs.
@@ -16,6 +17,7 @@ import gzip
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -296,6 +298,42 @@ def test_half_a_study_lists_what_is_missing(done_study, tmp_path):
       tmp_path, seed_reports=False)
   saved = json.loads((tmp_path / "study.json").read_text())
   assert saved["recipes"][GRAD]["stderr"] is None  # NaN: one seed.
+
+
+# ----------------------------------------------------------------------------
+# Damaged metrics files.
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_damaged_metrics_line_is_named_by_file_and_line(tmp_path, gz):
+  """Two writers' lines interleaved, as in a metrics file two processes
+  trained at once: after the "done" row, one's cut-off line, then the
+  other's rows."""
+  lines = ['{"kind":"config","recipe":"bf16"}',
+           '{"kind":"train","step":0,"loss":5.5}',
+           '{"kind":"done","step":1}',
+           '{"kind":"train","st',  # Line 4.
+           '{"kind":"train","step":1,"loss":5.1}{"kind":"val"']
+  path = tmp_path / ("bf16.jsonl.gz" if gz else "bf16.jsonl")
+  text = "".join(line + "\n" for line in lines)
+  if gz:
+    path.write_bytes(gzip.compress(text.encode()))
+  else:
+    path.write_text(text)
+  with pytest.raises(ValueError,
+                     match=re.escape(f"{path}, line 4 of 5: not a JSON row")):
+    metrics.read_jsonl(path)
+  # The last line alone cut off (a killed run): skipped, as before.
+  plain = tmp_path / "mor_channel.jsonl"
+  plain.write_text("".join(line + "\n" for line in lines[:3]) + lines[3])
+  assert [r["kind"] for r in metrics.read_jsonl(plain)] == [
+      "config", "train", "done"]
+  # Two rows glued on one line (JSON's "Extra data" after the first row's
+  # 36 characters) are no row either.
+  plain.write_text(lines[0] + "\n" + lines[4] + "\n" + lines[2] + "\n")
+  with pytest.raises(ValueError, match=r"line 2 of 3: not a JSON row \(Extra "
+                     r"data, column 37\)"):
+    metrics.read_jsonl(plain)
 
 
 # ----------------------------------------------------------------------------

@@ -51,6 +51,10 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   """The rows of a metrics file; a last line cut off by a killed run is skipped.
 
   ``path`` may be gzip-compressed (``*.jsonl.gz``), as committed results are.
+
+  Raises:
+    ValueError: if a line other than the last is not JSON (say, two
+      processes wrote the file at once); the message names file and line.
   """
   if path.name.endswith(".gz"):
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -59,7 +63,16 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     lines = path.read_text(encoding="utf-8").splitlines()
   if not lines:  # A run killed before its header was written.
     return []
-  rows = [json.loads(line) for line in lines[:-1]]
+  rows = []
+  for i, line in enumerate(lines[:-1], 1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f"{path}, line {i} of {len(lines)}: not a JSON row ({e.msg}, "
+          f"column {e.colno}): {line[:80]!r}. The file is damaged (two "
+          "processes writing it at once interleave their lines); delete it "
+          "to train the run again.") from e
   try:
     rows.append(json.loads(lines[-1]))
   except json.JSONDecodeError:
