@@ -2,8 +2,7 @@
 
 Its statistics against NumPy and scipy, the ablation recipes, the stress
 test's outliers (BF16 unchanged bit for bit), and a tiny study of 2 seeds x
-2 recipes: the table, skipping finished runs, continuing after a stop;
-damaged metrics files named.
+2 recipes: the table, skipping finished runs, continuing after a stop.
 The MoR recipe of the tiny study quantizes gradients only (an ablation),
 which compiles faster than a full recipe; the module shares one persistent
 compilation cache among its runs.
@@ -16,6 +15,7 @@ import functools
 import gzip
 import json
 import math
+import os
 import pathlib
 import re
 import subprocess
@@ -301,7 +301,72 @@ def test_half_a_study_lists_what_is_missing(done_study, tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# Damaged metrics files.
+# One writer per directory, and damaged metrics files.
+
+
+def _files(directory):
+  return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_a_second_study_on_a_directory_in_use_is_refused(done_study, corpus):
+  before = _files(done_study)
+  said = []
+  # Another study on the same --out, even with other seeds.
+  with metrics.lock_directory(done_study):
+    with pytest.raises(SystemExit, match=re.escape(f"{done_study} is in use")):
+      study.run_study(TINY, SEEDS[1:], RECIPES, corpus, done_study,
+                      progress=False, say=said.append)
+  # A train_lm.py run in a seed's directory: refused, and out, taken
+  # before it, given back.
+  seed1 = study.seed_dir(done_study, 1)
+  with metrics.lock_directory(seed1):
+    with pytest.raises(SystemExit, match=re.escape(f"{seed1} is in use")):
+      study.run_study(TINY, SEEDS, RECIPES, corpus, done_study,
+                      progress=False, say=said.append)
+    with metrics.lock_directory(done_study):
+      pass
+  assert not said  # Refused before looking at any run.
+  assert _files(done_study) == before
+  # Released: the same call goes on (every run complete, skipped).
+  assert study.run_study(TINY, SEEDS, RECIPES, corpus, done_study,
+                         progress=False, say=said.append)
+  assert len(said) == 4 and all("complete, skipped" in s for s in said)
+
+
+def test_the_study_command_is_refused_before_it_trains(tmp_path, capsys):
+  with metrics.lock_directory(tmp_path):
+    with pytest.raises(SystemExit) as e:
+      study_cli.main(["--seeds", "0", "--out", str(tmp_path), "--no-progress"])
+  message = str(e.value.code)
+  assert message.startswith(f"error: {tmp_path} is in use: process ")
+  assert "another --out" in message
+  assert [p.name for p in tmp_path.iterdir()] == [metrics.LOCK_FILE]
+  assert "seed 0" not in capsys.readouterr().out
+
+
+def test_the_lock_is_another_process_s_until_it_dies(tmp_path):
+  """Held by a subprocess: refused, naming it; killed: free (no stale lock)."""
+  holder = subprocess.Popen(  # pylint: disable=consider-using-with
+      [sys.executable, "-c",
+       "import pathlib, sys\n"
+       "from examples.lm import metrics\n"
+       "with metrics.lock_directory(pathlib.Path(sys.argv[1])):\n"
+       "  print('held', flush=True)\n"
+       "  sys.stdin.read()\n", str(tmp_path)],
+      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(SystemExit,
+                       match=f"process {holder.pid} on .* is writing there"):
+      with metrics.lock_directory(tmp_path):
+        pass
+  finally:
+    holder.kill()  # SIGKILL: no cleanup in the holder.
+    holder.communicate()
+  with metrics.lock_directory(tmp_path):
+    text = (tmp_path / metrics.LOCK_FILE).read_text()
+    assert text.startswith(f"process {os.getpid()} on ")
+  assert not (tmp_path / metrics.LOCK_FILE).read_text()
 
 
 @pytest.mark.parametrize("gz", [False, True])
