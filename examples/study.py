@@ -9,8 +9,11 @@ standard error and Student-t 95% interval, whether the recipe is within
 
 Runs go to ``<out>/seed<k>/<recipe>.jsonl``, seed after seed. Finished runs
 are skipped, and a run stopped by ``--time-limit`` resumes from its
-checkpoint, so the same command continues an interrupted study. ``--analyse
-DIR`` only (re)writes the table (``study.md``, ``study.csv``,
+checkpoint, so the same command continues an interrupted study. One process
+writes to an ``--out`` at a time (a second is refused before it trains):
+processes in parallel take an ``--out`` each, e.g. one per seed, whose
+``seed<k>`` directories ``--analyse`` can then read gathered in one.
+``--analyse DIR`` only (re)writes the table (``study.md``, ``study.csv``,
 ``study.json``), the plot ``study.png`` and each seed's report.
 
 Run:
@@ -36,6 +39,7 @@ if not __package__:  # Run as a script: make the repository root importable.
 from examples.lm.config import (PRESETS, add_config_flags, config_from_args,
                                 recipe_list)
 from examples.lm.data import load_corpus
+from examples.lm.metrics import lock_directory
 from examples.lm.report import BASELINE
 from examples.lm.study import analyse, run_study
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -103,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                deadline=start + args.time_limit,
                progress=not args.no_progress):
     print()
-    print(analyse(out))
+    with lock_directory(out):  # As run_study did: one writer in out.
+      print(analyse(out))
     print(f"table, plots and per-seed reports in {out}")
 
 

@@ -18,6 +18,8 @@ statistics of every layer and role every ``--stats-every`` steps, and the
 validation loss every ``--eval-every`` steps. The report (after training, or
 ``--report DIR`` over the files of several runs) prints a summary table and
 writes ``summary.md``, ``summary.csv`` and PNG plots to the same directory.
+One process writes to an ``--out`` at a time: a second is refused before it
+trains.
 
 Run:
   python examples/train_lm.py --preset demo
@@ -47,7 +49,7 @@ import jax.numpy as jnp
 from examples.lm.config import (PRESETS, RECIPES, Config, add_config_flags,
                                 config_from_args, policy, recipe_list)
 from examples.lm.data import Corpus, load_corpus
-from examples.lm.metrics import Run
+from examples.lm.metrics import Run, lock_directory
 from examples.lm.model import Transformer, count_params, flops_per_step
 from examples.lm.report import report
 from examples.lm.sharding import check_mesh, format_mesh, parse_mesh
@@ -79,7 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
              "--time-limit):\n"
              "  python examples/train_lm.py --preset gpu --recipes bf16 "
              "--out DIR --time-limit 540\n"
-             "  ... one command per recipe, then:\n"
+             "  ... one command per recipe, one at a time (one process "
+             "per --out), then:\n"
              "  python examples/train_lm.py --report DIR")
   parser.add_argument("--preset", choices=list(PRESETS), default="demo",
                       help="settings and recipes to start from (default demo)")
@@ -168,15 +171,21 @@ def main(argv: Sequence[str] | None = None) -> None:
       check_mesh(args.mesh, cfg, jax.device_count())
     except ValueError as e:
       raise SystemExit(f"error: {e}") from None
+  out = args.out or pathlib.Path("runs", "train_lm", args.preset)
+  with lock_directory(out):  # Before anything trains: one writer per --out.
+    _train(args, cfg, out, deadline=start + args.time_limit)
+
+
+def _train(args: argparse.Namespace, cfg: Config, out: pathlib.Path, *,
+           deadline: float) -> None:
+  """Trains the recipes into ``out``, then prints and writes the report."""
   # Every process trains; process 0 alone prints and writes.
   say = print if jax.process_index() == 0 else lambda *_, **__: None
   recipes = args.recipes or PRESETS[args.preset][1]
-  out = args.out or pathlib.Path("runs", "train_lm", args.preset)
   corpus = load_corpus(cfg.val_fraction)
   _describe(say, cfg, corpus, recipes, args.mesh)
   for recipe in recipes:
-    if not train_recipe(recipe, cfg, corpus, out,
-                        deadline=start + args.time_limit,
+    if not train_recipe(recipe, cfg, corpus, out, deadline=deadline,
                         progress=not args.no_progress, mesh_shape=args.mesh):
       say(f"stopped at --time-limit {args.time_limit:g} s during {recipe}; "
           "run the same command again to resume.")

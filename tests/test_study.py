@@ -15,7 +15,9 @@ import functools
 import gzip
 import json
 import math
+import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -296,6 +298,107 @@ def test_half_a_study_lists_what_is_missing(done_study, tmp_path):
       tmp_path, seed_reports=False)
   saved = json.loads((tmp_path / "study.json").read_text())
   assert saved["recipes"][GRAD]["stderr"] is None  # NaN: one seed.
+
+
+# ----------------------------------------------------------------------------
+# One writer per directory, and damaged metrics files.
+
+
+def _files(directory):
+  return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_a_second_study_on_a_directory_in_use_is_refused(done_study, corpus):
+  before = _files(done_study)
+  said = []
+  # Another study on the same --out, even with other seeds.
+  with metrics.lock_directory(done_study):
+    with pytest.raises(SystemExit, match=re.escape(f"{done_study} is in use")):
+      study.run_study(TINY, SEEDS[1:], RECIPES, corpus, done_study,
+                      progress=False, say=said.append)
+  # A train_lm.py run in a seed's directory: refused, and out, taken
+  # before it, given back.
+  seed1 = study.seed_dir(done_study, 1)
+  with metrics.lock_directory(seed1):
+    with pytest.raises(SystemExit, match=re.escape(f"{seed1} is in use")):
+      study.run_study(TINY, SEEDS, RECIPES, corpus, done_study,
+                      progress=False, say=said.append)
+    with metrics.lock_directory(done_study):
+      pass
+  assert not said  # Refused before looking at any run.
+  assert _files(done_study) == before
+  # Released: the same call goes on (every run complete, skipped).
+  assert study.run_study(TINY, SEEDS, RECIPES, corpus, done_study,
+                         progress=False, say=said.append)
+  assert len(said) == 4 and all("complete, skipped" in s for s in said)
+
+
+def test_the_study_command_is_refused_before_it_trains(tmp_path, capsys):
+  with metrics.lock_directory(tmp_path):
+    with pytest.raises(SystemExit) as e:
+      study_cli.main(["--seeds", "0", "--out", str(tmp_path), "--no-progress"])
+  message = str(e.value.code)
+  assert message.startswith(f"error: {tmp_path} is in use: process ")
+  assert "another --out" in message
+  assert [p.name for p in tmp_path.iterdir()] == [metrics.LOCK_FILE]
+  assert "seed 0" not in capsys.readouterr().out
+
+
+def test_the_lock_is_another_process_s_until_it_dies(tmp_path):
+  """Held by a subprocess: refused, naming it; killed: free (no stale lock)."""
+  holder = subprocess.Popen(  # pylint: disable=consider-using-with
+      [sys.executable, "-c",
+       "import pathlib, sys\n"
+       "from examples.lm import metrics\n"
+       "with metrics.lock_directory(pathlib.Path(sys.argv[1])):\n"
+       "  print('held', flush=True)\n"
+       "  sys.stdin.read()\n", str(tmp_path)],
+      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(SystemExit,
+                       match=f"process {holder.pid} on .* is writing there"):
+      with metrics.lock_directory(tmp_path):
+        pass
+  finally:
+    holder.kill()  # SIGKILL: no cleanup in the holder.
+    holder.communicate()
+  with metrics.lock_directory(tmp_path):
+    text = (tmp_path / metrics.LOCK_FILE).read_text()
+    assert text.startswith(f"process {os.getpid()} on ")
+  assert not (tmp_path / metrics.LOCK_FILE).read_text()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_damaged_metrics_line_is_named_by_file_and_line(tmp_path, gz):
+  """Two writers' lines interleaved, as in a metrics file two processes
+  trained at once: after the "done" row, one's cut-off line, then the
+  other's rows."""
+  lines = ['{"kind":"config","recipe":"bf16"}',
+           '{"kind":"train","step":0,"loss":5.5}',
+           '{"kind":"done","step":1}',
+           '{"kind":"train","st',  # Line 4.
+           '{"kind":"train","step":1,"loss":5.1}{"kind":"val"']
+  path = tmp_path / ("bf16.jsonl.gz" if gz else "bf16.jsonl")
+  text = "".join(line + "\n" for line in lines)
+  if gz:
+    path.write_bytes(gzip.compress(text.encode()))
+  else:
+    path.write_text(text)
+  with pytest.raises(ValueError,
+                     match=re.escape(f"{path}, line 4 of 5: not a JSON row")):
+    metrics.read_jsonl(path)
+  # The last line alone cut off (a killed run): skipped, as before.
+  plain = tmp_path / "mor_channel.jsonl"
+  plain.write_text("".join(line + "\n" for line in lines[:3]) + lines[3])
+  assert [r["kind"] for r in metrics.read_jsonl(plain)] == [
+      "config", "train", "done"]
+  # Two rows glued on one line (JSON's "Extra data" after the first row's
+  # 36 characters) are no row either.
+  plain.write_text(lines[0] + "\n" + lines[4] + "\n" + lines[2] + "\n")
+  with pytest.raises(ValueError, match=r"line 2 of 3: not a JSON row \(Extra "
+                     r"data, column 37\)"):
+    metrics.read_jsonl(plain)
 
 
 # ----------------------------------------------------------------------------

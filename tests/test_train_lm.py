@@ -17,6 +17,7 @@ import gzip
 import json
 import math
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -303,6 +304,24 @@ def test_bad_command_lines_fail_with_a_clear_message(argv, message, capsys):
     train_lm.main(argv)
   assert e.value.code != 0
   assert message in str(e.value.code) + capsys.readouterr().err
+
+
+def test_an_out_in_use_is_refused_before_training(tmp_path, monkeypatch,
+                                                  capsys):
+  """A second process on one --out: refused; once free, main goes on."""
+  trained = []
+  monkeypatch.setattr(train_lm, "train_recipe",
+                      lambda recipe, cfg, corpus, out, **_: trained.append(
+                          (recipe, out)))  # None: as if stopped at a limit.
+  argv = ["--recipes", "bf16", "--out", str(tmp_path), "--no-progress"]
+  with metrics.lock_directory(tmp_path):
+    with pytest.raises(SystemExit, match=re.escape(f"error: {tmp_path} is in "
+                                                   "use: process ")):
+      train_lm.main(argv)
+  assert not trained and "corpus:" not in capsys.readouterr().out
+  train_lm.main(argv)
+  assert trained == [("bf16", tmp_path)]
+  assert "stopped at --time-limit" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(jax.device_count() != 8, reason="needs exactly 8 devices")

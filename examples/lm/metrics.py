@@ -6,16 +6,21 @@ statistic of every layer and role), "val" rows, "resume" markers and a final
 "done" or "stopped" row. Committed results are gzip-compressed
 (``*.jsonl.gz``). Writer and reader share this module so that the format
 lives in one place; ``Run`` is what the report and ``compare_runs`` read.
+``lock_directory`` keeps a second process from writing the same files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import json
 import math
 import os
 import pathlib
+import platform
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -27,6 +32,50 @@ from .sharding import format_mesh
 
 ROLES = mor_report.ROLES
 split_key = mor_report.split_key
+LOCK_FILE = ".lock"  # In each output directory, held while a process writes.
+
+
+@contextlib.contextmanager
+def lock_directory(directory: pathlib.Path) -> Iterator[None]:
+  """Holds ``directory`` (created if missing) for this process alone.
+
+  Two processes training one recipe into one directory (a study trains
+  ``bf16`` for each seed, whatever its recipes) would interleave the lines
+  of its metrics file and clobber its checkpoints. So a process that writes
+  there takes an exclusive ``fcntl.flock`` on ``directory/.lock``, without
+  waiting: a second one is refused before it trains anything. The operating
+  system drops the lock when its process ends, however it ends, so none is
+  ever left stale. Linux and macOS (``fcntl``). With several processes
+  (``jax.distributed``) only process 0, the one that writes, takes it.
+
+  Raises:
+    SystemExit: if another process holds ``directory``; the message names
+      it, the holder's process id and host, and what to do.
+  """
+  if jax.process_index():
+    yield
+    return
+  directory.mkdir(parents=True, exist_ok=True)
+  with open(directory / LOCK_FILE, "a+", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise SystemExit(
+          f"error: {directory} is in use: {holder} is writing there (it "
+          f"holds {directory / LOCK_FILE}), and two writers would interleave "
+          "the lines of a metrics file. Wait for it to end, or write "
+          "elsewhere: another --out (processes in parallel take one --out "
+          "each).") from None
+    # Who holds it, for the message above; emptied again on release.
+    f.truncate(0)
+    f.write(f"process {os.getpid()} on {platform.node()}\n")
+    f.flush()
+    try:
+      yield
+    finally:
+      f.truncate(0)
 
 
 class Writer:
@@ -51,6 +100,10 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   """The rows of a metrics file; a last line cut off by a killed run is skipped.
 
   ``path`` may be gzip-compressed (``*.jsonl.gz``), as committed results are.
+
+  Raises:
+    ValueError: if a line other than the last is not JSON (say, two
+      processes wrote the file at once); the message names file and line.
   """
   if path.name.endswith(".gz"):
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -59,7 +112,16 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     lines = path.read_text(encoding="utf-8").splitlines()
   if not lines:  # A run killed before its header was written.
     return []
-  rows = [json.loads(line) for line in lines[:-1]]
+  rows = []
+  for i, line in enumerate(lines[:-1], 1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f"{path}, line {i} of {len(lines)}: not a JSON row ({e.msg}, "
+          f"column {e.colno}): {line[:80]!r}. The file is damaged (two "
+          "processes writing it at once interleave their lines); delete it "
+          "to train the run again.") from e
   try:
     rows.append(json.loads(lines[-1]))
   except json.JSONDecodeError:

@@ -11,7 +11,8 @@ and how sure that is.
 Layout: ``<out>/seed<k>/<recipe>.jsonl``, each ``seed<k>`` a directory of
 ``examples/train_lm.py --out`` (so ``train_lm.py --report`` reads it too).
 ``run_study`` skips the runs already complete, so the same command continues
-a study that a time limit stopped, seed by seed; ``analyse`` writes
+a study that a time limit stopped, seed by seed, and holds ``<out>`` while it
+runs, so that a second process there is refused. ``analyse`` writes
 ``study.md``, ``study.csv``, ``study.json`` and ``study.png`` to ``<out>``
 and each seed's report (``report.report``: losses, E4M3 shares, heatmaps)
 to its directory.
@@ -19,6 +20,7 @@ to its directory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -34,7 +36,8 @@ from mor_jax import report as mor_report
 
 from .config import Config
 from .data import Corpus
-from .metrics import ROLES, Run, metrics_files, read_jsonl, recipe_order
+from .metrics import (ROLES, Run, lock_directory, metrics_files, read_jsonl,
+                      recipe_order)
 from .report import BASELINE, report
 from .train import train_recipe
 
@@ -146,23 +149,36 @@ def run_study(cfg: Config, seeds: Sequence[int], recipes: Sequence[str],
   """Trains every recipe for every seed, seed by seed, skipping finished runs.
 
   A run stopped at ``deadline`` leaves its checkpoint; the same call later
-  resumes it (``train_recipe``) and goes on.
+  resumes it (``train_recipe``) and goes on. Throughout, it holds ``out``
+  (``lock_directory``), not only the seeds' directories: ``analyse`` after
+  it reads every seed's files and writes to ``out`` and to each seed's
+  directory, so a second study there, even with other seeds, would race
+  with it. It holds each seed's directory as well, a ``train_lm.py --out``
+  that a ``train_lm.py`` run would hold.
 
   Returns:
     True if every run is complete, False if it stopped at the deadline.
+
+  Raises:
+    SystemExit: before training anything, if another process holds ``out``
+      or one of its seeds' directories.
   """
-  for seed in seeds:
-    seeded = dataclasses.replace(cfg, seed=seed)
-    directory = seed_dir(out, seed)
-    for recipe in recipes:
-      if is_complete(directory / f"{recipe}.jsonl", seeded, corpus):
-        say(f"seed {seed} {recipe}: complete, skipped")
-        continue
-      if not train_recipe(recipe, seeded, corpus, directory,
-                          deadline=deadline, progress=progress):
-        say(f"stopped during seed {seed} {recipe}; run the same command "
-            "again to continue.")
-        return False
+  with contextlib.ExitStack() as held:
+    held.enter_context(lock_directory(out))
+    for seed in seeds:
+      held.enter_context(lock_directory(seed_dir(out, seed)))
+    for seed in seeds:
+      seeded = dataclasses.replace(cfg, seed=seed)
+      directory = seed_dir(out, seed)
+      for recipe in recipes:
+        if is_complete(directory / f"{recipe}.jsonl", seeded, corpus):
+          say(f"seed {seed} {recipe}: complete, skipped")
+          continue
+        if not train_recipe(recipe, seeded, corpus, directory,
+                            deadline=deadline, progress=progress):
+          say(f"stopped during seed {seed} {recipe}; run the same command "
+              "again to continue.")
+          return False
   return True
 
 
