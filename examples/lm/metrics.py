@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import gzip
 import json
 import math
@@ -52,6 +51,8 @@ def lock_directory(directory: pathlib.Path) -> Iterator[None]:
     SystemExit: if another process holds ``directory``; the message names
       it, the holder's process id and host, and what to do.
   """
+  # Imported here: reading runs (report, compare_runs) works without fcntl.
+  import fcntl  # pylint: disable=g-import-not-at-top
   if jax.process_index():
     yield
     return
