@@ -1,9 +1,10 @@
 """FP8 execution (Policy.execution): the same decisions as emulation, real FP8.
 
 On a CPU "fp8" runs XLA's FP8 dot inside ``lax.cond`` and the Triton
-kernels (dual passes, BF16-path operands) in interpret mode; on a Hopper GPU
-the tests marked ``gpu`` run the compiled kernels, the Mosaic GPU GEMM
-among them, against the jnp references.
+kernels (dual passes, BF16-path operands) in interpret mode, and for
+128x128-block recipes the block GEMM's jnp twin; on a Hopper GPU the tests
+marked ``gpu`` run the compiled kernels, the Mosaic GPU GEMMs among them,
+against the jnp references or emulation.
 """
 
 from __future__ import annotations
