@@ -13,8 +13,8 @@ reference; ``mor_jax._dispatch`` is the only place that calls them.
   when it falls back (Triton).
 - ``gemm``: the FP8 GEMM that falls back to BF16 on the device (Mosaic GPU).
 - ``block_gemm``: a GEMM of 128x128 blocks (or 1x128 tiles) each in FP8 or
-  BF16, as sub-tensor MoR chose (Mosaic GPU); a prototype, not yet called by
-  the Policy.
+  BF16, as sub-tensor MoR chose (Mosaic GPU); what execution "fp8" runs
+  for 128x128-block recipes (``mor_jax._block``).
 - ``sharding``: the kernels per shard under ``jit`` (custom_partitioning).
 - ``KernelConfig``: their tuning, a hashable value that is part of every
   cache key, so two tunings never share a compiled kernel.

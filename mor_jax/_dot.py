@@ -14,6 +14,12 @@ other operand's). dX and dW are the transposes of ``lax.dot_general`` taken at
 the re-quantized operands, so every layout ``lax.dot_general`` accepts works
 and, with ``NoQuant``, every result is bit for bit ``lax.dot_general``'s.
 
+Execution (docs/numerics.md 6.1): per-row and per-tensor recipes take the
+matrix path of ``mor_jax._fp8`` (both orientations from one read); under
+"fp8", 128x128-block recipes run these views' quantizations through the
+block GEMM (``mor_jax._block``); everything else multiplies the emulated
+values with ``lax.dot_general``.
+
 Statistics leave without host callbacks: the forward ones as an output, the
 backward ones as the cotangent of ``probes``, a zero-valued input that the
 forward pass ignores.
@@ -30,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _block
 from mor_jax import _dispatch
 from mor_jax import _fp8
 from mor_jax import _mor
@@ -135,18 +142,27 @@ def _views(dims, lhs_ndim: int, rhs_ndim: int) -> dict:
   }
 
 
+def _matrix(x: jax.Array, view) -> jax.Array:
+  """The [rows, K] view of ``x``."""
+  rows, k = view
+  xt = jnp.transpose(x, rows + k)
+  return xt.reshape(math.prod(xt.shape[:len(rows)]),
+                    math.prod(xt.shape[len(rows):]))
+
+
+def _unview(y: jax.Array, shape, perm) -> jax.Array:
+  """The array of ``shape`` whose axes ``perm``, flattened, are y."""
+  return jnp.transpose(y.reshape([shape[d] for d in perm]), np.argsort(perm))
+
+
 def _quantize_view(x: jax.Array, recipe: _mor.Recipe, view
                    ) -> tuple[jax.Array, NamedMoRStats]:
   """MoR on the [rows, K] view of ``x``; the value comes back in x's layout."""
-  rows, k = view
-  perm = rows + k
-  xt = jnp.transpose(x, perm)
-  r = _mor.mor_quantize(xt.reshape(math.prod(xt.shape[:len(rows)]),
-                                   math.prod(xt.shape[len(rows):])), recipe)
+  r = _mor.mor_quantize(_matrix(x, view), recipe)
   stats = NamedMoRStats.from_result(r)
   if len(recipe.candidates) == 1:  # BF16 only: the value is x itself.
     return x, stats
-  return jnp.transpose(r.value.reshape(xt.shape), np.argsort(perm)), stats
+  return _unview(r.value, x.shape, view[0] + view[1]), stats
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -163,6 +179,9 @@ def _forward(lhs, rhs, probes, dims, policy, precision, pet):
     return _forward_matrices(lhs, rhs, dims, policy, precision, pet,
                              execution)
   views = _views(dims, lhs.ndim, rhs.ndim)
+  if _uses_blocks(dims, policy, lhs, rhs):
+    return _forward_blocks(lhs, rhs, dims, views, policy, precision,
+                           pet), (lhs, rhs)
   x, x_stats = _quantize_view(lhs, policy.activation,
                               views["fprop", "activation"])
   w, w_stats = _quantize_view(rhs, policy.weight, views["fprop", "weight"])
@@ -202,12 +221,62 @@ def _backward_matrices(policy, precision, residuals, g):
   return mats.lhs_of(dx), mats.rhs_of(dw), stats
 
 
+def _uses_blocks(dims, policy, lhs, rhs) -> bool:
+  """Whether the GEMMs run through the block GEMM (``mor_jax._block``)."""
+  return bool(lhs.size and rhs.size and
+              _block.applies(policy.execution, dims, policy))
+
+
+def _forward_blocks(lhs, rhs, dims, views, policy, precision, pet):
+  """The forward pass on the view path's views, through the block GEMM."""
+  impl = _dispatch.current()
+  out = jax.eval_shape(
+      functools.partial(jax.lax.dot_general, dimension_numbers=dims,
+                        precision=precision, preferred_element_type=pet),
+      lhs, rhs)
+  x, x_stats = _block.quantize(_matrix(lhs, views["fprop", "activation"]),
+                               policy.activation, impl)
+  w, w_stats = _block.quantize(_matrix(rhs, views["fprop", "weight"]),
+                               policy.weight, impl)
+  y = _block.gemm(x, w, out.dtype, precision, impl)
+  return (y.reshape(out.shape),
+          {"fprop": {"activation": x_stats, "weight": w_stats}})
+
+
+def _backward_blocks(dims, views, policy, precision, lhs, rhs, g):
+  impl = _dispatch.current()
+  q = {}
+  for gemm, roles in GEMMS[1:]:
+    for role in roles:
+      x = {"activation": lhs, "weight": rhs, "gradient": g}[role]
+      q[gemm, role] = _block.quantize(_matrix(x, views[gemm, role]),
+                                      getattr(policy, role), impl)
+  dx = _block.gemm(q["dgrad", "gradient"][0], q["dgrad", "weight"][0],
+                   lhs.dtype, precision, impl)
+  dw = _block.gemm(q["wgrad", "activation"][0], q["wgrad", "gradient"][0],
+                   rhs.dtype, precision, impl)
+  # dX [lhs free, W's dgrad rows], dW [X's wgrad rows, rhs free]: those rows
+  # are the contracting dimensions in axis order, each paired with the
+  # other operand's.
+  (lc, rc), _ = dims
+  lf, rf = views["fprop", "activation"][0], views["fprop", "weight"][0]
+  dlhs = _unview(dx, lhs.shape,
+                 lf + tuple(lc[rc.index(d)] for d in sorted(rc)))
+  drhs = _unview(dw, rhs.shape,
+                 tuple(rc[lc.index(d)] for d in sorted(lc)) + rf)
+  stats = {gemm: {role: q[gemm, role][1] for role in roles}
+           for gemm, roles in GEMMS[1:]}
+  return dlhs, drhs, stats
+
+
 def _backward(dims, policy, precision, pet, residuals, cotangents):
   if isinstance(residuals[0], _fp8.Matrices):
     return _backward_matrices(policy, precision, residuals, cotangents[0])
   lhs, rhs = residuals
   g = cotangents[0]
   views = _views(dims, lhs.ndim, rhs.ndim)
+  if _uses_blocks(dims, policy, lhs, rhs):
+    return _backward_blocks(dims, views, policy, precision, lhs, rhs, g)
   q = {}
   for gemm, roles in GEMMS[1:]:
     for role in roles:

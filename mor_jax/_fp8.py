@@ -62,7 +62,8 @@ def dual_capable(recipe: _recipes.Recipe) -> bool:
                or recipe.block_shape == (None, None)))
 
 
-def _bf16_only(recipe: _recipes.Recipe) -> bool:
+def bf16_only(recipe: _recipes.Recipe) -> bool:
+  """One candidate, BF16: nothing to quantize."""
   return len(recipe.candidates) == 1
 
 
@@ -70,15 +71,16 @@ def resolve(execution: Execution, dims, policy) -> Execution | None:
   """"fp8" or "emulate" for this dot_general, or None for the view path.
 
   Dot_generals with batch dimensions, policies with a recipe that is
-  neither ``dual_capable`` nor BF16 only (128x128 blocks, sub-tensor MoR),
-  and BF16-only policies take the path of ``mor_jax._dot`` that quantizes
-  each view apart (with BF16 only, bit for bit ``lax.dot_general``).
+  neither ``dual_capable`` nor BF16 only (128x128 blocks, sub-tensor MoR:
+  under "fp8" their GEMMs run in ``mor_jax._block``), and BF16-only
+  policies take the path of ``mor_jax._dot`` that quantizes each view apart
+  (with BF16 only, bit for bit ``lax.dot_general``).
   """
   (_, _), (lb, _) = dims
   recipes = (policy.activation, policy.weight, policy.gradient)
-  if lb or not all(dual_capable(r) or _bf16_only(r) for r in recipes):
+  if lb or not all(dual_capable(r) or bf16_only(r) for r in recipes):
     return None
-  if all(_bf16_only(r) for r in recipes):
+  if all(bf16_only(r) for r in recipes):
     return None  # Nothing to quantize: the view path is lax.dot_general.
   if execution == "auto":
     return "fp8" if _dispatch.fp8_tensor_cores() else "emulate"
@@ -150,7 +152,7 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
              impl: _dispatch.Implementation) -> tuple[Side, Side]:
   """MoR of a matrix t [R, C] in both orientations: (rows of t, rows of t^T)."""
   views = (t, t.T)
-  if _bf16_only(recipe):
+  if bf16_only(recipe):
     sides = []
     for i, view in enumerate(views):
       part = _mor.partition(view.shape, recipe)

@@ -1,9 +1,10 @@
 """FP8 execution (Policy.execution): the same decisions as emulation, real FP8.
 
 On a CPU "fp8" runs XLA's FP8 dot inside ``lax.cond`` and the Triton
-kernels (dual passes, BF16-path operands) in interpret mode; on a Hopper GPU
-the tests marked ``gpu`` run the compiled kernels, the Mosaic GPU GEMM
-among them, against the jnp references.
+kernels (dual passes, BF16-path operands) in interpret mode, and for
+128x128-block recipes the block GEMM's jnp twin; on a Hopper GPU the tests
+marked ``gpu`` run the compiled kernels, the Mosaic GPU GEMMs among them,
+against the jnp references or emulation.
 """
 
 from __future__ import annotations
@@ -151,12 +152,19 @@ def test_emulation_of_per_row_recipes_keeps_the_view_path_statistics():
   assert _rel(y, r.value @ w_view.value.T) <= 1e-6
 
 
-def test_ineligible_policies_run_as_before():
-  """128x128 blocks and batch dimensions take the per-view path in any mode."""
-  x, w = _operands((48, 256), (256, 128), jnp.float32)
-  block = mor_jax.Policy.uniform(mor_jax.TensorLevelMoR())
-  a = _run(x, w, DENSE, _with(block, "fp8"))
-  b = _run(x, w, DENSE, _with(block, "emulate"))
+@pytest.mark.parametrize("policy,shapes,dims", [
+    # Batch dimensions.
+    (mor_jax.Policy.uniform(mor_jax.TensorLevelMoR()),
+     ((2, 48, 256), (2, 256, 128)), (((2,), (1,)), ((0,), (0,)))),
+    # Per-row activations with 128x128-block weights: neither GEMM fits all.
+    (mor_jax.Policy(weight=mor_jax.TensorLevelMoR()),
+     ((48, 256), (256, 128)), DENSE),
+], ids=["batched", "per_row_and_blocks"])
+def test_ineligible_policies_run_as_before(policy, shapes, dims):
+  """Both take the per-view path in any mode: fp8 is emulate, bit for bit."""
+  x, w = _operands(*shapes, jnp.float32)
+  a = _run(x, w, dims, _with(policy, "fp8"))
+  b = _run(x, w, dims, _with(policy, "emulate"))
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
@@ -213,6 +221,93 @@ def test_layer_trains_under_scan_remat_and_vmap():
   y = jax.vmap(lambda xi: mor_jax.dot_general(
       xi, jnp.ones((16, 8)), DENSE, policy=policy))(jnp.ones((2, 4, 16)))
   assert y.shape == (2, 4, 8)
+
+
+# ----------------------------------------------------------------------------
+# 128x128-block recipes: the block GEMM (kernels/block_gemm.py; its jnp twin
+# on a CPU).
+
+MOR_BLOCK = mor_jax.Policy.uniform(mor_jax.TensorLevelMoR(block_shape=(128,
+                                                                      128)))
+MOR_SUB2 = mor_jax.Policy.uniform(mor_jax.SubTensorMoR(mode="two_way"))
+MOR_SUB3 = mor_jax.Policy.uniform(mor_jax.SubTensorMoR(mode="three_way"))
+
+
+def _spoiled(shape_x, shape_w, dtype):
+  """Ragged operands; in X's [M, K] view block (0, 0) spans 1e-9..1e9
+  (no FP8 format holds it: BF16) and block (1, 1) 1e-3..1e3 (E5M2's range,
+  not E4M3's)."""
+  x, w = _operands(shape_x, shape_w, jnp.float32, seed=5)
+  x = x.at[:128, :128].multiply(jnp.geomspace(1e-9, 1e9, 128))
+  wide = jnp.geomspace(1e-3, 1e3, 128 * 128).reshape(128, 128)
+  x = x.at[128:256, 128:256].set(wide * jnp.sign(x[128:256, 128:256]))
+  return x.astype(dtype), w.astype(dtype)
+
+
+def _count_block_gemms(monkeypatch):
+  """A list that gets an entry per traced call of the block GEMM's twin."""
+  calls = []
+  twin = kernels.block_gemm.block_gemm_reference
+
+  def counted(*args, **kwargs):
+    calls.append(kwargs["out_dtype"])
+    return twin(*args, **kwargs)
+
+  monkeypatch.setattr(kernels.block_gemm, "block_gemm_reference", counted)
+  return calls
+
+
+@pytest.mark.skipif(ON_GPU, reason="the jnp twin; on a GPU the kernel runs "
+                    "(test_block_fp8_on_gpu_equals_emulation)")
+@pytest.mark.parametrize("policy,reps", [
+    # X: the whole tensor in BF16 (every block pair of fprop and wgrad runs
+    # wide), W in E4M3.
+    (MOR_BLOCK, {"BF16"}),
+    (MOR_SUB2, {"E4M3", "BF16"}),
+    (MOR_SUB3, {"E4M3", "E5M2", "BF16"}),
+], ids=["mor_block", "mor_sub2", "mor_sub3"])
+def test_block_fp8_equals_emulation(policy, reps, monkeypatch):
+  x, w = _spoiled((300, 260), (260, 136), jnp.float32)
+  em = _run(x, w, DENSE, _with(policy, "emulate"))
+  calls = _count_block_gemms(monkeypatch)
+  f8 = _run(x, w, DENSE, _with(policy, "fp8"))
+  assert calls == [jnp.float32] * 3  # fprop, dgrad, wgrad
+  _assert_same_stats(em[3], f8[3])
+  x_stats = f8[3][0]["fprop"]["activation"]
+  assert {n for n, f in zip(x_stats.names, x_stats.fraction_blocks)
+          if f > 0} == reps
+  assert float(f8[3][0]["fprop"]["weight"].fraction_blocks[0]) == 1.0
+  for got, want in zip(f8[:3], em[:3]):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert _rel(got, want) <= 1e-5
+
+
+def test_auto_keeps_block_recipes_emulated(monkeypatch):
+  """Only execution="fp8" asks for the block GEMM, even on FP8 tensor cores."""
+  from mor_jax import _block, _dispatch  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(_dispatch, "fp8_tensor_cores", lambda: True)
+  assert _block.applies("fp8", DENSE, MOR_SUB2)
+  assert not _block.applies("auto", DENSE, MOR_SUB2)
+  assert not _block.applies("emulate", DENSE, MOR_SUB2)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the jnp twin")
+def test_block_fp8_layout_and_bf16_gradients(monkeypatch):
+  """bfloat16; two contracting dimensions, listed out of axis order on both
+  sides; BF16-only gradients, so only fprop runs the block GEMM."""
+  policy = mor_jax.Policy(activation=mor_jax.SubTensorMoR(),
+                          weight=mor_jax.SubTensorMoR(),
+                          gradient=mor_jax.NoQuant())
+  x, w = _operands((4, 70, 3, 50), (70, 130, 50), jnp.bfloat16, seed=3)
+  dims = (((3, 1), (2, 0)), ((), ()))
+  em = _run(x, w, dims, _with(policy, "emulate"))
+  calls = _count_block_gemms(monkeypatch)
+  f8 = _run(x, w, dims, _with(policy, "fp8"))
+  assert calls == [jnp.bfloat16]
+  _assert_same_stats(em[3], f8[3])
+  for got, want in zip(f8[:3], em[:3]):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert _rel(got, want) <= 1e-2
 
 
 # ----------------------------------------------------------------------------
@@ -420,6 +515,23 @@ def test_fp8_on_gpu_equals_emulation(policy):
         _run, dims=DENSE, policy=_with(policy, "fp8"), impl="auto")).lower(
             x, w).as_text()
     assert "mosaic" in text.lower()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("policy", [MOR_BLOCK, MOR_SUB2, MOR_SUB3],
+                         ids=["mor_block", "mor_sub2", "mor_sub3"])
+def test_block_fp8_on_gpu_equals_emulation(policy):
+  x, w = _spoiled((512, 1024), (1024, 768), jnp.bfloat16)
+  em = _run(x, w, DENSE, _with(policy, "emulate"), impl="auto")
+  f8 = _run(x, w, DENSE, _with(policy, "fp8"), impl="auto")
+  _assert_same_stats(em[3], f8[3])
+  for got, want in zip(f8[:3], em[:3]):
+    assert _rel(got, want) <= 1e-2
+  text = jax.jit(functools.partial(
+      _run, dims=DENSE, policy=_with(policy, "fp8"), impl="auto")).lower(
+          x, w).as_text()
+  assert "mosaic" in text.lower()
 
 
 @pytest.mark.gpu

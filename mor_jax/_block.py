@@ -1,0 +1,106 @@
+"""FP8 execution of 128x128-block recipes: the block GEMM (docs/numerics.md 6.1).
+
+Under execution "fp8" (not "auto", yet), a dot_general without batch dimensions whose roles'
+recipes are each ``block_capable`` or BF16 only (at least one of them
+quantized) runs each of its three GEMMs through ``kernels/block_gemm.py``:
+every pair of 128x128 blocks in FP8 from the codes, with the blocks' scales
+applied every 128 of K, or in the compute dtype on the emulated values.
+
+The operands are the six quantizations of the view path (``mor_jax._dot``),
+on the same [rows, K] views with the same passes: ``mor_jax._mor.select``
+with codes as output instead of values. Decisions and statistics are the
+bits of "emulate"; the wide operand of a block is the value "emulate"
+multiplies (its codes dequantized, or x as it came).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mor_jax import _dispatch
+from mor_jax import _formats
+from mor_jax import _fp8
+from mor_jax import _mor
+from mor_jax import _recipes
+from mor_jax import _scaling
+from mor_jax import _stats
+from mor_jax import _xla
+from mor_jax import kernels
+
+bg = kernels.block_gemm
+
+
+def block_capable(recipe: _recipes.Recipe) -> bool:
+  """128x128 blocks on the [rows, K] view, FP8 candidates E4M3 or E5M2.
+
+  The operand's codes are those of the first candidate (E4M3 in
+  ``TensorLevelMoR`` and ``SubTensorMoR``); blocks in another FP8 format
+  (three-way MoR's E5M2) multiply in the compute dtype, exactly.
+  """
+  fp8 = recipe.formats[:-1]
+  return (recipe.block_shape == (bg.BLOCK, bg.BLOCK) and bool(fp8) and
+          all(f in (_formats.E4M3, _formats.E5M2) for f in fp8))
+
+
+def applies(execution: _fp8.Execution, dims, policy) -> bool:
+  """Whether this dot_general's GEMMs run through the block GEMM."""
+  (_, _), (lb, _) = dims
+  recipes = (policy.activation, policy.weight, policy.gradient)
+  # Asked for by name only: "auto" keeps these policies emulated until the
+  # wired path is timed on a GPU and has a sharding rule.
+  return (not lb and execution == "fp8" and
+          all(block_capable(r) or _fp8.bf16_only(r) for r in recipes) and
+          any(block_capable(r) for r in recipes))
+
+
+def quantize(x: jax.Array, recipe: _recipes.Recipe,
+             impl: _dispatch.Implementation
+             ) -> tuple[bg.BlockOperand | jax.Array, _stats.NamedMoRStats]:
+  """MoR of a view x [rows, K] as ``mor_quantize`` makes it.
+
+  Returns:
+    (the operand: a ``BlockOperand``, or x itself for BF16-only recipes;
+    the statistics).
+  """
+  part = _mor.partition(x.shape, recipe)
+  m, choice, st = _mor.select(x, _dispatch.passes(part, impl), recipe,
+                              "codes", part)
+  stats = _stats.NamedMoRStats.of(st, recipe.names)
+  if _fp8.bf16_only(recipe):
+    return x, stats
+  codes, _, scale = m.quantized(recipe.formats[0])
+  choice = jnp.broadcast_to(choice, scale.shape)  # tensor-level: 0-d
+  # The emulated value, as mor_quantize builds it (lower candidates first).
+  wide = x
+  for i, fmt in reversed(list(enumerate(recipe.formats[:-1]))):
+    q, _, s = m.quantized(fmt)
+    deq = _xla.dequantize_blocks(part.to_blocks(q.astype(jnp.float32)),
+                                 part.expand(s), x.dtype)
+    chosen = jnp.broadcast_to(part.expand(choice == i), part.blocked_shape)
+    wide = jnp.where(part.from_blocks(chosen), part.from_blocks(deq), wide)
+  rep = bg.representation_codes(choice, recipe.names)
+  return bg.BlockOperand(codes, _scaling.reciprocal(scale), rep, wide), stats
+
+
+def gemm(a, b, out_dtype, precision,
+         impl: _dispatch.Implementation) -> jax.Array:
+  """A [rows_a, K] times B [rows_b, K]^T, each operand from ``quantize``.
+
+  The compiled kernel on Hopper GPUs for 16-bit compute dtypes (as
+  ``_dispatch.gemm_backend`` picks the per-channel GEMM), its jnp twin
+  elsewhere; with a BF16-only operand, XLA's dot.
+  """
+  wide = [op.wide if isinstance(op, bg.BlockOperand) else op for op in (a, b)]
+  dtype = jnp.result_type(*wide)
+  if not all(isinstance(op, bg.BlockOperand) for op in (a, b)):
+    return jax.lax.dot_general(
+        wide[0].astype(dtype), wide[1].astype(dtype), _fp8.TN,
+        precision=precision, preferred_element_type=jnp.float32
+    ).astype(out_dtype)
+  a, b = (bg.BlockOperand(op.codes, op.recip, op.rep, w.astype(dtype))
+          for op, w in zip((a, b), wide))
+  if _dispatch.gemm_backend(impl, dtype) == "pallas":
+    return bg.block_gemm(a, b, out_dtype=out_dtype)
+  return bg.block_gemm_reference(a, b, out_dtype=out_dtype,
+                                 precision=precision)
