@@ -44,11 +44,15 @@ class Policy:
     "emulate" uses), with the choice made on the device: the same decisions
     and statistics as "emulate", bit for bit. It needs per-tensor or
     per-row scales (``block_shape`` (None, None) or (1, None)) and one
-    decision per tensor, and no batch dimensions; other dot_generals, and
-    policies with 128x128 blocks or sub-tensor MoR, run as "emulate". On a
-    CPU it runs XLA's FP8 dot;
+    decision per tensor, and no batch dimensions. Policies with 128x128
+    blocks or sub-tensor MoR run through the block GEMM
+    (``kernels/block_gemm.py``: scales every 128 of K, each block pair in
+    FP8 or BF16); other dot_generals run as "emulate". On a CPU it runs
+    XLA's FP8 dot, or the block GEMM's jnp twin;
   - "auto" (the default): "fp8" on GPUs with FP8 tensor cores (sm_89 and
-    newer), "emulate" elsewhere.
+    newer), "emulate" elsewhere; 128x128-block and sub-tensor policies run
+    as "emulate" under "auto" until the block GEMM's path is timed on a
+    GPU and can be sharded.
 
   Attributes:
     activation: recipe for the left operand (X).
