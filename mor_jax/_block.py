@@ -70,16 +70,16 @@ def quantize(x: jax.Array, recipe: _recipes.Recipe,
   if _fp8.bf16_only(recipe):
     return x, stats
   codes, _, scale = m.quantized(recipe.formats[0])
-  choice = jnp.broadcast_to(choice, scale.shape)  # tensor-level: 0-d
-  # The emulated value, as mor_quantize builds it (lower candidates first).
-  wide = x
-  for i, fmt in reversed(list(enumerate(recipe.formats[:-1]))):
+
+  def dequantized(fmt):  # The candidate's value, as "values" output has it.
     q, _, s = m.quantized(fmt)
-    deq = _xla.dequantize_blocks(part.to_blocks(q.astype(jnp.float32)),
-                                 part.expand(s), x.dtype)
-    chosen = jnp.broadcast_to(part.expand(choice == i), part.blocked_shape)
-    wide = jnp.where(part.from_blocks(chosen), part.from_blocks(deq), wide)
-  rep = bg.representation_codes(choice, recipe.names)
+    return part.from_blocks(_xla.dequantize_blocks(
+        part.to_blocks(q.astype(jnp.float32)), part.expand(s), x.dtype))
+
+  wide = _mor.chosen_value(x, choice, recipe, part, dequantized)
+  # tensor-level: a 0-d choice, one code for every block
+  rep = bg.representation_codes(jnp.broadcast_to(choice, scale.shape),
+                                recipe.names)
   return bg.BlockOperand(codes, _scaling.reciprocal(scale), rep, wide), stats
 
 

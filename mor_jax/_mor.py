@@ -290,14 +290,22 @@ def _mor(x: jax.Array, recipe: Recipe, output: _passes.Output,
   if output == "codes":
     out, _, scale = m.quantized(recipe.candidates[0][0])
     return (out, scale), choice, stats
+  return chosen_value(x, choice, recipe, part,
+                      lambda fmt: m.quantized(fmt)[0]), choice, stats
+
+
+def chosen_value(x: jax.Array, choice: jax.Array, recipe: Recipe,
+                 part: _partition.Partition, value_of) -> jax.Array:
+  """x with each decision unit's chosen candidate's ``value_of(fmt)`` (x's
+  shape), and x itself where BF16 was chosen."""
   value = x
   for i, (fmt, _) in reversed(list(enumerate(recipe.candidates[:-1]))):
     chosen = choice == i
     if recipe.granularity == "block":
       chosen = part.from_blocks(jnp.broadcast_to(part.expand(chosen),
                                                  part.blocked_shape))
-    value = jnp.where(chosen, m.quantized(fmt)[0], value)
-  return value, choice, stats
+    value = jnp.where(chosen, value_of(fmt), value)
+  return value
 
 
 def partition(shape, recipe: Recipe) -> _partition.Partition:

@@ -117,14 +117,20 @@ def test_reference_equals_numpy_and_emulation(m, k, n, share, rx, rw):
     for rep in (rep_a, rep_b):
       assert np.mean(np.asarray(rep) == bg.REP_BF16) == pytest.approx(
           round(share * rep.size) / rep.size)
-  got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
+  got = _assert_twin_equals(a, b, x, w, rx, rw)
   assert got.shape == (m, n)
+
+
+def _assert_twin_equals(a, b, x, w, rx, rw):
+  """The twin on operands a, b (of x, w.T) equals NumPy and emulation."""
+  got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
   assert _rel(got, numpy_block_gemm(a, b)) <= 1e-6
   policy = mor_jax.Policy(activation=rx, weight=rw,
                           gradient=mor_jax.NoQuant(), execution="emulate")
   want = mor_jax.dot_general(jnp.asarray(x), jnp.asarray(w), DIMS,
                              policy=policy)
   assert _rel(got, want) <= 1e-5
+  return got
 
 
 def test_three_way_e5m2_blocks_run_wide():
@@ -134,13 +140,7 @@ def test_three_way_e5m2_blocks_run_wide():
   a, rep_a = _operand(jnp.asarray(x), rx)
   b, _ = _operand(jnp.asarray(w.T), TWO_WAY)
   assert (np.asarray(rep_a) == bg.REP_E5M2).any()
-  got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
-  assert _rel(got, numpy_block_gemm(a, b)) <= 1e-6
-  policy = mor_jax.Policy(activation=rx, weight=TWO_WAY,
-                          gradient=mor_jax.NoQuant(), execution="emulate")
-  want = mor_jax.dot_general(jnp.asarray(x), jnp.asarray(w), DIMS,
-                             policy=policy)
-  assert _rel(got, want) <= 1e-5
+  _assert_twin_equals(a, b, x, w, rx, TWO_WAY)
 
 
 def test_fp8_pairs_use_the_codes():
