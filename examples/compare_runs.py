@@ -19,7 +19,7 @@ if not __package__:  # Run as a script: make the repository root importable.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
-from examples.lm.metrics import Run
+from examples.lm.metrics import EmptyRunError, Run
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -65,7 +65,10 @@ def main(argv=None) -> int:
   ap.add_argument("one", type=pathlib.Path, help="the reference run")
   ap.add_argument("other", type=pathlib.Path, help="the run compared with it")
   args = ap.parse_args(argv)
-  one, other = Run.load(args.one), Run.load(args.other)
+  try:
+    one, other = Run.load(args.one), Run.load(args.other)
+  except EmptyRunError as e:
+    raise SystemExit(f"error: {e}") from None
   print(f"{args.one}: mesh {one.mesh}, {one.step_ms():.1f} ms/step, "
         f"{one.tokens_per_s():,.0f} tokens/s")
   print(f"{args.other}: mesh {other.mesh}, {other.step_ms():.1f} ms/step, "

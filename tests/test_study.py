@@ -277,8 +277,8 @@ def test_a_stopped_study_continues_where_it_stopped(done_study, corpus,
 
 
 def test_half_a_study_lists_what_is_missing(done_study, tmp_path):
-  """seed1's MoR run unfinished: its ratio is left out and named. (Seed 0
-  gzip-compressed, as committed results are.)"""
+  """seed1's MoR run unfinished and an empty file in seed0: left out and
+  named. (Seed 0 gzip-compressed, as committed results are.)"""
   for path in done_study.glob("seed*/*.jsonl"):
     (tmp_path / path.parent.name).mkdir(exist_ok=True)
     rows = path.read_text().splitlines(keepends=True)
@@ -290,12 +290,13 @@ def test_half_a_study_lists_what_is_missing(done_study, tmp_path):
         f.writelines(rows)
     else:
       copy.write_text("".join(rows))
+  (tmp_path / "seed0" / "mor_sub2.jsonl").write_text("")  # Killed compiling.
   numbers = study.study(tmp_path)
-  assert numbers["incomplete"] == [f"seed1/{GRAD}"]
+  assert numbers["incomplete"] == ["seed0/mor_sub2", f"seed1/{GRAD}"]
   assert list(numbers["recipes"][GRAD]["seeds"]) == [0]
   assert numbers["recipes"][GRAD]["verdict"] == "n/a"
-  assert f"Not finished, left out: seed1/{GRAD}." in study.analyse(
-      tmp_path, seed_reports=False)
+  assert (f"Not finished, left out: seed0/mor_sub2, seed1/{GRAD}." in
+          study.analyse(tmp_path))  # The seed reports skip the empty file.
   saved = json.loads((tmp_path / "study.json").read_text())
   assert saved["recipes"][GRAD]["stderr"] is None  # NaN: one seed.
 

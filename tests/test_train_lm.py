@@ -336,6 +336,24 @@ def test_mesh_must_divide_the_batch_and_widths(capsys):
     assert message in str(e.value.code) + capsys.readouterr().err
 
 
+def test_an_empty_metrics_file_is_named_not_a_crash(train, tmp_path, capsys):
+  """A run killed while compiling leaves an empty file: a report over its
+  directory leaves it out and says so; compare_runs refuses it by name."""
+  from examples import compare_runs  # pylint: disable=g-import-not-at-top
+  train("seed0")
+  shutil.copy(train.files["seed0"], tmp_path)
+  empty = tmp_path / "mor_sub2.jsonl"
+  empty.write_text("")
+  with pytest.raises(metrics.EmptyRunError, match="mor_sub2.jsonl is empty"):
+    metrics.Run.load(empty)
+  train_lm.main(["--report", str(tmp_path)])
+  assert [r.recipe for r in metrics.load_runs(tmp_path)] == [RECIPE]
+  err = capsys.readouterr().err
+  assert "note: left out mor_sub2:" in err and "killed before" in err
+  with pytest.raises(SystemExit, match="error: .*mor_sub2.jsonl is empty"):
+    compare_runs.main([str(train.files["seed0"]), str(empty)])
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 virtual "
                     "devices of the root conftest.py")
 def test_compare_runs_reports_equal_decisions(train, capsys):

@@ -19,6 +19,7 @@ import math
 import os
 import pathlib
 import platform
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,6 +131,10 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   return rows
 
 
+class EmptyRunError(ValueError):
+  """A metrics file without a single row (see ``Run.load``)."""
+
+
 @dataclasses.dataclass
 class Run:
   """One recipe's metrics file, parsed."""
@@ -146,7 +151,18 @@ class Run:
 
   @classmethod
   def load(cls, path: pathlib.Path) -> Run:
+    """Parses a metrics file (``read_jsonl``).
+
+    Raises:
+      EmptyRunError: if the file holds no row: its run was killed before it
+        wrote its header (while compiling), and there is nothing to report.
+    """
     rows = read_jsonl(path)
+    if not rows:
+      raise EmptyRunError(
+          f"{path} is empty: its run was killed before it wrote its header, "
+          "so it holds nothing to report. Train the recipe again (the same "
+          "command) or delete the file.")
     by_kind: dict[str, list[dict]] = {}
     for r in rows:
       by_kind.setdefault(r["kind"], []).append(r)
@@ -205,12 +221,29 @@ def metrics_files(directory: pathlib.Path) -> list[pathlib.Path]:
   return [files[k] for k in sorted(files)]
 
 
+def recipe_of(path: pathlib.Path) -> str:
+  """The recipe a metrics file is named after: ``<recipe>.jsonl[.gz]``."""
+  return path.name.removesuffix(".gz").removesuffix(".jsonl")
+
+
+def load_files(paths: list[pathlib.Path]) -> list[Run]:
+  """``Run.load`` of each path; an empty file is left out with a note on
+  stderr naming it (a report over the rest still helps)."""
+  runs = []
+  for p in paths:
+    try:
+      runs.append(Run.load(p))
+    except EmptyRunError as e:
+      print(f"note: left out {recipe_of(p)}: {e}", file=sys.stderr)
+  return runs
+
+
 def load_runs(directory: pathlib.Path) -> list[Run]:
   """Every metrics file in ``directory`` (``metrics_files``), in ``RECIPES``
   order, each recipe's ablations after it."""
   if not directory.is_dir():
     raise SystemExit(f"error: {directory} is not a directory.")
-  runs = [Run.load(p) for p in metrics_files(directory)]
+  runs = load_files(metrics_files(directory))
   if not runs:
     raise SystemExit(f"error: no *.jsonl or *.jsonl.gz metrics files in "
                      f"{directory}.")

@@ -36,8 +36,8 @@ from mor_jax import report as mor_report
 
 from .config import Config
 from .data import Corpus
-from .metrics import (ROLES, Run, lock_directory, metrics_files, read_jsonl,
-                      recipe_order)
+from .metrics import (ROLES, Run, load_files, lock_directory, metrics_files,
+                      read_jsonl, recipe_of, recipe_order)
 from .report import BASELINE, report
 from .train import train_recipe
 
@@ -199,7 +199,7 @@ def _seed_runs(out: pathlib.Path) -> dict[int, dict[str, Run]]:
   for d in out.iterdir():
     m = _SEED_DIR.fullmatch(d.name)
     if m and d.is_dir():
-      runs = (Run.load(p) for p in metrics_files(d))
+      runs = load_files(metrics_files(d))
       seeds[int(m.group(1))] = {r.recipe: r for r in runs}
   return dict(sorted(seeds.items()))
 
@@ -214,7 +214,11 @@ def study(out: pathlib.Path, tolerance: float = TOLERANCE,
   by_seed = _seed_runs(out)
   done = {s: {k: r for k, r in runs.items() if r.end.get("kind") == "done"}
           for s, runs in by_seed.items()}
-  incomplete = [f"seed{s}/{k}" for s, runs in by_seed.items() for k in runs
+  # Unfinished runs, and empty files (killed before their header).
+  incomplete = [f"seed{s}/{k}" for s in by_seed
+                for k in sorted({recipe_of(p) for p in
+                                 metrics_files(seed_dir(out, s))},
+                                key=recipe_order)
                 if k not in done[s]]
   recipes = sorted({k for runs in done.values() for k in runs},
                    key=recipe_order)
