@@ -12,7 +12,12 @@ name (CUPTI's kernel times: no host gaps, no launch queueing). Modes:
 - ``--sweep dual``: tilings of kernels/dual.py, each pass apart, against an
   XLA copy;
 - ``--trace DIR --steps N``: a trace taken elsewhere, e.g. by
-  ``examples/train_lm.py --profile-steps N``.
+  ``examples/train_lm.py --profile-steps N``;
+- ``--trace DIR --steps N --by-op [--match MemcpyD2D]``: that trace's kernels
+  (those whose name contains the match) summed per HLO op that launched them
+  (its "hlo_op" stat, else the "XLA Ops" event around it): per step, time,
+  launches and, for memcpys, bytes, with the op's module, JAX name and shape
+  where the trace records them.
 
 On a CPU there is no device plane and nothing to sum. Run on a GPU:
 ``python benchmarks/profile.py`` (``--layers``, ``--shape``, ``--sweep``).
@@ -21,11 +26,13 @@ On a CPU there is no device plane and nothing to sum. Run on a GPU:
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import dataclasses
 import functools
 import glob
 import json
+import re
 import tempfile
 
 import jax
@@ -38,20 +45,90 @@ from gemm import (DUAL_VARIANTS, TN, _codes, dense_layer, dense_step,
                   dual_passes, rel)
 
 
-def device_kernels(trace_dir: str) -> list[tuple[str, float, float]]:
-  """(name, start_ns, duration_ns) of every kernel on the device planes."""
+@dataclasses.dataclass(frozen=True)
+class Event:
+  """One timed event of a device plane, with its stats by name."""
+  name: str
+  start_ns: float
+  duration_ns: float
+  stats: dict = dataclasses.field(default_factory=dict)
+
+
+def device_lines(trace_dir: str) -> list[tuple[list[Event], list[Event]]]:
+  """Per device plane: (its Stream events, its "XLA Ops" events)."""
   out = []
   for path in glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True):
     for plane in ProfileData.from_file(path).planes:
       if not plane.name.startswith("/device:"):
         continue
+      streams, ops = [], []
       for line in plane.lines:
-        # Streams carry the kernels; other lines (e.g. "XLA Ops", "XLA
-        # Modules") repeat them grouped differently.
-        if not line.name.startswith("Stream"):
-          continue
-        out.extend((e.name, e.start_ns, e.duration_ns) for e in line.events)
+        # Streams carry the kernels and memcpys; "XLA Ops" the HLO ops that
+        # launched them; other lines (e.g. "XLA Modules") regroup them.
+        into = (streams if line.name.startswith("Stream") else
+                ops if line.name == "XLA Ops" else None)
+        if into is not None:
+          into.extend(Event(e.name, e.start_ns, e.duration_ns, dict(e.stats))
+                      for e in line.events)
+      out.append((streams, ops))
   return out
+
+
+def device_kernels(trace_dir: str) -> list[tuple[str, float, float]]:
+  """(name, start_ns, duration_ns) of every kernel on the device planes."""
+  return [(e.name, e.start_ns, e.duration_ns)
+          for streams, _ in device_lines(trace_dir) for e in streams]
+
+
+# Stats of GPU traces (XLA's cupti_collector.cc copies the thunk's annotation,
+# xla/service/gpu/runtime/annotation.cc, onto each kernel): "hlo_op" and
+# "hlo_module" always; the op's JAX name as "name" (prefix of the module's
+# common op_name cut off) or in full as "op_name", and its output "shape" at
+# the detailed annotation level; memcpys' "memcpy_details" reads
+# "kind_src:... kind_dst:... size:<bytes> dest:... async:...".
+_JAX_NAME = ("op_name", "name")
+_SHAPE = ("long_name", "shape")
+
+
+def _first(stats: dict, keys) -> str:
+  return next((str(stats[k]) for k in keys if k in stats), "")
+
+
+def op_times(kernels, ops, match: str = "") -> dict:
+  """Sums the kernels whose name contains ``match`` by the HLO op behind them.
+
+  A kernel's op is its "hlo_op" stat, else the "XLA Ops" event that contains
+  its start (both from one device plane), else "?".
+
+  Args:
+    kernels: ``Event``s of the Stream lines.
+    ops: ``Event``s of the "XLA Ops" line, which do not overlap.
+    match: a substring of the kernel names to keep, e.g. "MemcpyD2D".
+
+  Returns:
+    {(kernel name, hlo_module, hlo_op, JAX name, shape): [ns, launches,
+    bytes]}; bytes count memcpys' sizes (0 for kernels).
+  """
+  ops = sorted(ops, key=lambda o: o.start_ns)
+  starts = [o.start_ns for o in ops]
+  sums = collections.defaultdict(lambda: [0.0, 0, 0])
+  for k in kernels:
+    if match not in k.name:
+      continue
+    i = bisect.bisect_right(starts, k.start_ns) - 1
+    op = (ops[i] if i >= 0 and k.start_ns < starts[i] + ops[i].duration_ns
+          else None)
+    hlo_op = str(k.stats.get("hlo_op", op.name if op else "?"))
+    # The kernel's own stats win; the containing op's fill in only if it is
+    # the kernel's op.
+    stats = {**(op.stats if op and op.name == hlo_op else {}), **k.stats}
+    size = re.search(r"\bsize:(\d+)", str(k.stats.get("memcpy_details", "")))
+    key = (k.name, _first(stats, ("hlo_module",)), hlo_op,
+           _first(stats, _JAX_NAME), _first(stats, _SHAPE))
+    sums[key][0] += k.duration_ns
+    sums[key][1] += 1
+    sums[key][2] += int(size.group(1)) if size else 0
+  return dict(sums)
 
 
 def trace_times(trace_dir: str):
@@ -98,6 +175,35 @@ def summarize(label: str, got, steps: int, top: int, **info) -> None:
                         ms=round(sum(t for _, t in rest) / steps / 1e6, 4),
                         launches=sum(count[nm] for nm, _ in rest) // steps)),
         flush=True)
+
+
+def summarize_ops(label: str, trace_dir: str, steps: int, top: int,
+                  match: str) -> None:
+  """Per step: the kernels matching ``match``, then the ``top`` (kernel, HLO
+  op) pairs by time with their launches and bytes, the rest."""
+  sums = {}  # summed over device planes, like summarize
+  for streams, ops in device_lines(trace_dir):
+    for key, got in op_times(streams, ops, match).items():
+      sums[key] = [a + b for a, b in zip(sums.get(key, (0, 0, 0)), got)]
+  if not sums:
+    print(json.dumps(dict(run=label, match=match,
+                          note="no matching device events in the trace")))
+    return
+  per_step = lambda ns, n, b: dict(  # noqa: E731
+      ms=round(ns / steps / 1e6, 4), launches=n // steps, bytes=b // steps,
+      bytes_each=b // n)
+  print(json.dumps(dict(run=label, match=match,
+                        **per_step(*map(sum, zip(*sums.values()))))),
+        flush=True)
+  ranked = sorted(sums.items(), key=lambda kv: -kv[1][0])
+  for (kernel, module, op, jax_name, shape), got in ranked[:top]:
+    print(json.dumps(dict(run=label, kernel=kernel[:90], hlo_module=module,
+                          hlo_op=op, name=jax_name[-120:], shape=shape[:200],
+                          **per_step(*got))), flush=True)
+  rest = [got for _, got in ranked[top:]]
+  if rest:
+    print(json.dumps(dict(run=label, hlo_op=f"({len(rest)} others)",
+                          **per_step(*map(sum, zip(*rest))))), flush=True)
 
 
 def per_call_ms(times, calls: int, prefix: str = "") -> float:
@@ -203,7 +309,16 @@ def main() -> None:
   ap.add_argument("--trace", default=None,
                   help="sum an existing trace instead, e.g. train_lm.py "
                   "--profile-steps N's <out>/<recipe>_profile (--steps: N)")
+  ap.add_argument("--by-op", action="store_true",
+                  help="with --trace: sum the kernels by the HLO op that "
+                  "launched them")
+  ap.add_argument("--match", default="",
+                  help="with --by-op: only kernels whose name contains this, "
+                  "e.g. MemcpyD2D")
   args = ap.parse_args()
+  if args.trace and args.by_op:
+    return summarize_ops(args.trace, args.trace, args.steps, args.top,
+                         args.match)
   if args.trace:
     return summarize(args.trace, trace_times(args.trace), args.steps,
                      args.top)

@@ -1,0 +1,69 @@
+"""benchmarks/profile.py's attribution of device kernels to HLO ops, on
+synthetic events (a GPU trace's reading is exercised on the GPU only)."""
+
+import importlib.util
+import pathlib
+import sys
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))  # profile.py imports gemm.py beside it
+# A file name of its own: "profile" is also a standard-library module.
+_spec = importlib.util.spec_from_file_location("profile_benchmark",
+                                               BENCH / "profile.py")
+profile = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(profile)  # its dataclass looks itself up by name
+Event = profile.Event
+
+
+def _memcpy(start, dur, size, **stats):
+  details = f"kind_src:device kind_dst:device size:{size} dest:0 async:1"
+  return Event("MemcpyD2D", start, dur, dict(memcpy_details=details, **stats))
+
+
+OPS = [  # "XLA Ops", out of order: op_times sorts them.
+    Event("copy.3", 100, 50, dict(hlo_module="jit_step", shape="f32[4,8]")),
+    Event("fusion.1", 0, 100, dict(hlo_module="jit_step")),
+    Event("dynamic-slice.7", 200, 40, dict(hlo_module="jit_step",
+                                           long_name="bf16[1,64]")),
+]
+
+
+def test_kernels_go_to_the_op_around_them_with_times_counts_and_bytes():
+  kernels = [
+      Event("loop_fusion_kernel", 5, 90),   # inside fusion.1
+      _memcpy(110, 10, 128),                # inside copy.3
+      _memcpy(130, 15, 128),                # inside copy.3, again
+      _memcpy(205, 20, 4096),               # inside dynamic-slice.7
+      _memcpy(160, 5, 64),                  # between ops: unattributed
+  ]
+  got = profile.op_times(kernels, OPS)
+  assert got == {
+      ("loop_fusion_kernel", "jit_step", "fusion.1", "", ""): [90, 1, 0],
+      ("MemcpyD2D", "jit_step", "copy.3", "", "f32[4,8]"): [25, 2, 256],
+      ("MemcpyD2D", "jit_step", "dynamic-slice.7", "", "bf16[1,64]"):
+          [20, 1, 4096],
+      ("MemcpyD2D", "", "?", "", ""): [5, 1, 64],
+  }
+
+
+def test_the_kernels_hlo_op_stat_wins_over_the_op_around_it():
+  # The stat names another op than the one whose span holds the kernel: the
+  # kernel goes to the stat's op, without the other op's module or shape.
+  kernels = [_memcpy(110, 10, 32, hlo_op="custom-call.4", op_name="jit(f)/x",
+                     hlo_module="jit_f"),
+             _memcpy(120, 10, 32, hlo_op="copy.3", name="scan/y")]
+  got = profile.op_times(kernels, OPS)
+  assert got == {
+      ("MemcpyD2D", "jit_f", "custom-call.4", "jit(f)/x", ""): [10, 1, 32],
+      ("MemcpyD2D", "jit_step", "copy.3", "scan/y", "f32[4,8]"): [10, 1, 32],
+  }
+
+
+def test_match_keeps_only_the_named_kernels():
+  kernels = [Event("loop_fusion_kernel", 5, 90), _memcpy(110, 10, 128),
+             Event("MemcpyH2D", 120, 3)]
+  got = profile.op_times(kernels, OPS, match="MemcpyD2D")
+  assert list(got) == [("MemcpyD2D", "jit_step", "copy.3", "", "f32[4,8]")]
+  assert profile.op_times(kernels, OPS, match="Memcpy").keys() == {
+      ("MemcpyD2D", "jit_step", "copy.3", "", "f32[4,8]"),
+      ("MemcpyH2D", "jit_step", "copy.3", "", "f32[4,8]")}
