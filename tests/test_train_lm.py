@@ -336,6 +336,27 @@ def test_mesh_must_divide_the_batch_and_widths(capsys):
     assert message in str(e.value.code) + capsys.readouterr().err
 
 
+def test_lean_steps_change_nothing_logged(train, corpus, tmp_path):
+  """--lean-steps: the steps between logged ones take no statistics; the
+  losses and the logged statistics are those of a run that takes them all."""
+  full = train("seed0")
+  cfg = dataclasses.replace(TINY, stats_every=3)
+  assert training.train_recipe(RECIPE, cfg, corpus, tmp_path, progress=False,
+                               lean=True)
+  lean = metrics.Run.load(tmp_path / f"{RECIPE}.jsonl")
+  assert lean.header["lean_steps"] and not full.header["lean_steps"]
+  np.testing.assert_array_equal(lean.train["loss"], full.train["loss"])
+  np.testing.assert_array_equal(lean.val["loss"], full.val["loss"])
+  assert lean.stats_steps.tolist() == [0, 3]
+  for name, values in lean.stats.items():
+    np.testing.assert_array_equal(values, full.stats[name][[0, 3]], name)
+  # Without MoR there are no statistics to leave out: one program.
+  assert training.train_recipe("dense", cfg, corpus, tmp_path, progress=False,
+                               lean=True)
+  dense = metrics.Run.load(tmp_path / "dense.jsonl")
+  assert not dense.header["lean_steps"] and dense.stats_steps.size == 0
+
+
 def test_an_empty_metrics_file_is_named_not_a_crash(train, tmp_path, capsys):
   """A run killed while compiling leaves an empty file: a report over its
   directory leaves it out and says so; compare_runs refuses it by name."""

@@ -78,18 +78,28 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
                                                          targets).mean()
 
 
-def loss_and_grads(model: Transformer, params, probes, batch: jax.Array):
+def loss_and_grads(model: Transformer, params, probes, batch: jax.Array, *,
+                   stats: bool = True):
   """Loss, parameter gradients and the MoR statistics of one batch.
+
+  With ``stats`` False no statistics are asked for: without the
+  "mor_stats" collection and the "mor_grads" probes, XLA drops every op
+  that only fed them, and MoR's decisions (which the GEMMs need) are all
+  that is left.
 
   Returns:
     (loss, grads, ``flatten_stats`` of the forward and backward statistics,
-    their ``mor_jax.summarize``).
+    their ``mor_jax.summarize``; both empty without ``stats``).
   """
   def loss_fn(params, probes):
+    if not stats:
+      return cross_entropy(model.apply({"params": params}, batch[:, :-1]),
+                           batch[:, 1:]), {}
     logits, mutated = model.apply({"params": params, "mor_grads": probes},
                                   batch[:, :-1], mutable=["mor_stats"])
     return cross_entropy(logits, batch[:, 1:]), mutated.get("mor_stats", {})
 
+  probes = probes if stats else {}
   (loss, fwd), (grads, g_probes) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(params, probes)
   return (loss, grads, flatten_stats(fwd, g_probes),
@@ -99,11 +109,13 @@ def loss_and_grads(model: Transformer, params, probes, batch: jax.Array):
 def train_step(model: Transformer, tx: optax.GradientTransformation,
                schedule: optax.Schedule, cfg: Config, state: TrainState,
                probes, tokens: jax.Array, data_key: jax.Array, *,
-               batch_sharding: NamedSharding | None = None):
+               batch_sharding: NamedSharding | None = None,
+               stats: bool = True):
   """One AdamW step on a batch drawn from ``tokens`` by (data_key, step).
 
   With ``batch_sharding`` the batch (the same one) is split over the mesh's
-  batch axes; the rest follows from the parameters' shardings.
+  batch axes; the rest follows from the parameters' shardings. With
+  ``stats`` False the step takes no MoR statistics (``loss_and_grads``).
 
   Returns:
     (new state, [loss, lr, grad_norm, skipped], the MoR statistics as one
@@ -117,7 +129,7 @@ def train_step(model: Transformer, tx: optax.GradientTransformation,
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   loss, grads, stats, summary = loss_and_grads(model, state.params, probes,
-                                               batch)
+                                               batch, stats=stats)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   skipped = 1.0 - opt_state.last_finite.astype(jnp.float32)
@@ -232,10 +244,13 @@ class Program(NamedTuple):
   """The compiled steps and the device-resident inputs they take.
 
   ``step(state, probes, tokens, data_key)`` is a ``train_step`` (donating
-  ``state``); ``evaluate(params, windows)`` is an ``eval_loss``.
+  ``state``); ``lean_step``, if not None, the same without statistics, for
+  the steps whose statistics are not logged; ``evaluate(params, windows)``
+  is an ``eval_loss``.
   """
 
   step: Callable[..., Any]
+  lean_step: Callable[..., Any] | None
   evaluate: Callable[..., jax.Array]
   probes: Any
   tokens: jax.Array
@@ -244,15 +259,15 @@ class Program(NamedTuple):
   compile_s: float
 
 
-def _jit_one_device(step, evaluate, cfg, corpus, state, probes, data_key):
-  """All on the default device; the step donates the state it replaces."""
+def _jit_one_device(steps, evaluate, cfg, corpus, state, probes, data_key):
+  """All on the default device; a step donates the state it replaces."""
   tokens = jnp.asarray(corpus.train)
   windows = jnp.asarray(validation_windows(corpus.val, cfg))
-  return (jax.jit(step, donate_argnums=0), jax.jit(evaluate), state, probes,
-          tokens, data_key, windows)
+  return ([jax.jit(step, donate_argnums=0) for step in steps],
+          jax.jit(evaluate), state, probes, tokens, data_key, windows)
 
 
-def _jit_on_mesh(step, evaluate, cfg, corpus, state, probes, data_key, *,
+def _jit_on_mesh(steps, evaluate, cfg, corpus, state, probes, data_key, *,
                  mesh_shape):
   """The state as ``shardings`` says, validation windows split over the
   batch axes, everything else replicated; the returned values are placed."""
@@ -267,22 +282,22 @@ def _jit_on_mesh(step, evaluate, cfg, corpus, state, probes, data_key, *,
       (probes, data_key, corpus.train), replicated)
   windows = jax.device_put(validation_windows(corpus.val, cfg),
                            windows_sharding)
-  step_fn = jax.jit(
+  step_fns = [jax.jit(
       functools.partial(step,
                         batch_sharding=NamedSharding(mesh, P(BATCH_AXES))),
       in_shardings=(state_shardings, replicated, replicated, replicated),
       out_shardings=(state_shardings, replicated, replicated, replicated),
-      donate_argnums=0)
+      donate_argnums=0) for step in steps]
   eval_fn = jax.jit(evaluate,
                     in_shardings=(state_shardings.params, windows_sharding),
                     out_shardings=replicated)
-  return step_fn, eval_fn, state, probes, tokens, data_key, windows
+  return step_fns, eval_fn, state, probes, tokens, data_key, windows
 
 
 def compile_program(step: Callable[..., Any], evaluate: Callable[..., Any],
                     cfg: Config, corpus: Corpus, state: TrainState, probes,
                     data_key: jax.Array,
-                    mesh_shape: dict[str, int] | None
+                    mesh_shape: dict[str, int] | None, *, lean: bool = False
                     ) -> tuple[Program, TrainState]:
   """Places the inputs and compiles ``step`` and ``evaluate`` ahead of time.
 
@@ -298,20 +313,23 @@ def compile_program(step: Callable[..., Any], evaluate: Callable[..., Any],
     probes: the model's "mor_grads" variables.
     data_key: the key of the batches.
     mesh_shape: as ``train_recipe`` takes it.
+    lean: also compile ``step`` without statistics (``Program.lean_step``).
 
   Returns:
     (the ``Program``, ``state`` placed on the device(s)).
   """
   jit = (_jit_one_device if mesh_shape is None
          else functools.partial(_jit_on_mesh, mesh_shape=mesh_shape))
-  step_fn, eval_fn, state, probes, tokens, data_key, windows = jit(
-      step, evaluate, cfg, corpus, state, probes, data_key)
+  steps = [step] + ([functools.partial(step, stats=False)] if lean else [])
+  step_fns, eval_fn, state, probes, tokens, data_key, windows = jit(
+      steps, evaluate, cfg, corpus, state, probes, data_key)
   t0 = time.perf_counter()
-  step_fn = step_fn.lower(state, probes, tokens, data_key).compile()
+  step_fn, *lean_fn = [f.lower(state, probes, tokens, data_key).compile()
+                       for f in step_fns]
   eval_fn = eval_fn.lower(state.params, windows).compile()
   compile_s = time.perf_counter() - t0
-  return Program(step_fn, eval_fn, probes, tokens, data_key, windows,
-                 compile_s), state
+  return Program(step_fn, lean_fn[0] if lean else None, eval_fn, probes,
+                 tokens, data_key, windows, compile_s), state
 
 
 # ----------------------------------------------------------------------------
@@ -361,9 +379,13 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
     jax.profiler.start_trace(str(trace_dir))
   t_window = time.perf_counter()
   while step < cfg.steps:
-    state, scalars, stats, summary = program.step(
+    # A lean step's statistics would not be logged: it takes none.
+    lean = program.lean_step is not None and step % cfg.stats_every
+    state, scalars, stats, summary = (program.lean_step if lean else
+                                      program.step)(
         state, program.probes, program.tokens, program.data_key)
-    pending.append((step, scalars, stats, summary))
+    pending.append((step, scalars, *((None, None) if lean else
+                                     (stats, summary))))
     step += 1
     if step % cfg.log_every and step != cfg.steps:
       continue
@@ -415,7 +437,8 @@ def initial_variables(model: Transformer, cfg: Config):
 
 def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
                  *, deadline: float = math.inf, progress: bool = True,
-                 mesh_shape: dict[str, int] | None = None) -> bool:
+                 mesh_shape: dict[str, int] | None = None,
+                 lean: bool = False) -> bool:
   """Trains one recipe and writes ``out/<recipe>.jsonl``.
 
   At ``deadline`` (a ``time.monotonic()`` value), checked every
@@ -438,6 +461,8 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
     progress: whether to show a progress bar.
     mesh_shape: sizes of the ``MESH_AXES`` (``parse_mesh``), or None for one
       device.
+    lean: run the steps whose statistics are not logged without any
+      (``Program.lean_step``; the header's "lean_steps").
 
   Returns:
     True if training finished, False if it stopped at the deadline.
@@ -447,12 +472,15 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
   tx, schedule = make_optimizer(cfg)
   params, probes, data_key = initial_variables(model, cfg)
   state = TrainState(jnp.int32(0), params, tx.init(params))
-  header = run_header(recipe, cfg, corpus, count_params(params), mesh_shape)
+  # Only MoR takes statistics; "dense" has none to leave out.
+  lean = lean and bool(probes)
+  header = dict(run_header(recipe, cfg, corpus, count_params(params),
+                           mesh_shape), lean_steps=lean)
   state, start, writer = open_run(out, recipe, state, header)
   program, state = compile_program(
       functools.partial(train_step, model, tx, schedule, cfg),
       functools.partial(eval_loss, model), cfg, corpus, state, probes,
-      data_key, mesh_shape)
+      data_key, mesh_shape, lean=lean)
   names = stat_names(model, cfg, params, probes)
 
   if start == 0:
