@@ -173,10 +173,13 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
             for st in stats]
   rows = [jnp.broadcast_to(s[:, 0], (v.shape[0],))
           for s, v in zip(scales, views)]
+  # One division for the reciprocals of both orientations (div_rn is large).
+  recips = jnp.split(_scaling.reciprocal(jnp.concatenate(rows)),
+                     [rows[0].shape[0]])
   codes, codes_t, *errs = dual.codes(t, *rows, fmt)
   sides = []
-  for i, (view, st, row, q, err) in enumerate(
-      zip(views, stats, rows, (codes, codes_t), errs)):
+  for i, (view, st, recip, q, err) in enumerate(
+      zip(views, stats, recips, (codes, codes_t), errs)):
     if per_tensor:
       err = jnp.sum(err, keepdims=True)
     part = _mor.partition(view.shape, recipe)
@@ -184,7 +187,7 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
     _, choice, s = _mor.select(view, passes, recipe, "codes", part)
     # One decision unit: the tensor (a 0-d choice, or a grid of one block).
     accepted = jnp.reshape(choice == 0, ())
-    sides.append(Side(t, q, _scaling.reciprocal(row), accepted,
+    sides.append(Side(t, q, recip, accepted,
                       _stats.NamedMoRStats.of(s, recipe.names), i == 1))
   return tuple(sides)
 

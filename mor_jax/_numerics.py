@@ -31,6 +31,9 @@ _SIGN = np.int32(np.float32(-0.0).view(np.int32))
 TINY = float(_F32.smallest_normal)
 # docs/numerics.md section 3: scales are capped at 2^126.
 SCALE_CAP_EXPONENT = int(_F32.maxexp) - 2
+# div_rn's quotient bits after the first, at most 7 at a time (see there).
+_DIV_CHUNKS = tuple(min(7, _MANT_BITS + 1 - i)
+                    for i in range(0, _MANT_BITS + 1, 7))
 
 
 def _bits(x: jax.Array) -> jax.Array:
@@ -132,12 +135,19 @@ def div_rn(num: jax.Array, den: jax.Array) -> jax.Array:
   md = (db & _MANT_MASK) | _HIDDEN
   below = (mn < md).astype(jnp.int32)
   e = ((nb >> _MANT_BITS) & _EXP_MASK) - ((db >> _MANT_BITS) & _EXP_MASK) - below
-  r = mn << below  # md <= r < 2 * md < 2**25: the first quotient bit is 1.
-  q = jnp.zeros_like(r)
-  for _ in range(_MANT_BITS + 2):  # 24 significant bits and a guard bit
-    bit = (r >= md).astype(jnp.int32)
-    q = (q << 1) | bit
-    r = (r - bit * md) << 1
+  # md <= (mn << below) < 2 * md: the first quotient bit is 1, and the
+  # remainder r < md < 2**24.
+  q = jnp.ones_like(mn)
+  r = (mn << below) - md
+  # The other 24 quotient bits (23 significant and a guard bit) in chunks of
+  # at most 7, each from one exact integer division: r << 7 < 2**31. One
+  # division per chunk instead of one compare-subtract per bit keeps the
+  # program, and its compile time, small.
+  for bits in _DIV_CHUNKS:
+    r = r << bits
+    digit = jax.lax.div(r, md)
+    q = (q << bits) | digit
+    r = r - digit * md
   mant = q >> 1
   round_up = (q & 1) & ((r != 0).astype(jnp.int32) | (mant & 1))
   mant = mant + round_up

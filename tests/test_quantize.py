@@ -213,6 +213,32 @@ def test_exact_powers_of_two_of_scales_near_cap(impl):
       assert float(got[0, 0]) == float(got[1, 0]) == 2.0**126
 
 
+def test_exact_division_is_ieee_division():
+  # div_rn (behind every scale and reciprocal) against NumPy's float32
+  # division: significands that differ in their last bits (the sticky and
+  # guard bits decide), every significand pair of a coarse grid, and random
+  # operands over the exponent range (quotients at or above 2**126 are
+  # capped there; none of the callers' quotients lies below 2**-126).
+  from mor_jax import _numerics  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  mant = np.concatenate([np.arange(0, 1 << 23, 40961),
+                         [1, 2, (1 << 23) - 2, (1 << 23) - 1]])
+  a, b = (m.ravel() for m in np.meshgrid(mant, mant))
+  bits = [(a | (127 << 23), b | (127 << 23))]
+  m = rng.integers(0, 1 << 23, 20000)
+  near = np.clip(m + rng.integers(-3, 4, m.size), 0, (1 << 23) - 1)
+  bits.append((m | (127 << 23), near | (126 << 23)))
+  bits.append(tuple(rng.integers(1 << 23, 0x7F800000, (2, 20000))))
+  for num_bits, den_bits in bits:
+    num = np.asarray(num_bits, np.int32).view(np.float32)
+    den = np.asarray(den_bits, np.int32).view(np.float32)
+    with np.errstate(over="ignore"):
+      want = num / den
+    keep = want >= 2.0**-126
+    got = np.asarray(jax.jit(_numerics.div_rn)(num[keep], den[keep]))
+    data.assert_bits_equal(got, np.minimum(want[keep], np.float32(2.0**126)))
+
+
 @pytest.mark.parametrize("impl", cases.IMPLS)
 def test_subnormal_inputs_are_zeros(impl):
   x = np.array([1e-40, -1e-39, 0.0], np.float32)
