@@ -163,6 +163,17 @@ def _blocks(x, bf16_share: float, seed: int):
   return block_gemm.BlockOperand(qa.data, 1.0 / qa.scale, rep, x)
 
 
+# Configurations of the block GEMM, the default first (BlockGemmConfig).
+BLOCK_VARIANTS = (
+    dict(stages=2, shared_buffers=False, overlap=False),
+    dict(stages=2, shared_buffers=False, overlap=True),
+    dict(stages=3, shared_buffers=True, overlap=False),
+    dict(stages=4, shared_buffers=True, overlap=False),
+    dict(stages=3, shared_buffers=True, overlap=True),
+    dict(stages=4, shared_buffers=True, overlap=True),
+)
+
+
 def bench_block(iters: int) -> None:
   m, k, n = 16384, 8192, 8192
   a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
@@ -180,14 +191,23 @@ def bench_block(iters: int) -> None:
   wb = jax.jit(_blocks, static_argnums=(1, 2))(b, 0.0, 2)
   for share in (0.0, 0.1, 0.5, 1.0):
     wa = jax.jit(_blocks, static_argnums=(1, 2))(a, share, 3)
-    fn = functools.partial(block_gemm.block_gemm, out_dtype=jnp.bfloat16)
-    t = timed(fn, wa, wb, iters=iters)
     want = block_gemm.block_gemm_reference(
         wa, wb, out_dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
-    say(bench="block", case="block_kernel", bf16_blocks=share,
-        bf16_pairs=round(float(jnp.mean(wa.rep == block_gemm.REP_BF16)), 4),
-        ms=round(t * 1e3, 3), vs_bf16=round(t / t_bf16, 3),
-        tflops=round(2 * m * n * k / t / 1e12, 1), rel_frobenius=rel(fn(wa, wb), want))
+    for variant in BLOCK_VARIANTS:
+      cfg = block_gemm.BlockGemmConfig(**variant)
+      fn = functools.partial(block_gemm.block_gemm, out_dtype=jnp.bfloat16,
+                             config=cfg)
+      try:
+        t = timed(fn, wa, wb, iters=iters)
+      except Exception as e:  # noqa: BLE001 - a variant that fails to build
+        say(bench="block", case="block_kernel", bf16_blocks=share, **variant,
+            error=f"{type(e).__name__}: {str(e)[:300]}")
+        continue
+      say(bench="block", case="block_kernel", bf16_blocks=share, **variant,
+          bf16_pairs=round(float(jnp.mean(wa.rep == block_gemm.REP_BF16)), 4),
+          ms=round(t * 1e3, 3), vs_bf16=round(t / t_bf16, 3),
+          tflops=round(2 * m * n * k / t / 1e12, 1),
+          rel_frobenius=rel(fn(wa, wb), want))
 
 
 # Tilings of the dual passes: (tile_rows, tile_cols, row_steps, warps,

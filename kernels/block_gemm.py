@@ -80,15 +80,26 @@ class BlockGemmConfig:
     stages: pipeline depth of each of the two loops (fewer if the shared
       memory does not hold them).
     grid_tile_width: output tiles per band of the planar-snake order.
+    shared_buffers: the two loops allocate their buffers in turn, per tile,
+      in the same shared memory (deeper pipelines), instead of both once
+      for the kernel.
+    overlap: the FP8 loop promotes step s - 1's product while step s's
+      wgmma runs, instead of waiting for each step's wgmma at once.
   """
 
   stages: int = 2
   grid_tile_width: int = 8
+  shared_buffers: bool = False
+  overlap: bool = False
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      if f.type == "bool" or f.type is bool:
+        if not isinstance(v, bool):
+          raise ValueError(f"BlockGemmConfig.{f.name} must be a bool, "
+                           f"got {v!r}.")
+      elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"BlockGemmConfig.{f.name} must be a positive int, "
                          f"got {v!r}.")
 
@@ -212,22 +223,20 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
     return [spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), a_ref.dtype, 1),
             spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), b_ref.dtype, 1)]
 
-  # The allocations of both loops live across the tile loop, so that no
-  # tile reallocates. They depend on the specs' shapes, not on their index
-  # maps; the grid is a traced value, as in the loops, so that a short K
-  # does not shrink them below the loops' depth.
-  ignore = lambda *_, **__: None  # noqa: E731
-  steps = jnp.int32(kb)
-  fp8_allocs = pipeline(ignore, ignore, fp8_specs(), steps).get_allocations(
-      a8_ref, b8_ref, ra_ref, rb_ref)
-  wide_allocs = pipeline(ignore, ignore, wide_specs(0), steps
-                         ).get_allocations(a_ref, b_ref)
-
-  @functools.partial(pl.run_scoped, fp8_allocs=fp8_allocs,
-                     wide_allocs=wide_allocs, collective_axes="wg")
-  def _(fp8_allocs, wide_allocs):
+  # Unless they share shared memory (allocated by each loop, per tile), the
+  # allocations of both loops live across the tile loop, so that no tile
+  # reallocates. They depend on the specs' shapes, not on their index maps;
+  # the grid is a traced value, as in the loops, so that a short K does not
+  # shrink them below the loops' depth.
+  def tiles(fp8_allocs=None, wide_allocs=None):
     wg = lax.axis_index("wg")
     my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
+    row_scales = plgpu.Layout.WGMMA.reduce(1)
+    col_scales = plgpu.Layout.WGMMA.reduce(0)
+
+    def promote(acc, part, sa, sb):
+      return acc + (part * lax.broadcast_in_dim(sa, (wr, BLOCK), [0]) *
+                    lax.broadcast_in_dim(sb, (wr, BLOCK), [1]))
 
     @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
     def _(info):
@@ -243,22 +252,34 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
                                 order_barrier.at[0])
         plgpu.barrier_wait(order_barrier.at[0])
 
+      zeros = jnp.zeros((wr, BLOCK), jnp.float32)
+
       def fp8_context(run_pipeline):
-        acc = run_pipeline(jnp.zeros((wr, BLOCK), jnp.float32))
+        if cfg.overlap:
+          # The carry holds the last step's product and scales, promoted
+          # by the next step (or here, after the last).
+          sa = plgpu.layout_cast(jnp.zeros((wr,), jnp.float32), row_scales)
+          sb = plgpu.layout_cast(jnp.zeros((BLOCK,), jnp.float32), col_scales)
+          acc = promote(*run_pipeline((zeros, zeros, sa, sb)))
+        else:
+          acc = run_pipeline(zeros)
         sum_smem[wg] = acc
 
-      def fp8_step(_, a8, b8, ra, rb, acc):
+      def fp8_step(_, a8, b8, ra, rb, carry):
         # A fresh accumulator per K block: its scales apply to this block
         # only, and the float32 sum outside the tensor cores is exact.
+        sa = plgpu.load(ra.at[0, my_rows], layout=row_scales)
+        sb = plgpu.load(rb.at[0], layout=col_scales)
+
         def mma(part_ref):
           plgpu.wgmma(part_ref, a8.at[my_rows], b8.T)
-          return part_ref[...]  # waits for the wgmma
+          # With overlap, the previous step's product is promoted while
+          # this step's wgmma runs.
+          acc = promote(*carry) if cfg.overlap else carry
+          return acc, part_ref[...]  # waits for the wgmma
 
-        part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
-        sa = plgpu.load(ra.at[0, my_rows], layout=plgpu.Layout.WGMMA.reduce(1))
-        sb = plgpu.load(rb.at[0], layout=plgpu.Layout.WGMMA.reduce(0))
-        return acc + (part * lax.broadcast_in_dim(sa, (wr, BLOCK), [0]) *
-                      lax.broadcast_in_dim(sb, (wr, BLOCK), [1]))
+        acc, part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
+        return (acc, part, sa, sb) if cfg.overlap else promote(acc, part, sa, sb)
 
       pipeline(fp8_step, fp8_context, fp8_specs(), n8)(
           a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
@@ -285,6 +306,18 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
                    a_ref.at[rows, :], b_ref.at[cols, :],
                    allocations=wide_allocs)
 
+  if cfg.shared_buffers:
+    tiles()
+  else:
+    ignore = lambda *_, **__: None  # noqa: E731
+    steps = jnp.int32(kb)
+    pl.run_scoped(
+        tiles,
+        fp8_allocs=pipeline(ignore, ignore, fp8_specs(), steps
+                            ).get_allocations(a8_ref, b8_ref, ra_ref, rb_ref),
+        wide_allocs=pipeline(ignore, ignore, wide_specs(0), steps
+                             ).get_allocations(a_ref, b_ref),
+        collective_axes="wg")
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
@@ -306,8 +339,9 @@ def _stages(cfg: BlockGemmConfig, kb: int) -> int:
   sum_bytes = _COMPUTE_WGS * _WG_ROWS * BLOCK * 4
   order_bytes = 4 * gemm.round_up(kb, 4)
   # Per step: the FP8 loop's two 128x128 code tiles and two rows of scales;
-  # the BF16 loop's two 128x64 tiles.
-  step = 2 * BLOCK * BLOCK + 2 * BLOCK * 4 + 2 * BLOCK * _WIDE_K * 2
+  # the BF16 loop's two 128x64 tiles. Both at once unless they take turns.
+  fp8, wide = 2 * BLOCK * BLOCK + 2 * BLOCK * 4, 2 * BLOCK * _WIDE_K * 2
+  step = max(fp8, wide) if cfg.shared_buffers else fp8 + wide
   room = (gemm.SMEM_BYTES - out_bytes - sum_bytes - order_bytes -
           2 * gemm.BARRIER_BYTES)
   return max(1, min(cfg.stages, room // step))

@@ -219,3 +219,34 @@ def test_kernel_equals_reference(m, k, n, share, rx, rw):
                                  precision=jax.lax.Precision.HIGHEST)
   assert got.shape == (m, n)
   assert _rel(got, want) <= 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("config", [
+    bg.BlockGemmConfig(stages=2, overlap=True),
+    bg.BlockGemmConfig(stages=3, shared_buffers=True),
+    bg.BlockGemmConfig(stages=4, shared_buffers=True, overlap=True),
+], ids=str)
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_kernel_configs_equal_reference(config, share):
+  # Ragged, K of 9 blocks (deeper than any pipeline), half of X's blocks BF16.
+  x, w = _data(300, 1100, 260, share)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  got = bg.block_gemm(a, b, out_dtype=jnp.float32, config=config)
+  want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
+                                 precision=jax.lax.Precision.HIGHEST)
+  assert _rel(got, want) <= 1e-3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(stages=0), "stages must be a positive int"),
+    (dict(stages=True), "stages must be a positive int"),
+    (dict(grid_tile_width=2.0), "grid_tile_width must be a positive int"),
+    (dict(overlap=1), "overlap must be a bool"),
+    (dict(shared_buffers="yes"), "shared_buffers must be a bool"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    bg.BlockGemmConfig(**kwargs)
