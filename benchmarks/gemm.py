@@ -20,8 +20,8 @@ Three measurements, each against its ceiling and peers in the same process:
    with the fastest tiling against the default.
 4. ``block``: the block-scaled GEMM (kernels/block_gemm.py) at (16384,
    8192, 8192) in bf16, X and W in 128x128 E4M3 blocks with 0%, 10%, 50%
-   and 100% of X's blocks in BF16 (so as many block pairs run wide),
-   against cuBLAS BF16 and the per-channel FP8 kernel (kernels/gemm.py) in
+   and 100% of X's blocks in BF16 (so as many block pairs run wide), for
+   each configuration in ``BLOCK_VARIANTS``, against cuBLAS BF16 and the per-channel FP8 kernel (kernels/gemm.py) in
    the same run: ms, ratio to BF16, and the relative Frobenius difference
    from the twin ``block_gemm_reference`` (float32, precision HIGHEST).
 5. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
@@ -163,14 +163,14 @@ def _blocks(x, bf16_share: float, seed: int):
   return block_gemm.BlockOperand(qa.data, 1.0 / qa.scale, rep, x)
 
 
-# Configurations of the block GEMM, the default first (BlockGemmConfig).
+# Configurations of the block GEMM, the default first (BlockGemmConfig);
+# the BF16 loop's depth matters only where blocks are BF16.
 BLOCK_VARIANTS = (
-    dict(stages=2, shared_buffers=False, overlap=False),
-    dict(stages=2, shared_buffers=False, overlap=True),
-    dict(stages=3, shared_buffers=True, overlap=False),
-    dict(stages=4, shared_buffers=True, overlap=False),
-    dict(stages=3, shared_buffers=True, overlap=True),
-    dict(stages=4, shared_buffers=True, overlap=True),
+    dict(),
+    dict(stages=2), dict(stages=4),
+    dict(overlap=True), dict(stages=4, overlap=True),
+    dict(grid_tile_width=4), dict(grid_tile_width=16),
+    dict(wide_stages=3),
 )
 
 
@@ -200,10 +200,12 @@ def bench_block(iters: int) -> None:
       try:
         t = timed(fn, wa, wb, iters=iters)
       except Exception as e:  # noqa: BLE001 - a variant that fails to build
-        say(bench="block", case="block_kernel", bf16_blocks=share, **variant,
+        say(bench="block", case="block_kernel", bf16_blocks=share,
+            **dataclasses.asdict(cfg),
             error=f"{type(e).__name__}: {str(e)[:300]}")
         continue
-      say(bench="block", case="block_kernel", bf16_blocks=share, **variant,
+      say(bench="block", case="block_kernel", bf16_blocks=share,
+          **dataclasses.asdict(cfg),
           bf16_pairs=round(float(jnp.mean(wa.rep == block_gemm.REP_BF16)), 4),
           ms=round(t * 1e3, 3), vs_bf16=round(t / t_bf16, 3),
           tflops=round(2 * m * n * k / t / 1e12, 1),

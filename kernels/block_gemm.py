@@ -35,8 +35,10 @@ pipelines run with grids of those dynamic lengths, their index maps reading
 the list: the FP8 one (K tile 128, one byte per element, plus the step's
 scales), whose sum is carried in registers and parked in shared memory at
 its end, and the BF16 one (K tile 64), whose tensor-core accumulator gets
-the FP8 sum added before the output is written. A tile so loads only what
-its pairs need, and the time is linear in the share of BF16 pairs.
+the FP8 sum added before the output is written. The two loops take turns
+in the same shared memory, each allocating its buffers for a tile's run. A
+tile so loads only what its pairs need, and the time is linear in the share
+of BF16 pairs.
 
 Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
 of each operand, codes, wide values, scales and representations); padded
@@ -76,32 +78,37 @@ _WIDE_K = 64
 class BlockGemmConfig:
   """Tuning of ``block_gemm`` (hashable: part of every cache key).
 
+  The two loops take turns in the same shared memory (each allocates its
+  buffers per tile), so each can be deep: at (16384, 8192, 8192) on the
+  H200 this took 100% BF16 blocks from 7.62 to 3.48 ms and all-E4M3 from
+  2.76 to 2.64 ms (docs/benchmarks.md).
+
   Attributes:
-    stages: pipeline depth of each of the two loops (fewer if the shared
-      memory does not hold them).
+    stages: pipeline depth of the FP8 loop.
+    wide_stages: pipeline depth of the BF16 loop.
     grid_tile_width: output tiles per band of the planar-snake order.
-    shared_buffers: the two loops allocate their buffers in turn, per tile,
-      in the same shared memory (deeper pipelines), instead of both once
-      for the kernel.
     overlap: the FP8 loop promotes step s - 1's product while step s's
       wgmma runs, instead of waiting for each step's wgmma at once.
   """
 
-  stages: int = 2
+  stages: int = 3
+  wide_stages: int = 4
   grid_tile_width: int = 8
-  shared_buffers: bool = False
   overlap: bool = False
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if f.type == "bool" or f.type is bool:
+      if f.name == "overlap":
         if not isinstance(v, bool):
           raise ValueError(f"BlockGemmConfig.{f.name} must be a bool, "
                            f"got {v!r}.")
       elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"BlockGemmConfig.{f.name} must be a positive int, "
                          f"got {v!r}.")
+    if self.wide_stages < 2:  # one wgmma stays in flight in the BF16 loop
+      raise ValueError(f"BlockGemmConfig.wide_stages must be at least 2, got "
+                       f"{self.wide_stages}.")
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -184,17 +191,17 @@ def _check(a: BlockOperand, b: BlockOperand) -> None:
 
 def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
             out_ref, out_smem, sum_smem, order_smem, order_barrier, *,
-            cfg: BlockGemmConfig, stages: int):
+            cfg: BlockGemmConfig, stages: tuple[int, int]):
   mp, kp = a_ref.shape
   np_ = b_ref.shape[0]
   m_iters, n_iters, kb = mp // BLOCK, np_ // BLOCK, kp // BLOCK
   wr = _WG_ROWS
 
-  def pipeline(body, compute_context, specs, steps):
+  def pipeline(body, compute_context, specs, steps, depth):
     return plgpu.emit_pipeline_warp_specialized(
         body, grid=(steps,), memory_registers=40, in_specs=specs,
         wg_axis="wg", num_compute_wgs=_COMPUTE_WGS,
-        max_concurrent_steps=stages, compute_context=compute_context)
+        max_concurrent_steps=depth, compute_context=compute_context)
 
   def spec(shape, index_map, dtype=None, delay_release=0):
     transforms = () if dtype is None else gemm.smem_transforms(shape[1], dtype)
@@ -223,12 +230,9 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
     return [spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), a_ref.dtype, 1),
             spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), b_ref.dtype, 1)]
 
-  # Unless they share shared memory (allocated by each loop, per tile), the
-  # allocations of both loops live across the tile loop, so that no tile
-  # reallocates. They depend on the specs' shapes, not on their index maps;
-  # the grid is a traced value, as in the loops, so that a short K does not
-  # shrink them below the loops' depth.
-  def tiles(fp8_allocs=None, wide_allocs=None):
+  # Each loop allocates its buffers when it runs (pl.run_scoped inside the
+  # pipeline), so the two take turns in the same shared memory.
+  def tiles():
     wg = lax.axis_index("wg")
     my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
     row_scales = plgpu.Layout.WGMMA.reduce(1)
@@ -281,9 +285,9 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
         acc, part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
         return (acc, part, sa, sb) if cfg.overlap else promote(acc, part, sa, sb)
 
-      pipeline(fp8_step, fp8_context, fp8_specs(), n8)(
+      pipeline(fp8_step, fp8_context, fp8_specs(), n8, stages[0])(
           a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
-          rb_ref.at[:, cols], allocations=fp8_allocs)
+          rb_ref.at[:, cols])
 
       def wide_context(run_pipeline):
         # BF16 products need no promotion: they sum in the tensor cores'
@@ -302,27 +306,15 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
         return acc_ref
 
       pipeline(wide_step, wide_context, wide_specs(n8),
-               (BLOCK // _WIDE_K) * (kb - n8))(
-                   a_ref.at[rows, :], b_ref.at[cols, :],
-                   allocations=wide_allocs)
+               (BLOCK // _WIDE_K) * (kb - n8), stages[1])(
+                   a_ref.at[rows, :], b_ref.at[cols, :])
 
-  if cfg.shared_buffers:
-    tiles()
-  else:
-    ignore = lambda *_, **__: None  # noqa: E731
-    steps = jnp.int32(kb)
-    pl.run_scoped(
-        tiles,
-        fp8_allocs=pipeline(ignore, ignore, fp8_specs(), steps
-                            ).get_allocations(a8_ref, b8_ref, ra_ref, rb_ref),
-        wide_allocs=pipeline(ignore, ignore, wide_specs(0), steps
-                             ).get_allocations(a_ref, b_ref),
-        collective_axes="wg")
+  tiles()
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
 # Bytes of a row of the output tiles: 64, half a swizzle, which leaves room
-# for two stages of each loop beside the sums.
+# for the loops' stages beside the sums.
 _OUT_ROW_BYTES = 64
 
 
@@ -332,19 +324,19 @@ def _out_tile(out_dtype) -> tuple[int, int]:
   return _WG_ROWS, _OUT_ROW_BYTES // jnp.dtype(out_dtype).itemsize
 
 
-def _stages(cfg: BlockGemmConfig, kb: int) -> int:
-  """Pipeline depth that fits both loops, the output tiles, the sums, the
-  tile's list of K blocks and the barriers."""
+def _stages(cfg: BlockGemmConfig, kb: int) -> tuple[int, int]:
+  """Pipeline depths of the FP8 and the BF16 loop that fit beside the
+  output tiles, the sums, the tile's list of K blocks and the barriers."""
   out_bytes = _COMPUTE_WGS * 2 * _WG_ROWS * _OUT_ROW_BYTES
   sum_bytes = _COMPUTE_WGS * _WG_ROWS * BLOCK * 4
   order_bytes = 4 * gemm.round_up(kb, 4)
-  # Per step: the FP8 loop's two 128x128 code tiles and two rows of scales;
-  # the BF16 loop's two 128x64 tiles. Both at once unless they take turns.
-  fp8, wide = 2 * BLOCK * BLOCK + 2 * BLOCK * 4, 2 * BLOCK * _WIDE_K * 2
-  step = max(fp8, wide) if cfg.shared_buffers else fp8 + wide
   room = (gemm.SMEM_BYTES - out_bytes - sum_bytes - order_bytes -
           2 * gemm.BARRIER_BYTES)
-  return max(1, min(cfg.stages, room // step))
+  # Per step: the FP8 loop's two 128x128 code tiles and two rows of scales;
+  # the BF16 loop's two 128x64 tiles (at least two: one wgmma in flight).
+  fp8, wide = 2 * BLOCK * BLOCK + 2 * BLOCK * 4, 2 * BLOCK * _WIDE_K * 2
+  return (max(1, min(cfg.stages, room // fp8)),
+          max(2, min(cfg.wide_stages, room // wide)))
 
 
 def _plan(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int):
