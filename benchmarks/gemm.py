@@ -167,10 +167,8 @@ def _blocks(x, bf16_share: float, seed: int):
 # the BF16 loop's depth matters only where blocks are BF16.
 BLOCK_VARIANTS = (
     dict(),
-    dict(stages=2), dict(stages=4),
-    dict(overlap=True), dict(stages=4, overlap=True),
+    dict(stages=2), dict(stages=4), dict(wide_stages=3),
     dict(grid_tile_width=4), dict(grid_tile_width=16),
-    dict(wide_stages=3),
 )
 
 

@@ -87,23 +87,16 @@ class BlockGemmConfig:
     stages: pipeline depth of the FP8 loop.
     wide_stages: pipeline depth of the BF16 loop.
     grid_tile_width: output tiles per band of the planar-snake order.
-    overlap: the FP8 loop promotes step s - 1's product while step s's
-      wgmma runs, instead of waiting for each step's wgmma at once.
   """
 
   stages: int = 3
   wide_stages: int = 4
   grid_tile_width: int = 8
-  overlap: bool = False
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if f.name == "overlap":
-        if not isinstance(v, bool):
-          raise ValueError(f"BlockGemmConfig.{f.name} must be a bool, "
-                           f"got {v!r}.")
-      elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"BlockGemmConfig.{f.name} must be a positive int, "
                          f"got {v!r}.")
     if self.wide_stages < 2:  # one wgmma stays in flight in the BF16 loop
@@ -232,84 +225,65 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
 
   # Each loop allocates its buffers when it runs (pl.run_scoped inside the
   # pipeline), so the two take turns in the same shared memory.
-  def tiles():
-    wg = lax.axis_index("wg")
-    my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
-    row_scales = plgpu.Layout.WGMMA.reduce(1)
-    col_scales = plgpu.Layout.WGMMA.reduce(0)
+  wg = lax.axis_index("wg")
+  my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
 
-    def promote(acc, part, sa, sb):
+  @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
+  def _(info):
+    (lin,) = info.index
+    im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
+                                cfg.grid_tile_width)
+    rows, cols = pl.ds(im * BLOCK, BLOCK), pl.ds(jn * BLOCK, BLOCK)
+    n8 = n8_ref[im, jn]
+
+    @pl.when(wg == _COMPUTE_WGS)  # the TMA warpgroup
+    def _():
+      plgpu.copy_gmem_to_smem(order_ref.at[im, jn], order_smem,
+                              order_barrier.at[0])
+      plgpu.barrier_wait(order_barrier.at[0])
+
+    def fp8_context(run_pipeline):
+      sum_smem[wg] = run_pipeline(jnp.zeros((wr, BLOCK), jnp.float32))
+
+    def fp8_step(_, a8, b8, ra, rb, acc):
+      # A fresh accumulator per K block: its scales apply to this block
+      # only, and the float32 sum outside the tensor cores is exact.
+      # (Promoting step s - 1 while step s's wgmma runs, with the product
+      # carried in registers, was no faster: docs/benchmarks.md.)
+      def mma(part_ref):
+        plgpu.wgmma(part_ref, a8.at[my_rows], b8.T)
+        return part_ref[...]  # waits for the wgmma
+
+      part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
+      sa = plgpu.load(ra.at[0, my_rows], layout=plgpu.Layout.WGMMA.reduce(1))
+      sb = plgpu.load(rb.at[0], layout=plgpu.Layout.WGMMA.reduce(0))
       return acc + (part * lax.broadcast_in_dim(sa, (wr, BLOCK), [0]) *
                     lax.broadcast_in_dim(sb, (wr, BLOCK), [1]))
 
-    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
-    def _(info):
-      (lin,) = info.index
-      im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
-                                  cfg.grid_tile_width)
-      rows, cols = pl.ds(im * BLOCK, BLOCK), pl.ds(jn * BLOCK, BLOCK)
-      n8 = n8_ref[im, jn]
+    pipeline(fp8_step, fp8_context, fp8_specs(), n8, stages[0])(
+        a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
+        rb_ref.at[:, cols])
 
-      @pl.when(wg == _COMPUTE_WGS)  # the TMA warpgroup
-      def _():
-        plgpu.copy_gmem_to_smem(order_ref.at[im, jn], order_smem,
-                                order_barrier.at[0])
-        plgpu.barrier_wait(order_barrier.at[0])
+    def wide_context(run_pipeline):
+      # BF16 products need no promotion: they sum in the tensor cores'
+      # float32 accumulator, and the FP8 loop's sum joins them at the end.
+      @functools.partial(pl.run_scoped,
+                         acc_ref=plgpu.ACC((wr, BLOCK), jnp.float32))
+      def _(acc_ref):
+        run_pipeline(acc_ref)
+        acc = acc_ref[...] + sum_smem[wg]
+        gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
+                        out_ref.at[rows, cols].at[my_rows])
 
-      zeros = jnp.zeros((wr, BLOCK), jnp.float32)
+    def wide_step(_, a, b, acc_ref):
+      plgpu.wgmma(acc_ref, a.at[my_rows], b.T)
+      plgpu.wgmma_wait(1)
+      return acc_ref
 
-      def fp8_context(run_pipeline):
-        if cfg.overlap:
-          # The carry holds the last step's product and scales, promoted
-          # by the next step (or here, after the last).
-          sa = plgpu.layout_cast(jnp.zeros((wr,), jnp.float32), row_scales)
-          sb = plgpu.layout_cast(jnp.zeros((BLOCK,), jnp.float32), col_scales)
-          acc = promote(*run_pipeline((zeros, zeros, sa, sb)))
-        else:
-          acc = run_pipeline(zeros)
-        sum_smem[wg] = acc
+    pipeline(wide_step, wide_context, wide_specs(n8),
+             (BLOCK // _WIDE_K) * (kb - n8), stages[1])(
+                 a_ref.at[rows, :], b_ref.at[cols, :])
 
-      def fp8_step(_, a8, b8, ra, rb, carry):
-        # A fresh accumulator per K block: its scales apply to this block
-        # only, and the float32 sum outside the tensor cores is exact.
-        sa = plgpu.load(ra.at[0, my_rows], layout=row_scales)
-        sb = plgpu.load(rb.at[0], layout=col_scales)
-
-        def mma(part_ref):
-          plgpu.wgmma(part_ref, a8.at[my_rows], b8.T)
-          # With overlap, the previous step's product is promoted while
-          # this step's wgmma runs.
-          acc = promote(*carry) if cfg.overlap else carry
-          return acc, part_ref[...]  # waits for the wgmma
-
-        acc, part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
-        return (acc, part, sa, sb) if cfg.overlap else promote(acc, part, sa, sb)
-
-      pipeline(fp8_step, fp8_context, fp8_specs(), n8, stages[0])(
-          a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
-          rb_ref.at[:, cols])
-
-      def wide_context(run_pipeline):
-        # BF16 products need no promotion: they sum in the tensor cores'
-        # float32 accumulator, and the FP8 loop's sum joins them at the end.
-        @functools.partial(pl.run_scoped,
-                           acc_ref=plgpu.ACC((wr, BLOCK), jnp.float32))
-        def _(acc_ref):
-          run_pipeline(acc_ref)
-          acc = acc_ref[...] + sum_smem[wg]
-          gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
-                          out_ref.at[rows, cols].at[my_rows])
-
-      def wide_step(_, a, b, acc_ref):
-        plgpu.wgmma(acc_ref, a.at[my_rows], b.T)
-        plgpu.wgmma_wait(1)
-        return acc_ref
-
-      pipeline(wide_step, wide_context, wide_specs(n8),
-               (BLOCK // _WIDE_K) * (kb - n8), stages[1])(
-                   a_ref.at[rows, :], b_ref.at[cols, :])
-
-  tiles()
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 

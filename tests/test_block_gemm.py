@@ -225,8 +225,7 @@ def test_kernel_equals_reference(m, k, n, share, rx, rw):
 @pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
 @pytest.mark.parametrize("config", [
     bg.BlockGemmConfig(stages=1, wide_stages=2),
-    bg.BlockGemmConfig(stages=2, overlap=True),
-    bg.BlockGemmConfig(stages=4, wide_stages=3, overlap=True),
+    bg.BlockGemmConfig(stages=4, wide_stages=3, grid_tile_width=3),
 ], ids=str)
 @pytest.mark.parametrize("share", [0.0, 0.5])
 def test_kernel_configs_equal_reference(config, share):
@@ -244,7 +243,6 @@ def test_kernel_configs_equal_reference(config, share):
     (dict(stages=0), "stages must be a positive int"),
     (dict(stages=True), "stages must be a positive int"),
     (dict(grid_tile_width=2.0), "grid_tile_width must be a positive int"),
-    (dict(overlap=1), "overlap must be a bool"),
     (dict(wide_stages=1), "wide_stages must be at least 2"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
