@@ -49,7 +49,8 @@ Sharded operands (``_BlockGemm``, through kernels/sharding.py's
 kernel on its shards. Rows of A and of B stay sharded (the output is sharded
 [M, N] alike) where each shard holds whole 128-row blocks (any rows for 1x128
 tiles), and K where both operands split it alike in whole 128-blocks; each
-device's partial output is then summed across K's mesh axes. The per-block
+device's partial output is then written in float32 and summed across K's
+mesh axes before the cast to the output's dtype. The per-block
 grids split along the codes' mesh axes, so a shard's scales and
 representations are its blocks'. Any other sharded dimension (a mesh that
 does not divide it, shards that would cut blocks) is gathered.
@@ -397,8 +398,8 @@ def _rows_per_block(codes, recip) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _BlockGemm:
-  """The block GEMM per shard: rows of A and B stay put, a sharded K is
-  summed; a dimension stays sharded only in shards of whole blocks, so that
+  """The block GEMM per shard: rows of A and B stay put, a sharded K's
+  partial outputs are summed in float32; a dimension stays sharded only in shards of whole blocks, so that
   the per-block grids split along the codes' shard edges.
 
   ``config`` None runs the jnp twin per shard (how a CPU tests the rule).
@@ -410,11 +411,12 @@ class _BlockGemm:
   # (as in sharding.BlockwiseOp): ``plan`` ties them to the codes' axes.
   rule = "m k, i j, i j, m k, n k, u v, u v, n k -> m n"
 
-  def local(self, *args):
+  def local(self, *args, out_dtype=None):
     a, b = BlockOperand(*args[:4]), BlockOperand(*args[4:])
+    out_dtype = self.out_dtype if out_dtype is None else out_dtype
     if self.config is None:
-      return (block_gemm_reference(a, b, out_dtype=self.out_dtype),)
-    return (_local_block_gemm(a, b, out_dtype=self.out_dtype,
+      return (block_gemm_reference(a, b, out_dtype=out_dtype),)
+    return (_local_block_gemm(a, b, out_dtype=out_dtype,
                               config=self.config),)
 
   def batchable_local(self, *args):
@@ -436,11 +438,15 @@ class _BlockGemm:
     ks = _whole_blocks(mesh, ks, k, BLOCK)
     m_, n_, k_ = (sharding.entry(x) for x in (ma, na, ks))
     args = sharding.named(mesh, *(P(m_, k_),) * 4, *(P(n_, k_),) * 4)
+    results = sharding.named(mesh, P(m_, n_))
+    if not ks:
+      return mesh, results, args, lambda outs: outs
 
-    def combine(outs):
-      return (sharding.combine("sum", outs[0], ks),)
+    def combine(outs):  # K's partials, summed in float32 as one device does
+      return (sharding.combine("sum", outs[0], ks).astype(self.out_dtype),)
 
-    return mesh, sharding.named(mesh, P(m_, n_)), args, combine
+    return (mesh, results, args, combine,
+            functools.partial(self.local, out_dtype=jnp.float32))
 
 
 def _per_shard(a: BlockOperand, b: BlockOperand, out_dtype,
@@ -468,9 +474,9 @@ def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
     named mesh axes it runs per shard: M and N stay sharded where each shard
     holds whole 128-row blocks (any rows for 1x128 tiles), K where both
     operands split it alike in whole 128-blocks, its partial outputs summed
-    across devices in ``out_dtype`` (a 16-bit ``out_dtype`` so rounds each
-    partial once more than one device does); any other sharded dimension is
-    gathered. Under ``vmap``, ``block_gemm_reference`` runs.
+    across devices in float32 (then cast to ``out_dtype``); any other
+    sharded dimension is gathered. Under ``vmap``, ``block_gemm_reference``
+    runs.
   """
   _check(a, b)
   if a.wide.dtype != b.wide.dtype or jnp.dtype(a.wide.dtype).itemsize != 2:

@@ -266,10 +266,12 @@ def test_sharded_block_gemm_equals_one_device(layout):
     assert "all-gather" not in text
 
 
-def test_sharded_block_gemm_bf16_output_sums_partials():
-  """A 16-bit output: partials of a sharded K are summed in bfloat16, which
-  rounds each of them once more than the one-device result."""
+def test_sharded_block_gemm_sums_bf16_outputs_in_float32():
+  """A bfloat16 output: K's partials are summed in float32 and rounded once,
+  as on one device; only the order of float32 additions differs. (Partials
+  rounded to bfloat16 first change about a third of the elements.)"""
   want, got, _, _, _ = _block_gemm_sharded("k", jnp.bfloat16,
                                            _block_gemm_fn())
   assert got.dtype == jnp.bfloat16
-  assert _rel64(got, want) <= 2 ** -7
+  assert np.mean(np.asarray(got) != np.asarray(want)) <= 0.01
+  assert _rel64(got, want) <= 1e-3
