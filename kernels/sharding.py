@@ -277,8 +277,7 @@ class ShardedOp(Protocol):
   def local(self, *args) -> tuple[jax.Array, ...]:
     ...
 
-  def plan(self, arg_shapes) -> tuple[Any, tuple, tuple, Callable,
-                                      *tuple[Callable, ...]]:
+  def plan(self, arg_shapes) -> tuple[Any, ...]:
     ...
 
 
