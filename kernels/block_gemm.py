@@ -44,23 +44,39 @@ Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
 of each operand, codes, wide values, scales and representations); padded
 elements are zero in both paths, so the product is unchanged and sliced.
 
+Sharded operands (``_BlockGemm``, through kernels/sharding.py's
+``per_shard``, as the per-channel GEMM): under ``jit`` each device runs the
+kernel on its shards. Rows of A and of B stay sharded (the output is sharded
+[M, N] alike) where each shard holds whole 128-row blocks (any rows for 1x128
+tiles), and K where both operands split it alike in whole 128-blocks; each
+device's partial output is then written in float32 and summed across K's
+mesh axes before the cast to the output's dtype. The per-block
+grids split along the codes' mesh axes, so a shard's scales and
+representations are its blocks'. Any other sharded dimension (a mesh that
+does not divide it, shards that would cut blocks) is gathered.
+
 Hopper-only (sm_90), and Mosaic GPU has no public interpret mode:
 ``block_gemm_reference``, the jnp twin with the same per-step promotion,
-runs elsewhere and is what the GPU tests compare the kernel with.
+runs elsewhere and is what the GPU tests compare the kernel with;
+``block_gemm_reference_per_shard`` runs the twin under the kernel's sharding
+rule, which is how a CPU tests the rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.sharding import PartitionSpec as P
 
 from mor_jax.kernels import gemm
+from mor_jax.kernels import sharding
 
 # A block's representation; the codes of a three-way SubTensorMoR choice.
 REP_E4M3, REP_E5M2, REP_BF16 = 0, 1, 2
@@ -332,25 +348,10 @@ def _padded(op: BlockOperand, rows_p: int, kp: int):
   return pad2(op.codes), pad2(op.wide), recip.T
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "config"))
-def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
-               config: BlockGemmConfig = BlockGemmConfig()) -> jax.Array:
-  """Y = A B^T from two block-represented operands; Hopper GPUs only.
-
-  Args:
-    a: the left operand, [M, K] (128x128 blocks or 1x128 tiles).
-    b: the right operand, [N, K] (128x128 blocks).
-    out_dtype: the output's dtype.
-    config: the tuning.
-
-  Returns:
-    [M, N] in ``out_dtype``, as ``block_gemm_reference`` computes it up to
-    the order of float32 additions. One device: no sharding rule yet.
-  """
+def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
+                      config: BlockGemmConfig) -> jax.Array:
+  """The kernel on one device's operands, padded to whole blocks."""
   _check(a, b)
-  if a.wide.dtype != b.wide.dtype or jnp.dtype(a.wide.dtype).itemsize != 2:
-    raise TypeError(f"block_gemm's wide operands must share a 16-bit dtype, "
-                    f"got {a.wide.dtype} and {b.wide.dtype}.")
   m, k = a.codes.shape
   n = b.codes.shape[0]
   mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
@@ -381,6 +382,118 @@ def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   )
   y = call(order, n8, a8, b8, ra, rb, aw, bw)
   return y[:m, :n] if (mp, np_) != (m, n) else y
+
+
+def _whole_blocks(mesh, axes: tuple[str, ...], size: int,
+                  block: int) -> tuple[str, ...]:
+  """``axes`` where each of their shards holds whole blocks, else ()."""
+  shards = math.prod(mesh.shape[ax] for ax in axes)
+  return axes if size % (shards * block) == 0 else ()
+
+
+def _rows_per_block(codes, recip) -> int:
+  """1 for an operand in 1x128 tiles (a scale per row), else 128."""
+  return 1 if recip.shape[0] == codes.shape[0] else BLOCK
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockGemm:
+  """The block GEMM per shard: rows of A and B stay put, a sharded K's
+  partial outputs are summed in float32; a dimension stays sharded only in shards of whole blocks, so that
+  the per-block grids split along the codes' shard edges.
+
+  ``config`` None runs the jnp twin per shard (how a CPU tests the rule).
+  """
+
+  out_dtype: jnp.dtype
+  config: BlockGemmConfig | None
+  # Per operand: codes, recip, rep, wide. The grids have their own factors
+  # (as in sharding.BlockwiseOp): ``plan`` ties them to the codes' axes.
+  rule = "m k, i j, i j, m k, n k, u v, u v, n k -> m n"
+
+  def local(self, *args, out_dtype=None):
+    a, b = BlockOperand(*args[:4]), BlockOperand(*args[4:])
+    out_dtype = self.out_dtype if out_dtype is None else out_dtype
+    if self.config is None:
+      return (block_gemm_reference(a, b, out_dtype=out_dtype),)
+    return (_local_block_gemm(a, b, out_dtype=out_dtype,
+                              config=self.config),)
+
+  def batchable_local(self, *args):
+    return (block_gemm_reference(BlockOperand(*args[:4]),
+                                 BlockOperand(*args[4:]),
+                                 out_dtype=self.out_dtype),)
+
+  def plan(self, arg_shapes):
+    a_codes, a_recip, b_codes, b_recip = (arg_shapes[i] for i in (0, 1, 4, 5))
+    mesh, (ma, ka) = sharding.layout(a_codes)
+    _, (na, kb) = sharding.layout(b_codes)
+    (m, k), n = a_codes.shape, b_codes.shape[0]
+    ma = _whole_blocks(mesh, ma, m, _rows_per_block(a_codes, a_recip))
+    # A mesh axis can split one dimension of the output.
+    na = _whole_blocks(mesh, tuple(ax for ax in na if ax not in ma), n,
+                       _rows_per_block(b_codes, b_recip))
+    # K is summed only where both operands split it alike.
+    ks = ka if ka == kb and not set(ka) & set(ma + na) else ()
+    ks = _whole_blocks(mesh, ks, k, BLOCK)
+    m_, n_, k_ = (sharding.entry(x) for x in (ma, na, ks))
+    args = sharding.named(mesh, *(P(m_, k_),) * 4, *(P(n_, k_),) * 4)
+    results = sharding.named(mesh, P(m_, n_))
+    if not ks:
+      return mesh, results, args, lambda outs: outs
+
+    def combine(outs):  # K's partials, summed in float32 as one device does
+      return (sharding.combine("sum", outs[0], ks).astype(self.out_dtype),)
+
+    return (mesh, results, args, combine,
+            functools.partial(self.local, out_dtype=jnp.float32))
+
+
+def _per_shard(a: BlockOperand, b: BlockOperand, out_dtype,
+               config: BlockGemmConfig | None) -> jax.Array:
+  op = _BlockGemm(jnp.dtype(out_dtype), config)
+  args = [(x.codes, x.recip.astype(jnp.float32), x.rep.astype(jnp.int32),
+           x.wide) for x in (a, b)]
+  return sharding.per_shard(op)(*args[0], *args[1])[0]
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config"))
+def block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
+               config: BlockGemmConfig = BlockGemmConfig()) -> jax.Array:
+  """Y = A B^T from two block-represented operands; Hopper GPUs only.
+
+  Args:
+    a: the left operand, [M, K] (128x128 blocks or 1x128 tiles).
+    b: the right operand, [N, K] (128x128 blocks).
+    out_dtype: the output's dtype.
+    config: the tuning.
+
+  Returns:
+    [M, N] in ``out_dtype``, as ``block_gemm_reference`` computes it up to
+    the order of float32 additions. Under ``jit`` with operands sharded by
+    named mesh axes it runs per shard: M and N stay sharded where each shard
+    holds whole 128-row blocks (any rows for 1x128 tiles), K where both
+    operands split it alike in whole 128-blocks, its partial outputs summed
+    across devices in float32 (then cast to ``out_dtype``); any other
+    sharded dimension is gathered. Under ``vmap``, ``block_gemm_reference``
+    runs.
+  """
+  _check(a, b)
+  if a.wide.dtype != b.wide.dtype or jnp.dtype(a.wide.dtype).itemsize != 2:
+    raise TypeError(f"block_gemm's wide operands must share a 16-bit dtype, "
+                    f"got {a.wide.dtype} and {b.wide.dtype}.")
+  return _per_shard(a, b, out_dtype, config)
+
+
+def block_gemm_reference_per_shard(a: BlockOperand, b: BlockOperand, *,
+                                   out_dtype) -> jax.Array:
+  """``block_gemm``'s partitioning around ``block_gemm_reference``.
+
+  The twin per shard, as ``block_gemm`` runs the kernel: how a device
+  without the kernel (a CPU) tests the sharding rule.
+  """
+  _check(a, b)
+  return _per_shard(a, b, out_dtype, None)
 
 
 def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,

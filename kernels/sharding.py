@@ -23,8 +23,9 @@ per-block grids, which it partitions by itself. One device, or a body of
 kernels batched, unpartitioned.
 
 ``per_shard`` does the same for ops that say themselves how their operands
-and results are sharded (``ShardedOp``): the dual quantization passes and
-the GEMM's operands (kernels/dual.py, kernels/wide.py).
+and results are sharded (``ShardedOp``): the dual quantization passes, the
+GEMM's operands and the two GEMMs (kernels/dual.py, kernels/wide.py,
+kernels/gemm.py, kernels/block_gemm.py).
 """
 
 from __future__ import annotations
@@ -264,7 +265,9 @@ class ShardedOp(Protocol):
   ``local(*args)`` computes on one device's shards; ``plan(arg_shapes)``
   returns (mesh, result shardings, argument shardings, combine), where
   ``combine`` turns the local results into the shards of the global ones
-  (collectives over mesh axes); ``rule`` is the op's Shardy rule. Under
+  (collectives over mesh axes), and may add a function that the shards run
+  instead of ``local`` for this plan (partial sums kept in float32 until
+  ``combine`` has summed them); ``rule`` is the op's Shardy rule. Under
   ``vmap`` the op runs ``local`` batched, or ``batchable_local`` where a
   kernel has no batching rule.
   """
@@ -274,7 +277,7 @@ class ShardedOp(Protocol):
   def local(self, *args) -> tuple[jax.Array, ...]:
     ...
 
-  def plan(self, arg_shapes) -> tuple[Any, tuple, tuple, Callable]:
+  def plan(self, arg_shapes) -> tuple[Any, ...]:
     ...
 
 
@@ -291,8 +294,9 @@ def per_shard(op: ShardedOp) -> Callable[..., tuple[jax.Array, ...]]:
 
   def partition(mesh, arg_shapes, result_shape):
     del mesh, result_shape
-    mesh, results, args, combine_fn = op.plan(arg_shapes)
-    return mesh, lambda *a: combine_fn(op.local(*a)), results, args
+    mesh, results, args, combine_fn, *shard_fn = op.plan(arg_shapes)
+    local = shard_fn[0] if shard_fn else op.local
+    return mesh, lambda *a: combine_fn(local(*a)), results, args
 
   def infer(mesh, arg_shapes, result_shape):
     del mesh, result_shape

@@ -48,7 +48,7 @@ def applies(execution: _fp8.Execution, dims, policy) -> bool:
   (_, _), (lb, _) = dims
   recipes = (policy.activation, policy.weight, policy.gradient)
   # Asked for by name only: "auto" keeps these policies emulated until the
-  # wired path is timed on a GPU and has a sharding rule.
+  # wired path (block GEMM per shard included) is timed on GPUs.
   return (not lb and execution == "fp8" and
           all(block_capable(r) or _fp8.bf16_only(r) for r in recipes) and
           any(block_capable(r) for r in recipes))

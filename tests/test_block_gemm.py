@@ -3,8 +3,10 @@
 On a CPU: its jnp twin ``block_gemm_reference`` against a NumPy float64
 reference written here, and against mor_jax's emulated path (the operands
 that ``mor_quantize`` with 128x128 blocks or 1x128 tiles gives), on ragged
-shapes with 0%, 10%, 50% and 100% of each operand's blocks in BF16. On a
-Hopper GPU (marker ``gpu``): the compiled kernel against the twin.
+shapes with 0%, 10%, 50% and 100% of each operand's blocks in BF16; the
+twin per shard under ``vmap``. On a Hopper GPU (marker ``gpu``): the
+compiled kernel against the twin, and per shard on two GPUs against itself
+on one (tests/test_kernels_sharding.py tests the rule on CPU devices).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import mor_jax
 from mor_jax.kernels import block_gemm as bg
@@ -186,6 +190,23 @@ def test_plan_lists_each_tiles_fp8_steps_first():
       assert list(np.asarray(order[i, j, :8])) == fp8 + wide
 
 
+def test_per_shard_twin_under_vmap():
+  """vmap runs the twin batched (custom_partitioning has no batching rule)."""
+  pairs = []
+  for seed in (0, 1):
+    x, w = _data(200, 300, 130, 0.5)
+    a, _ = _operand(jnp.asarray(x * (1 + seed)), TWO_WAY)
+    b, _ = _operand(jnp.asarray(w.T), TWO_WAY)
+    pairs.append((a, b))
+  stack = lambda *v: jnp.stack(v)  # noqa: E731
+  a, b = (jax.tree.map(stack, *ops) for ops in zip(*pairs))
+  got = jax.vmap(lambda a, b: bg.block_gemm_reference_per_shard(
+      a, b, out_dtype=jnp.float32))(a, b)
+  for i, (ai, bi) in enumerate(pairs):
+    np.testing.assert_array_equal(
+        got[i], bg.block_gemm_reference(ai, bi, out_dtype=jnp.float32))
+
+
 def test_bad_operands_are_rejected():
   a, _ = _operand(jnp.ones((128, 256)), TWO_WAY)
   with pytest.raises(ValueError, match="recip"):
@@ -237,6 +258,35 @@ def test_kernel_configs_equal_reference(config, share):
   want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
                                  precision=jax.lax.Precision.HIGHEST)
   assert _rel(got, want) <= 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper() or jax.device_count() < 2,
+                    reason="the block GEMM kernel per shard needs 2 sm_90 "
+                    "GPUs")
+@pytest.mark.parametrize("spec_a,spec_b,spec_y", [
+    (P("d", None), P(), P("d", None)),        # data parallel: M
+    (P(), P("d", None), P(None, "d")),        # tensor parallel: N
+    (P(None, "d"), P(None, "d"), P()),        # K, partial outputs summed
+], ids=["m", "n", "k"])
+def test_kernel_per_shard_equals_one_device(spec_a, spec_b, spec_y):
+  x, w = _data(512, 1024, 512, 0.1)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  mesh = jax.make_mesh((2,), ("d",), devices=jax.devices()[:2],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  put = lambda op, spec: bg.BlockOperand(*(  # noqa: E731
+      jax.device_put(v, NamedSharding(mesh, spec))
+      for v in (op.codes, op.recip, op.rep, op.wide)))
+  run = jax.jit(lambda a, b: bg.block_gemm(a, b, out_dtype=jnp.float32))
+  want = run(a, b)
+  got = run(put(a, spec_a), put(b, spec_b))
+  assert got.sharding.is_equivalent_to(NamedSharding(mesh, spec_y), 2)
+  # The same kernel per shard: equal up to the order of float32 additions.
+  assert _rel(got, want) <= 1e-6
+  twin = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
+                                 precision=jax.lax.Precision.HIGHEST)
+  assert _rel(got, twin) <= 1e-3
 
 
 @pytest.mark.parametrize("kwargs,match", [

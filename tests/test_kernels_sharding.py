@@ -4,11 +4,15 @@ On 8 virtual CPU devices (interpret mode) and on a multi-GPU host alike:
 codes, scales, MoR decisions and statistics of a sharded tensor equal those
 of the whole tensor with the XLA reference, and the compiled program moves
 no more than per-block grids between devices wherever shard edges fall on
-block edges (kernels/sharding.py says what happens elsewhere).
+block edges (kernels/sharding.py says what happens elsewhere). The block
+GEMM per shard (its kernel on a Hopper host, its jnp twin under the same rule
+elsewhere) equals it on one device, and moves no operand where shards hold
+whole 128-blocks.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -19,8 +23,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import mor_jax
+from mor_jax.kernels import block_gemm as bg
 from mor_jax.kernels import sharding
 from tests import data
+from tests import test_block_gemm as tbg
 
 N_DEV = 8 if jax.default_backend() == "cpu" else 2
 pytestmark = pytest.mark.skipif(
@@ -168,3 +174,104 @@ def test_split_per_dimension():
   # not divide among 2 or 4 devices.
   cut = sharding.split(mesh, P("a", "b"), (256 + 100, 13), (128, 1))
   assert [(d.axes, d.spans) for d in cut] == [((), False), ((), False)]
+
+
+# ----------------------------------------------------------------------------
+# The block GEMM (kernels/block_gemm.py): the kernel per shard on a Hopper
+# host, its jnp twin per shard elsewhere, against the twin on one device.
+
+# name: ((M, K, N), mesh shape, mesh axes, A's spec, B's spec, A in 1x128
+# tiles, the output's spec).
+BLOCK_LAYOUTS = {
+    "data": ((1024, 512, 256), (N_DEV,), ("d",), P("d", None), P(), False,
+             P("d", None)),
+    "tensor": ((256, 512, 1024), (N_DEV,), ("d",), P(), P("d", None), False,
+               P(None, "d")),
+    "k": ((256, 1024, 256), (N_DEV,), ("d",), P(None, "d"), P(None, "d"),
+          False, P()),
+    "data_k": ((256, 256 * N_DEV // 2, 256), (2, N_DEV // 2), ("a", "b"),
+               P("a", "b"), P(None, "b"), False, P("a", None)),
+    # 1x128 tiles: shards of any number of rows (25 on 8 devices).
+    "tiles_data": ((25 * N_DEV, 384, 256), (N_DEV,), ("d",), P("d", None),
+                   P(), True, P("d", None)),
+    # 192-row shards would cut 128-row blocks: M is gathered.
+    "cut": ((384, 256, 256), (2, N_DEV // 2), ("a", "b"), P("a", None), P(),
+            False, None),
+}
+
+
+def _block_operands(m, k, n, tiles):
+  x, w = tbg._data(m, k, n, 0.1)  # pylint: disable=protected-access
+  rx = (mor_jax.SubTensorMoR(block_shape=(1, 128)) if tiles else tbg.TWO_WAY)
+  a, _ = tbg._operand(jnp.asarray(x, jnp.bfloat16), rx)  # pylint: disable=protected-access
+  b, _ = tbg._operand(jnp.asarray(w.T, jnp.bfloat16), tbg.TWO_WAY)  # pylint: disable=protected-access
+  return a, b
+
+
+def _put_operand(op, mesh, spec):
+  """op with its codes and wide values on ``spec``, and its grids too
+  where the mesh divides them."""
+  def put(v):
+    entries = tuple(spec) + (None,) * (2 - len(spec))
+    ok = all(v.shape[i] % math.prod(mesh.shape[ax] for ax in
+                                    sharding.axes_of(e)) == 0
+             for i, e in enumerate(entries))
+    return jax.device_put(v, NamedSharding(mesh, spec if ok else P()))
+  return type(op)(*(put(v) for v in (op.codes, op.recip, op.rep, op.wide)))
+
+
+def _block_gemm_sharded(layout, out_dtype, fn):
+  """(fn on one device, fn on the layout's shards, the sharded program's
+  text, A's codes on their shards, the mesh)."""
+  (m, k, n), mesh_shape, axes, sa, sb, tiles, _ = BLOCK_LAYOUTS[layout]
+  a, b = _block_operands(m, k, n, tiles)
+  mesh = _mesh(mesh_shape, axes)
+  want = jax.jit(lambda a, b: fn(a, b, out_dtype=out_dtype))(a, b)
+  a_s, b_s = _put_operand(a, mesh, sa), _put_operand(b, mesh, sb)
+  compiled = jax.jit(lambda a, b: fn(a, b, out_dtype=out_dtype)).lower(
+      a_s, b_s).compile()
+  return want, compiled(a_s, b_s), compiled.as_text(), a_s.codes, mesh
+
+
+def _block_gemm_fn():
+  """The kernel per shard on a Hopper host, the twin per shard elsewhere."""
+  hopper = (jax.default_backend() == "gpu" and
+            jax.devices()[0].compute_capability.startswith("9."))
+  return bg.block_gemm if hopper else bg.block_gemm_reference_per_shard
+
+
+def _rel64(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("layout", list(BLOCK_LAYOUTS))
+def test_sharded_block_gemm_equals_one_device(layout):
+  want, got, text, a_codes, mesh = _block_gemm_sharded(
+      layout, jnp.float32, _block_gemm_fn())
+  # Equal up to the order of float32 additions (K's partials are summed
+  # across devices).
+  assert _rel64(got, want) <= 1e-6
+  if layout == "cut":  # gathered (the result's sharding is jit's choice)
+    assert max(_collective_sizes(text)) >= a_codes.size // 2
+  else:
+    # Shards of whole blocks: the output is sharded as its rows are, and
+    # only the partial outputs of a sharded K cross devices, never the
+    # operands.
+    assert got.sharding.is_equivalent_to(
+        NamedSharding(mesh, BLOCK_LAYOUTS[layout][-1]), 2)
+    partial = got.addressable_shards[0].data.size
+    moved = [s for s in _collective_sizes(text) if s != partial]
+    assert not moved, f"transfers of {moved} elements: operands gathered"
+    assert "all-gather" not in text
+
+
+def test_sharded_block_gemm_sums_bf16_outputs_in_float32():
+  """A bfloat16 output: K's partials are summed in float32 and rounded once,
+  as on one device; only the order of float32 additions differs. (Partials
+  rounded to bfloat16 first change about a third of the elements.)"""
+  want, got, _, _, _ = _block_gemm_sharded("k", jnp.bfloat16,
+                                           _block_gemm_fn())
+  assert got.dtype == jnp.bfloat16
+  assert np.mean(np.asarray(got) != np.asarray(want)) <= 0.01
+  assert _rel64(got, want) <= 1e-3
