@@ -399,8 +399,9 @@ def _rows_per_block(codes, recip) -> int:
 @dataclasses.dataclass(frozen=True)
 class _BlockGemm:
   """The block GEMM per shard: rows of A and B stay put, a sharded K's
-  partial outputs are summed in float32; a dimension stays sharded only in shards of whole blocks, so that
-  the per-block grids split along the codes' shard edges.
+  partial outputs are summed in float32; a dimension stays sharded only in
+  shards of whole blocks, so that the per-block grids split along the
+  codes' shard edges.
 
   ``config`` None runs the jnp twin per shard (how a CPU tests the rule).
   """

@@ -203,8 +203,9 @@ BLOCK_LAYOUTS = {
 def _block_operands(m, k, n, tiles):
   x, w = tbg._data(m, k, n, 0.1)  # pylint: disable=protected-access
   rx = (mor_jax.SubTensorMoR(block_shape=(1, 128)) if tiles else tbg.TWO_WAY)
-  a, _ = tbg._operand(jnp.asarray(x, jnp.bfloat16), rx)  # pylint: disable=protected-access
-  b, _ = tbg._operand(jnp.asarray(w.T, jnp.bfloat16), tbg.TWO_WAY)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  a, _ = tbg._operand(jnp.asarray(x, jnp.bfloat16), rx)
+  b, _ = tbg._operand(jnp.asarray(w.T, jnp.bfloat16), tbg.TWO_WAY)
   return a, b
 
 
