@@ -76,14 +76,20 @@ def _reference_and_sharded(fn, x, where):
 
 
 def _collective_sizes(compiled_text: str) -> list[int]:
-  """Element counts of every cross-device transfer in compiled HLO."""
+  """Element counts of every cross-device transfer in compiled HLO.
+
+  A synchronous collective's result is its one array; an asynchronous
+  one's start (a GPU's) returns a tuple of operand and result, of which the
+  largest counts.
+  """
   sizes = []
-  pattern = re.compile(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* "
+  pattern = re.compile(r"= (\([^=]*?\)|\S+) "
                        r"(all-gather|all-to-all|collective-permute|"
                        r"all-reduce|reduce-scatter)(-start)?\(")
   for m in pattern.finditer(compiled_text):
-    dims = [int(d) for d in m.group(2).split(",") if d]
-    sizes.append(int(np.prod(dims)) if dims else 1)
+    counts = [int(np.prod([int(d) for d in dims.split(",") if d]))
+              for dims in re.findall(r"[a-z0-9]+\[([0-9,]*)\]", m.group(1))]
+    sizes.append(max(counts))
   return sizes
 
 
