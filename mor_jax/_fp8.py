@@ -164,11 +164,14 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
     stats = [_passes.BlockStats(*(a.reshape(1, 1) for a in w))
              for w in wholes]
   fmt = recipe.formats[0]
-  scales = [_scaling.scales_from_amax(st.amax, fmt, recipe.scaling, None,
-                                      w.amax)
-            for st, w in zip(stats, wholes)]
-  rows = [jnp.broadcast_to(s[:, 0], (v.shape[0],))
-          for s, v in zip(scales, views)]
+  # The scales of both orientations from one computation: it is elementwise,
+  # and the two whole amaxes are the matrix's, the same bits.
+  amaxes = [st.amax[:, 0] for st in stats]
+  scales = jnp.split(
+      _scaling.scales_from_amax(jnp.concatenate(amaxes), fmt, recipe.scaling,
+                                None, wholes[0].amax),
+      [amaxes[0].shape[0]])
+  rows = [jnp.broadcast_to(s, (v.shape[0],)) for s, v in zip(scales, views)]
   # One division for the reciprocals of both orientations (div_rn is large).
   recips = jnp.split(_scaling.reciprocal(jnp.concatenate(rows)),
                      [rows[0].shape[0]])
