@@ -139,15 +139,6 @@ class _Known:
     return self.other.quantize_with_scales(x, scale, nonfinite, fmt, output)
 
 
-def _whole(st: _passes.BlockStats) -> _passes.BlockStats:
-  """Per-row grids [R, 1] reduced to one block [1, 1]."""
-  return _passes.BlockStats(
-      amax=jnp.max(st.amax, keepdims=True),
-      nonfinite=jnp.any(st.nonfinite, keepdims=True),
-      count=jnp.sum(st.count, keepdims=True),
-      min_nonzero=jnp.min(st.min_nonzero, keepdims=True))
-
-
 def quantize(t: jax.Array, recipe: _recipes.Recipe,
              impl: _dispatch.Implementation) -> tuple[Side, Side]:
   """MoR of a matrix t [R, C] in both orientations: (rows of t, rows of t^T)."""
@@ -166,25 +157,33 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
   dual = _dispatch.dual(impl)
   per_tensor = recipe.block_shape == (None, None)
   stats = dual.stats(t)
-  if per_tensor:
-    stats = tuple(_whole(st) for st in stats)
+  # Each orientation's statistics reduced once, for the scales and the
+  # decision (``_mor.whole``: one reduction).
+  wholes = [_mor.whole(st) for st in stats]
+  if per_tensor:  # Per-row grids [R, 1] reduced to one block [1, 1].
+    stats = [_passes.BlockStats(*(a.reshape(1, 1) for a in w))
+             for w in wholes]
   fmt = recipe.formats[0]
-  scales = [_scaling.scales_from_amax(st.amax, fmt, recipe.scaling, None)
-            for st in stats]
-  rows = [jnp.broadcast_to(s[:, 0], (v.shape[0],))
-          for s, v in zip(scales, views)]
+  # The scales of both orientations from one computation: it is elementwise,
+  # and the two whole amaxes are the matrix's, the same bits.
+  amaxes = [st.amax[:, 0] for st in stats]
+  scales = jnp.split(
+      _scaling.scales_from_amax(jnp.concatenate(amaxes), fmt, recipe.scaling,
+                                None, wholes[0].amax),
+      [amaxes[0].shape[0]])
+  rows = [jnp.broadcast_to(s, (v.shape[0],)) for s, v in zip(scales, views)]
   # One division for the reciprocals of both orientations (div_rn is large).
   recips = jnp.split(_scaling.reciprocal(jnp.concatenate(rows)),
                      [rows[0].shape[0]])
   codes, codes_t, *errs = dual.codes(t, *rows, fmt)
   sides = []
-  for i, (view, st, recip, q, err) in enumerate(
-      zip(views, stats, recips, (codes, codes_t), errs)):
+  for i, (view, st, w, recip, q, err) in enumerate(
+      zip(views, stats, wholes, recips, (codes, codes_t), errs)):
     if per_tensor:
       err = jnp.sum(err, keepdims=True)
     part = _mor.partition(view.shape, recipe)
     passes = _Known(st, (fmt, (q, err)), _dispatch.passes(part, impl))
-    _, choice, s = _mor.select(view, passes, recipe, "codes", part)
+    _, choice, s = _mor.select(view, passes, recipe, "codes", part, w)
     # One decision unit: the tensor (a 0-d choice, or a grid of one block).
     accepted = jnp.reshape(choice == 0, ())
     sides.append(Side(t, q, recip, accepted,

@@ -48,26 +48,23 @@ class Measurements:
       nonzero element).
     nonfinite: whether the unit holds a NaN or an infinity.
     count: number of finite nonzero elements.
+    whole: the whole tensor's ``BlockStats``, 0-d (``whole(stats)``; the
+      caller's ``whole_stats`` where it has them, to spare a reduction).
   """
 
   def __init__(self, x: jax.Array, passes: _passes.Passes, recipe: Recipe,
-               output: _passes.Output):
+               output: _passes.Output,
+               whole_stats: _passes.BlockStats | None = None):
     self._x, self._passes, self._recipe = x, passes, recipe
     self._output = output
     self._quantized: dict[Representation, tuple] = {}
     self._tensor = recipe.granularity == "tensor"
     self.stats = passes.block_stats(x)
-    # The identities make an empty tensor (a grid of no blocks) reduce too.
-    self.amax = self._reduce(self.stats.amax, jnp.max, 0.0)
-    self.min_nonzero = self._reduce(self.stats.min_nonzero, jnp.min, jnp.inf)
-    self.nonfinite = self._reduce(self.stats.nonfinite, jnp.any)
-    self.count = self._reduce(self.stats.count, jnp.sum)
+    self.whole = whole(self.stats) if whole_stats is None else whole_stats
+    unit = self.whole if self._tensor else self.stats
+    self.amax, self.min_nonzero = unit.amax, unit.min_nonzero
+    self.nonfinite, self.count = unit.nonfinite, unit.count
     self.dynamic_range = _dynamic_range(self.amax, self.min_nonzero)
-
-  def _reduce(self, grid, fn, initial=None):
-    if not self._tensor:
-      return grid
-    return fn(grid) if initial is None else fn(grid, initial=initial)
 
   def quantized(self, fmt: Representation
                 ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
@@ -76,7 +73,8 @@ class Measurements:
       r = self._recipe
       scale = _scaling.scales_from_amax(
           self.stats.amax, fmt, r.scaling,
-          _scaling.group_blocks(r.group_shape, r.block_shape))
+          _scaling.group_blocks(r.group_shape, r.block_shape),
+          self.whole.amax)
       output = self._output if fmt in r.formats else "none"
       out, err_sum = self._passes.quantize_with_scales(
           self._x, scale, self.stats.nonfinite, fmt, output)
@@ -85,8 +83,28 @@ class Measurements:
 
   def error(self, fmt: Representation) -> jax.Array:
     """Mean relative error of quantizing each unit to ``fmt`` (0 if empty)."""
-    err_sum = self._reduce(self.quantized(fmt)[1], jnp.sum)
+    err_sum = self.quantized(fmt)[1]
+    if self._tensor:
+      err_sum = jnp.sum(err_sum)
     return err_sum / jnp.maximum(self.count, 1)
+
+
+def whole(st: _passes.BlockStats) -> _passes.BlockStats:
+  """A grid's statistics reduced to 0-d arrays, in one reduction.
+
+  One variadic reduce instead of four small kernels: max, min, or and
+  integer sums are exact in any order, so the bits are those of four
+  separate reductions. The identities make an empty grid reduce too.
+  """
+  init = tuple(jnp.asarray(v, a.dtype)
+               for v, a in zip((0, False, 0, jnp.inf), st))
+
+  def combine(a, b):
+    return (jnp.maximum(a[0], b[0]), a[1] | b[1], a[2] + b[2],
+            jnp.minimum(a[3], b[3]))
+
+  return _passes.BlockStats(*jax.lax.reduce(tuple(st), init, combine,
+                                            tuple(range(st.amax.ndim))))
 
 
 def _log2(x: jax.Array) -> jax.Array:
@@ -315,17 +333,25 @@ def partition(shape, recipe: Recipe) -> _partition.Partition:
 
 
 def select(x: jax.Array, passes: _passes.Passes, recipe: Recipe,
-           output: _passes.Output, part: _partition.Partition
+           output: _passes.Output, part: _partition.Partition,
+           whole_stats: _passes.BlockStats | None = None
            ) -> tuple[Measurements, jax.Array, MoRStats]:
-  """Algorithm 2 on ``x``: (its measurements, the choice, the statistics)."""
-  m = Measurements(x, passes, recipe, output)
+  """Algorithm 2 on ``x``: (its measurements, the choice, the statistics).
+
+  ``whole_stats``: ``whole`` of the passes' block statistics, where the
+  caller has taken them.
+  """
+  m = Measurements(x, passes, recipe, output, whole_stats)
   # An empty tensor has nothing to quantize: it stays in BF16, and its
   # statistics say no unit and no element took any candidate.
   accepted = [_accept(pred, m, fmt) & ~m.nonfinite & (x.size > 0)
               for fmt, pred in recipe.candidates[:-1]]
   accepted.append(jnp.ones_like(m.nonfinite))
-  # The first accepted candidate: argmax returns the first True.
-  choice = jnp.argmax(jnp.stack(accepted), axis=0).astype(jnp.int32)
+  # The first accepted candidate, by selects rather than an argmax (a
+  # reduction, one more kernel); the last, BF16, always is.
+  choice = jnp.full(m.nonfinite.shape, len(accepted) - 1, jnp.int32)
+  for i in reversed(range(len(accepted) - 1)):
+    choice = jnp.where(accepted[i], jnp.int32(i), choice)
   return m, choice, _statistics(m, choice, recipe, part, x.size)
 
 
@@ -341,19 +367,17 @@ def _statistics(m: Measurements, choice: jax.Array, recipe: Recipe,
   else:
     fraction_blocks = fraction_elements = onehot * (size > 0)
 
-  total = jnp.maximum(jnp.sum(m.count), 1)
+  w = m.whole
+  total = jnp.maximum(w.count, 1)
   error = jnp.stack([jnp.sum(m.quantized(fmt)[1]) / total if fmt.is_fp8
                      else jnp.float32(0) for fmt, _ in recipe.candidates])
   chosen_sum = sum(jnp.sum(jnp.where(choice == i, m.quantized(fmt)[1], 0.0))
                    for i, (fmt, _) in enumerate(recipe.candidates[:-1]))
-  st = m.stats
-  amax = jnp.max(st.amax, initial=0.0)
-  min_nonzero = jnp.min(st.min_nonzero, initial=jnp.inf)
   return MoRStats(
       fraction_blocks=fraction_blocks,
       fraction_elements=fraction_elements,
       error=error,
       chosen_error=jnp.asarray(chosen_sum, jnp.float32) / total,
-      amax=amax,
-      dynamic_range=_dynamic_range(amax, min_nonzero),
-      nonfinite=jnp.any(st.nonfinite))
+      amax=w.amax,
+      dynamic_range=_dynamic_range(w.amax, w.min_nonzero),
+      nonfinite=w.nonfinite)

@@ -77,7 +77,8 @@ def group_max(values: jax.Array, blocks: tuple[int, ...] | None) -> jax.Array:
 
 def scales_from_amax(amax: jax.Array, fmt: _formats.Representation,
                      scaling: Scaling,
-                     blocks_per_group: tuple[int, ...] | None) -> jax.Array:
+                     blocks_per_group: tuple[int, ...] | None,
+                     whole_amax: jax.Array | None = None) -> jax.Array:
   """One float32 scale per block from the per-block amax.
 
   Args:
@@ -85,6 +86,8 @@ def scales_from_amax(amax: jax.Array, fmt: _formats.Representation,
     fmt: the element format whose max F the scales aim at.
     scaling: "fp32", "e8m0" or "gam".
     blocks_per_group: gam groups in units of blocks, None for one group.
+    whole_amax: max(amax) where the caller has it: with one gam group, it
+      is the group's amax, and no reduction is repeated.
 
   Returns:
     The scales, shaped like ``amax``; 1 where a block is all zeros.
@@ -92,7 +95,10 @@ def scales_from_amax(amax: jax.Array, fmt: _formats.Representation,
   zero = amax == 0
   amaxes = [amax]
   if scaling == "gam":
-    gamax = group_max(amax, blocks_per_group)
+    if whole_amax is None or blocks_per_group is not None:
+      gamax = group_max(amax, blocks_per_group)
+    else:
+      gamax = jnp.broadcast_to(whole_amax, amax.shape)
     amaxes.append(gamax)
   # div_rn caps every quotient at 2**126, the block's and the group's alike,
   # before the gam rule combines them. One call divides both: its long
