@@ -1,8 +1,8 @@
 """FP8 execution of 128x128-block recipes: the block GEMM (docs/numerics.md 6.1).
 
-Under execution "fp8" (not "auto", yet), a dot_general without batch dimensions whose roles'
-recipes are each ``block_capable`` or BF16 only (at least one of them
-quantized) runs each of its three GEMMs through ``kernels/block_gemm.py``:
+Under execution "fp8" (not "auto"), a dot_general without batch dimensions
+whose roles' recipes are each ``block_capable`` or BF16 only (at least one
+of them quantized) runs each of its three GEMMs through ``kernels/block_gemm.py``:
 every pair of 128x128 blocks in FP8 from the codes, with the blocks' scales
 applied every 128 of K, or in the compute dtype on the emulated values.
 
@@ -47,8 +47,8 @@ def applies(execution: _fp8.Execution, dims, policy) -> bool:
   """Whether this dot_general's GEMMs run through the block GEMM."""
   (_, _), (lb, _) = dims
   recipes = (policy.activation, policy.weight, policy.gradient)
-  # Asked for by name only: "auto" keeps these policies emulated until the
-  # wired path (block GEMM per shard included) is timed on GPUs.
+  # Asked for by name only: "auto" keeps these policies emulated, which
+  # trained the ~1B preset as fast on an H200 (docs/benchmarks.md).
   return (not lb and execution == "fp8" and
           all(block_capable(r) or _fp8.bf16_only(r) for r in recipes) and
           any(block_capable(r) for r in recipes))
