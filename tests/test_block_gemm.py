@@ -20,6 +20,9 @@ from jax.sharding import PartitionSpec as P
 
 import mor_jax
 from mor_jax.kernels import block_gemm as bg
+from tests.blocks import TWO_WAY
+from tests.blocks import data as _data
+from tests.blocks import operand as _operand
 
 B = 128
 DIMS = (((1,), (0,)), ((), ()))
@@ -28,36 +31,6 @@ DIMS = (((1,), (0,)), ((), ()))
 def _rel(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _spoil(x: np.ndarray, share: float, seed: int, lo: float) -> np.ndarray:
-  """x with round(share * blocks) of its 128x128 blocks spread over
-  [lo, 1/lo] in magnitude, a range E4M3 cannot hold."""
-  rb, kb = -(-x.shape[0] // B), -(-x.shape[1] // B)
-  pick = np.random.default_rng(seed).permutation(rb * kb)[:round(share * rb * kb)]
-  x = x.copy()
-  for p in pick:
-    i, j = divmod(int(p), kb)
-    blk = x[i * B:(i + 1) * B, j * B:(j + 1) * B]
-    blk *= np.geomspace(lo, 1 / lo, blk.shape[1], dtype=np.float32)
-  return x
-
-
-def _operand(x, recipe):
-  """(BlockOperand of x's [rows, K] view as ``recipe`` quantizes it, choice)."""
-  r = mor_jax.mor_quantize(x, recipe)
-  fmt = next(f for f in recipe.formats if f.is_fp8)
-  qa = mor_jax.quantize(x, fmt, block_shape=recipe.block_shape,
-                        scaling=recipe.scaling, group_shape=recipe.group_shape)
-  rep = bg.representation_codes(r.choice, r.names)
-  # The codes are MoR's own where it chose their format: the emulated
-  # operand is their dequantization there.
-  own = np.asarray(rep) == (bg.REP_E4M3 if fmt == mor_jax.E4M3 else bg.REP_E5M2)
-  mask = np.kron(own, np.ones(tuple(s or 1 for s in recipe.block_shape)))
-  mask = mask[:x.shape[0], :x.shape[1]].astype(bool)
-  deq = np.asarray(mor_jax.dequantize(qa))
-  np.testing.assert_array_equal(deq[mask], np.asarray(r.value)[mask])
-  return bg.BlockOperand(qa.data, 1 / qa.scale, rep, r.value), rep
 
 
 def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand) -> np.ndarray:
@@ -89,14 +62,6 @@ def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand) -> np.ndarray:
   return y
 
 
-def _data(m, k, n, share, lo=1e-9):
-  rng = np.random.default_rng(0)
-  x = rng.standard_normal((m, k), np.float32)
-  w = rng.standard_normal((k, n), np.float32) * 0.05
-  return _spoil(x, share, 1, lo), _spoil(w.T, share, 2, lo).T
-
-
-TWO_WAY = mor_jax.SubTensorMoR(mode="two_way")
 CASES = [
     # (m, k, n, share of BF16 blocks, X's recipe, W's recipe)
     (300, 520, 260, 0.0, TWO_WAY, TWO_WAY),

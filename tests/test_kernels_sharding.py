@@ -26,7 +26,7 @@ import mor_jax
 from mor_jax.kernels import block_gemm as bg
 from mor_jax.kernels import sharding
 from tests import data
-from tests import test_block_gemm as tbg
+from tests import blocks
 
 N_DEV = 8 if jax.default_backend() == "cpu" else 2
 pytestmark = pytest.mark.skipif(
@@ -207,11 +207,11 @@ BLOCK_LAYOUTS = {
 
 
 def _block_operands(m, k, n, tiles):
-  x, w = tbg._data(m, k, n, 0.1)  # pylint: disable=protected-access
-  rx = (mor_jax.SubTensorMoR(block_shape=(1, 128)) if tiles else tbg.TWO_WAY)
-  # pylint: disable=protected-access
-  a, _ = tbg._operand(jnp.asarray(x, jnp.bfloat16), rx)
-  b, _ = tbg._operand(jnp.asarray(w.T, jnp.bfloat16), tbg.TWO_WAY)
+  x, w = blocks.data(m, k, n, 0.1)
+  rx = (mor_jax.SubTensorMoR(block_shape=(1, 128)) if tiles
+        else blocks.TWO_WAY)
+  a, _ = blocks.operand(jnp.asarray(x, jnp.bfloat16), rx)
+  b, _ = blocks.operand(jnp.asarray(w.T, jnp.bfloat16), blocks.TWO_WAY)
   return a, b
 
 
