@@ -25,6 +25,14 @@ precision, without promoting partial sums. The kernel is Hopper-only
 (sm_90) and Mosaic GPU has no public interpret mode, so ``gemm_reference``,
 its jnp twin, is what runs elsewhere and what the GPU tests compare it
 with.
+
+Sharded operands (``_Gemm``, through kernels/sharding.py's ``per_shard``):
+under ``jit`` each device runs the kernel on its shards. Rows of A and of B
+stay sharded (the output is sharded [M, N] alike), and K where both operands
+split it alike; each device's partial output is then written in float32 and
+summed across K's mesh axes before the one cast to the output's dtype, as
+one device rounds its float32 accumulator once. ``gemm_reference_per_shard``
+runs the twin under the same rule, which is how a CPU tests the rule.
 """
 
 from __future__ import annotations
@@ -274,14 +282,22 @@ def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
 
 @dataclasses.dataclass(frozen=True)
 class _Gemm:
-  """The GEMM per shard: rows of A and B stay put, a sharded K is summed."""
+  """The GEMM per shard: rows of A and B stay put, a sharded K's partial
+  outputs are summed in float32 and cast once to ``out_dtype``.
+
+  ``config`` None runs ``gemm_reference`` per shard (how a CPU tests the
+  rule).
+  """
 
   out_dtype: jnp.dtype
-  config: GemmConfig
+  config: GemmConfig | None
   rule = ", m k, n k, m, n, m k, n k -> m n"  # the decision is a scalar
 
-  def local(self, *args):
-    return (_local_gemm(*args, out_dtype=self.out_dtype, config=self.config),)
+  def local(self, *args, out_dtype=None):
+    out_dtype = self.out_dtype if out_dtype is None else out_dtype
+    if self.config is None:
+      return (gemm_reference(*args, out_dtype=out_dtype),)
+    return (_local_gemm(*args, out_dtype=out_dtype, config=self.config),)
 
   def batchable_local(self, *args):
     return (gemm_reference(*args, out_dtype=self.out_dtype),)
@@ -296,11 +312,23 @@ class _Gemm:
     m_, n_, k_ = (sharding.entry(x) for x in (ma, na, k))
     args = sharding.named(mesh, P(), P(m_, k_), P(n_, k_), P(m_), P(n_),
                           P(m_, k_), P(n_, k_))
+    results = sharding.named(mesh, P(m_, n_))
+    if not k:
+      return mesh, results, args, lambda outs: outs
 
-    def combine(outs):
-      return (sharding.combine("sum", outs[0], k),)
+    def combine(outs):  # K's partials, summed in float32 as one device does
+      return (sharding.combine("sum", outs[0], k).astype(self.out_dtype),)
 
-    return mesh, sharding.named(mesh, P(m_, n_)), args, combine
+    return (mesh, results, args, combine,
+            functools.partial(self.local, out_dtype=jnp.float32))
+
+
+def _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype,
+               config: GemmConfig | None) -> jax.Array:
+  op = _Gemm(jnp.dtype(out_dtype), config)
+  return sharding.per_shard(op)(
+      jnp.asarray(fp8, jnp.int32), a8, b8, ra.astype(jnp.float32),
+      rb.astype(jnp.float32), a, b)[0]
 
 
 def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
@@ -322,13 +350,24 @@ def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
   Returns:
     [M, N] in ``out_dtype``. Shapes that the tiles do not divide are padded
     with zeros (a copy of each operand), which leaves the product unchanged.
-    Under ``jit`` with sharded operands it runs per shard; under ``vmap``,
-    ``gemm_reference`` runs.
+    Under ``jit`` with sharded operands it runs per shard: rows of A and B
+    stay sharded, and a K split alike on both operands is summed across
+    devices in float32 (each device writes its partial output in float32),
+    then cast once to ``out_dtype``. Under ``vmap``, ``gemm_reference``
+    runs.
   """
-  op = _Gemm(jnp.dtype(out_dtype), config)
-  return sharding.per_shard(op)(
-      jnp.asarray(fp8, jnp.int32), a8, b8, ra.astype(jnp.float32),
-      rb.astype(jnp.float32), a, b)[0]
+  return _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype, config)
+
+
+def gemm_reference_per_shard(fp8: jax.Array, a8: jax.Array, b8: jax.Array,
+                             ra: jax.Array, rb: jax.Array, a: jax.Array,
+                             b: jax.Array, *, out_dtype) -> jax.Array:
+  """``gemm``'s partitioning around ``gemm_reference``.
+
+  The twin per shard, as ``gemm`` runs the kernel: how a device without the
+  kernel (a CPU) tests the sharding rule.
+  """
+  return _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype, None)
 
 
 def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,

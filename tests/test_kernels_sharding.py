@@ -7,16 +7,19 @@ no more than per-block grids between devices wherever shard edges fall on
 block edges (kernels/sharding.py says what happens elsewhere). The block
 GEMM per shard (its kernel on a Hopper host, its jnp twin under the same rule
 elsewhere) equals it on one device, and moves no operand where shards hold
-whole 128-blocks.
+whole 128-blocks. The per-channel GEMM per shard (likewise kernel or twin)
+sums a sharded K's partial outputs in float32 and rounds them once.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -24,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 import mor_jax
 from mor_jax.kernels import block_gemm as bg
+from mor_jax.kernels import gemm
 from mor_jax.kernels import sharding
 from tests import data
 from tests import blocks
@@ -33,6 +37,9 @@ pytestmark = pytest.mark.skipif(
     jax.device_count() < N_DEV,
     reason=f"needs {N_DEV} devices: the root conftest.py sets "
     "XLA_FLAGS=--xla_force_host_platform_device_count=8 for CPU runs")
+
+HOPPER = (jax.default_backend() == "gpu" and
+          jax.devices()[0].compute_capability.startswith("9."))
 
 SHAPE = (1024, 1024)
 # name: (mesh shape, mesh axes, spec). Shards hold 128 rows or columns (or
@@ -242,9 +249,7 @@ def _block_gemm_sharded(layout, out_dtype, fn):
 
 def _block_gemm_fn():
   """The kernel per shard on a Hopper host, the twin per shard elsewhere."""
-  hopper = (jax.default_backend() == "gpu" and
-            jax.devices()[0].compute_capability.startswith("9."))
-  return bg.block_gemm if hopper else bg.block_gemm_reference_per_shard
+  return bg.block_gemm if HOPPER else bg.block_gemm_reference_per_shard
 
 
 def _rel64(a, b) -> float:
@@ -282,3 +287,65 @@ def test_sharded_block_gemm_sums_bf16_outputs_in_float32():
   assert got.dtype == jnp.bfloat16
   assert np.mean(np.asarray(got) != np.asarray(want)) <= 0.01
   assert _rel64(got, want) <= 1e-3
+
+
+# ----------------------------------------------------------------------------
+# The per-channel GEMM (kernels/gemm.py): the kernel per shard on a Hopper
+# host, its jnp twin per shard elsewhere, against NumPy.
+
+# name: (mesh shape, mesh axes, A's spec, B's spec); K is split over "d" or
+# "b", on 8 or 2 devices alike.
+GEMM_K_LAYOUTS = {
+    "k": ((N_DEV,), ("d",), P(None, "d"), P(None, "d")),
+    "data_k": ((N_DEV // 2, 2), ("a", "b"), P("a", "b"), P(None, "b")),
+}
+
+
+def _reduced_dtypes(compiled_text: str) -> set[str]:
+  """Element types of every all-reduce in compiled HLO."""
+  pattern = re.compile(r"= (\([^=]*?\)|\S+) all-reduce(-start)?\(")
+  return {t for m in pattern.finditer(compiled_text)
+          for t in re.findall(r"([a-z][a-z0-9]*)\[", m.group(1))}
+
+
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "wide"])
+@pytest.mark.parametrize("layout", list(GEMM_K_LAYOUTS))
+def test_sharded_gemm_sums_k_partials_in_float32(layout, fp8):
+  """A bfloat16 output with K sharded: the partial outputs are summed in
+  float32 and rounded once, as one device rounds its accumulator; partials
+  rounded to bfloat16 first change about two fifths of the elements."""
+  mesh_shape, axes, sa, sb = GEMM_K_LAYOUTS[layout]
+  mesh = _mesh(mesh_shape, axes)
+  shards = mesh.shape[sa[1]]
+  m, k, n = 64, 128 * shards, 64
+  rng = np.random.default_rng(7)
+  a, b = (rng.standard_normal(s).astype(ml_dtypes.bfloat16)
+          for s in ((m, k), (n, k)))
+  a8, b8 = ((v.astype(np.float32) * 8).astype(ml_dtypes.float8_e4m3fn)
+            for v in (a, b))
+  ra, rb = (rng.uniform(0.5, 2, r).astype(np.float32) for r in (m, n))
+  put = lambda v, s: jax.device_put(v, NamedSharding(mesh, s))  # noqa: E731
+  args = (jnp.bool_(fp8), put(a8, sa), put(b8, sb), put(ra, P()),
+          put(rb, P()), put(a, sa), put(b, sb))
+  fn = (functools.partial(gemm.gemm, config=gemm.GemmConfig()) if HOPPER
+        else gemm.gemm_reference_per_shard)
+  compiled = jax.jit(lambda *v: fn(*v, out_dtype=jnp.bfloat16)).lower(
+      *args).compile()
+  got = np.asarray(compiled(*args), np.float64)
+
+  # The products of K's shards in float64, scaled as the GEMM scales them.
+  x, y = (np.asarray(v, np.float64) for v in ((a8, b8) if fp8 else (a, b)))
+  scale = np.outer(ra.astype(np.float64), rb) if fp8 else 1.0
+  parts = [x[:, c] @ y[:, c].T * scale
+           for c in np.split(np.arange(k), shards)]
+  bf16 = lambda v: v.astype(ml_dtypes.bfloat16).astype(np.float64)  # noqa: E731
+  want = bf16(sum(parts))
+  rounded_parts = bf16(sum(bf16(p) for p in parts))
+  # The data tell the two apart (so the test can fail).
+  assert np.mean(rounded_parts != want) >= 0.2
+  # Equal up to float32 rounding, which tips an element rarely; the kernel's
+  # FP8 loop accumulates in the tensor cores' own precision, which tips more.
+  assert np.mean(got != want) <= (0.1 if HOPPER and fp8 else 0.01)
+  assert _rel64(got, want) <= 1e-3
+  # Only float32 partials cross devices.
+  assert _reduced_dtypes(compiled.as_text()) == {"f32"}
