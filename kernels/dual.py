@@ -74,10 +74,12 @@ class DualConfig:
   """Tilings of the two passes: they load alike but differ in work per
   element, and their fastest tilings differ.
 
-  The defaults are the fastest of 17 tilings of each pass on the H200 at
+  The defaults are the fastest tilings of each pass on the H200 at
   (16384, 8192) bf16, kernel times from one run (``benchmarks/profile.py
-  --sweep dual``, docs/benchmarks.md): statistics 0.150 ms, codes 0.419 ms,
-  against 0.190 and 0.437 with one 16 x 128 x 16 tiling for both.
+  --sweep dual`` and a second sweep of 20 tilings, docs/benchmarks.md):
+  statistics 0.150 ms, codes 0.339 ms (0.416 with 2 warps, 0.437 with one
+  16 x 128 x 16 tiling for both passes). Pass 2 is bound by instructions
+  (kernels/tile.py): 4 warps of the same tile hide more of their latency.
 
   Examples:
     >>> import mor_jax
@@ -94,7 +96,7 @@ class DualConfig:
   stats: PassTiling = PassTiling(tile_rows=8, tile_cols=256, row_steps=32,
                                  num_warps=4, num_stages=2)
   codes: PassTiling = PassTiling(tile_rows=16, tile_cols=64, row_steps=16,
-                                 num_warps=2, num_stages=2)
+                                 num_warps=4, num_stages=2)
 
   def __post_init__(self):
     for name in ("stats", "codes"):

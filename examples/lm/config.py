@@ -185,6 +185,15 @@ PRESETS = {
                      val_batches=8, eval_every=100, log_every=10,
                      stats_every=10, attention="cudnn"),
               ("bf16", "mor_channel")),
+    # The same 1.0B parameters and tokens in 5 blocks of d_model 4096: each
+    # GEMM has twice the K and N, so GEMMs take a larger share of the step
+    # (attention and the quantizers' memory traffic grow with d_model, the
+    # GEMMs with its square).
+    "gpu1b_wide": (Config(layers=5, d_model=4096, heads=32, d_ff=16384,
+                          seq_len=1024, batch=16, steps=200, lr=3e-4,
+                          warmup=50, val_batches=8, eval_every=100,
+                          log_every=10, stats_every=10, attention="cudnn"),
+                   ("bf16", "mor_channel")),
 }
 
 
