@@ -169,6 +169,19 @@ def test_dense_recipe_is_bf16_without_statistics(corpus, tmp_path):
   assert bf16.stats and not dense.stats
   report.report(tmp_path)
   assert (tmp_path / "summary.md").read_text().count("| dense ") == 1
+  # Without a bf16 run, dense is the losses' baseline: the bf16 run under
+  # another name gets ratios of 1 against it, where it would get "-".
+  lines = (tmp_path / "bf16.jsonl").read_text().splitlines(keepends=True)
+  header = json.loads(lines[0])
+  header["recipe"] = "fp8_tensor"
+  (tmp_path / "fp8_tensor.jsonl").write_text(json.dumps(header) + "\n" +
+                                             "".join(lines[1:]))
+  (tmp_path / "bf16.jsonl").unlink()
+  rows = {r["recipe"]: r for r in report.summary_rows(
+      metrics.load_runs(tmp_path))}
+  assert rows["fp8_tensor"]["train / bf16"] == "1.0000"
+  assert rows["fp8_tensor"]["val / bf16"] == "1.0000"
+  report.report(tmp_path)
 
 
 def test_corpus_split_is_by_file_and_deterministic(tmp_path):

@@ -17,15 +17,30 @@ from collections.abc import Sequence
 import numpy as np
 from mor_jax import report as mor_report
 
+from .config import PLAIN
 from .metrics import ROLES, Run, load_runs, split_key
 from .sharding import MESH_AXES
 
 BASELINE = "bf16"
 
 
+def baseline(runs: Sequence[Run]) -> Run | None:
+  """The run the others' losses are divided by: bf16's, else dense's.
+
+  ``dense`` trains to bf16's losses bit for bit without its statistics
+  (tests/test_train_lm.py), so speed runs that compare with it alone still
+  get loss ratios.
+  """
+  for name in (BASELINE, PLAIN):
+    for r in runs:
+      if r.recipe == name:
+        return r
+  return None
+
+
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
   """One row of formatted cells per run."""
-  base = next((r for r in runs if r.recipe == BASELINE), None)
+  base = baseline(runs)
   rows = []
   for r in runs:
     train, val = r.final_train_loss(), r.final_val_loss()
@@ -62,7 +77,7 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
 
 def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
   """Training (smoothed) and validation loss, and their ratio to bf16."""
-  base = next((r for r in runs if r.recipe == BASELINE), None)
+  base = baseline(runs)
   fig = mor_report.figure(figsize=(12, 7))
   axes = fig.subplots(2, 2, sharex="col", height_ratios=(2, 1), squeeze=False)
   colors = mor_report.label_colors([r.recipe for r in runs])
@@ -90,7 +105,7 @@ def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
   for ax in axes[1]:
     ax.axhline(1.0, color="k", lw=0.5)
     ax.axhspan(0.995, 1.005, color="g", alpha=0.1, label="within 0.5%")
-    ax.set_ylabel(f"ratio to {BASELINE}")
+    ax.set_ylabel(f"ratio to {base.recipe if base else BASELINE}")
     ax.set_xlabel("step")
     ax.legend(fontsize="small")
   fig.tight_layout()
@@ -172,7 +187,9 @@ def report(directory: pathlib.Path) -> str:
       f"{h['corpus']['fingerprint']}); {h['versions']['device']}, jax "
       f"{h['versions']['jax']}.",
       "train loss: mean over the last 5% of steps; val loss: at the last "
-      "step, with the recipe's own forward pass; E4M3: share of "
+      "step, with the recipe's own forward pass; / bf16: against the bf16 "
+      "run, or the dense run (the same losses) where there is none; "
+      "E4M3: share of "
       "quantizations (tensors, or blocks for sub-tensor recipes) in E4M3 "
       "over all layers, both GEMMs of the role and every logged step; "
       "E4M3 all: the same over all three roles (six quantizations per "
