@@ -264,7 +264,11 @@ def sweep_gemm(shape, calls: int) -> None:
 MORE_DUAL_VARIANTS = ((8, 512, 32, 8, 2), (4, 512, 64, 4, 2),
                       (16, 256, 16, 8, 2), (32, 256, 8, 8, 2),
                       (8, 256, 32, 8, 4), (16, 128, 32, 4, 4),
-                      (16, 128, 16, 4, 1))
+                      (16, 128, 16, 4, 1),
+                      # The eighth session's second sweep, its best first.
+                      (16, 64, 16, 4, 2), (32, 64, 8, 4, 2),
+                      (32, 64, 16, 4, 4), (32, 32, 8, 2, 2),
+                      (16, 32, 16, 1, 2), (64, 32, 4, 2, 2))
 
 
 def sweep_dual(shape, calls: int) -> None:

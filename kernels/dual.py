@@ -75,8 +75,9 @@ class DualConfig:
   element, and their fastest tilings differ.
 
   The defaults are the fastest tilings of each pass on the H200 at
-  (16384, 8192) bf16, kernel times from one run (``benchmarks/profile.py
-  --sweep dual`` and a second sweep of 20 tilings, docs/benchmarks.md):
+  (16384, 8192) bf16, kernel times from one run of each of two sweeps
+  (``benchmarks/profile.py --sweep dual`` runs both's tilings,
+  docs/benchmarks.md):
   statistics 0.150 ms, codes 0.339 ms (0.416 with 2 warps, 0.437 with one
   16 x 128 x 16 tiling for both passes). Pass 2 is bound by instructions
   (kernels/tile.py): 4 warps of the same tile hide more of their latency.
