@@ -179,9 +179,10 @@ def shared(dims, ndims: tuple[int, int], policy: _policy.Policy
   exact transposes (one's rows are the other's K, as ordered tuples): then
   both cover the same blocks of the same elements, so amax, scales, codes
   (transposed) and decisions are the same; only the error sums run in
-  another order. Batch dimensions are rows of both views, and contracting
-  dimensions listed out of axis order are K of one view in that order and
-  rows of the other in axis order: neither is a transpose, so neither shares.
+  another order. Batch dimensions are rows of both views of every operand;
+  contracting dimensions listed out of axis order are K of X's (W's) fprop
+  view in that order and rows of its wgrad (dgrad) view in axis order:
+  neither is a transpose, so that operand does not share.
   """
   views = _views(dims, *ndims)
   out = {}
@@ -263,11 +264,11 @@ def _forward(lhs, rhs, probes, dims, policy, precision, pet):
                               preferred_element_type=pet)
     stats = {"fprop": {"activation": x_stats, "weight": w_stats}}
   share = shared(dims, (lhs.ndim, rhs.ndim), policy)
+  kept = {role: stats["fprop"][role] for role in ("activation", "weight")
+          if share[role]}
   saved = _Saved(x if share["activation"] else lhs,
-                 w if share["weight"] else rhs,
-                 {role: stats["fprop"][role] for role in ("activation", "weight")
-                  if share[role]},
-                 _struct(lhs), _struct(rhs))
+                 w if share["weight"] else rhs, kept, _struct(lhs),
+                 _struct(rhs))
   return (out, stats), saved
 
 

@@ -1,4 +1,4 @@
-"""One quantization per tensor where the partition is symmetric (docs/numerics.md 6).
+"""One quantization per tensor where the partition is symmetric (numerics 6).
 
 For square blocks or the whole tensor, the backward pass reuses the forward's
 quantizations of X and W, and dY's dgrad quantization serves wgrad too, when
