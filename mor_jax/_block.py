@@ -6,11 +6,13 @@ of them quantized) runs each of its three GEMMs through ``kernels/block_gemm.py`
 every pair of 128x128 blocks in FP8 from the codes, with the blocks' scales
 applied every 128 of K, or in the compute dtype on the emulated values.
 
-The operands are the six quantizations of the view path (``mor_jax._dot``),
+The operands are the quantizations of the view path (``mor_jax._dot``),
 on the same [rows, K] views with the same passes: ``mor_jax._mor.select``
-with codes as output instead of values. Decisions and statistics are the
-bits of "emulate"; the wide operand of a block is the value "emulate"
-multiplies (its codes dequantized, or x as it came).
+with codes as output instead of values; where the view path quantizes a
+tensor once for both its GEMMs (``mor_jax._dot.shared``), the second GEMM's
+operand is the first's, transposed (``transpose``). Decisions and statistics
+are the bits of "emulate"; the wide operand of a block is the value
+"emulate" multiplies (its codes dequantized, or x as it came).
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def quantize(x: jax.Array, recipe: _recipes.Recipe,
   rep = bg.representation_codes(jnp.broadcast_to(choice, scale.shape),
                                 recipe.names)
   return bg.BlockOperand(codes, _scaling.reciprocal(scale), rep, wide), stats
+
+
+def transpose(op: bg.BlockOperand | jax.Array) -> bg.BlockOperand | jax.Array:
+  """``quantize``'s operand for the transposed view, from one quantization.
+
+  Exact for square blocks (``mor_jax._dot.symmetric`` recipes): the blocks
+  of x^T are those of x transposed, with the same scales, codes and choices.
+  """
+  if isinstance(op, bg.BlockOperand):
+    return bg.BlockOperand(op.codes.T, op.recip.T, op.rep.T, op.wide.T)
+  return op.T
 
 
 def gemm(a, b, out_dtype, precision,

@@ -11,8 +11,16 @@ Each operand is quantized with MoR on its 2-D view in the GEMM it enters:
 then the operand's other non-contracted dimensions (in axis order), and K =
 the dimensions contracted in that GEMM (in the order they pair with the
 other operand's). dX and dW are the transposes of ``lax.dot_general`` taken at
-the re-quantized operands, so every layout ``lax.dot_general`` accepts works
-and, with ``NoQuant``, every result is bit for bit ``lax.dot_general``'s.
+the backward's quantized operands, so every layout ``lax.dot_general``
+accepts works and, with ``NoQuant``, every result is bit for bit
+``lax.dot_general``'s.
+
+A tensor whose recipe cuts its view's transpose as the transposed view
+(square blocks or the whole tensor: ``symmetric``) and whose two views are
+exact transposes (``shared``) is quantized once: the same blocks of the
+same elements give the same scales, codes and decisions, so the backward
+pass reads the forward's quantization of X and W, and wgrad reads dgrad's of
+dY. The statistics keep all six entries (a shared one under both GEMMs).
 
 Execution (docs/numerics.md 6.1): per-row and per-tensor recipes take the
 matrix path of ``mor_jax._fp8`` (both orientations from one read); under
@@ -27,6 +35,7 @@ forward pass ignores.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -142,6 +151,48 @@ def _views(dims, lhs_ndim: int, rhs_ndim: int) -> dict:
   }
 
 
+# Each role's two GEMMs: the forward's (or dgrad's) view first.
+_PAIRS = {"activation": (("fprop", "activation"), ("wgrad", "activation")),
+          "weight": (("fprop", "weight"), ("dgrad", "weight")),
+          "gradient": (("dgrad", "gradient"), ("wgrad", "gradient"))}
+
+
+def symmetric(recipe: _mor.Recipe) -> bool:
+  """Whether the recipe cuts a view's transpose as the transposed view.
+
+  Square 2-D blocks or the whole tensor, in square gam groups or one group
+  (or BF16 only, one block): the partition of [K, rows] is that of [rows, K]
+  transposed, block for block, edge blocks included.
+  """
+  block, group = recipe.block_shape, recipe.group_shape
+  if block is None:  # BF16 only: one block, nothing quantized.
+    return True
+  return (len(block) == 2 and block[0] == block[1] and
+          (group is None or group[0] == group[1]))
+
+
+def shared(dims, ndims: tuple[int, int], policy: _policy.Policy
+           ) -> dict[str, bool]:
+  """Per role, whether its two quantizations are one (docs/numerics.md 6).
+
+  They are when the role's recipe is ``symmetric`` and its two views are
+  exact transposes (one's rows are the other's K, as ordered tuples): then
+  both cover the same blocks of the same elements, so amax, scales, codes
+  (transposed) and decisions are the same; only the error sums run in
+  another order. Batch dimensions are rows of both views of every operand;
+  contracting dimensions listed out of axis order are K of X's (W's) fprop
+  view in that order and rows of its wgrad (dgrad) view in axis order:
+  neither is a transpose, so that operand does not share.
+  """
+  views = _views(dims, *ndims)
+  out = {}
+  for role, (a, b) in _PAIRS.items():
+    (rows_a, k_a), (rows_b, k_b) = views[a], views[b]
+    out[role] = (symmetric(getattr(policy, role)) and rows_a == k_b and
+                 k_a == rows_b)
+  return out
+
+
 def _matrix(x: jax.Array, view) -> jax.Array:
   """The [rows, K] view of ``x``."""
   rows, k = view
@@ -165,6 +216,29 @@ def _quantize_view(x: jax.Array, recipe: _mor.Recipe, view
   return _unview(r.value, x.shape, view[0] + view[1]), stats
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["lhs", "rhs", "stats"],
+                   meta_fields=["lhs_struct", "rhs_struct"])
+@dataclasses.dataclass(frozen=True)
+class _Saved:
+  """The view path's residuals.
+
+  Attributes:
+    lhs, rhs: each operand, or, where its two quantizations are one
+      (``shared``), the forward's quantization in its place: the value in
+      the operand's layout (emulation) or the block GEMM's operand on the
+      fprop view; the backward then does not read that operand.
+    stats: the shared quantizations' statistics, by role.
+    lhs_struct, rhs_struct: the operands' shapes and dtypes.
+  """
+
+  lhs: Any
+  rhs: Any
+  stats: dict[str, NamedMoRStats]
+  lhs_struct: jax.ShapeDtypeStruct
+  rhs_struct: jax.ShapeDtypeStruct
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _mor_dot_general(lhs, rhs, probes, dims, policy, precision, pet):
   return _forward(lhs, rhs, probes, dims, policy, precision, pet)[0]
@@ -180,15 +254,47 @@ def _forward(lhs, rhs, probes, dims, policy, precision, pet):
                              execution)
   views = _views(dims, lhs.ndim, rhs.ndim)
   if _uses_blocks(dims, policy, lhs, rhs):
-    return _forward_blocks(lhs, rhs, dims, views, policy, precision,
-                           pet), (lhs, rhs)
-  x, x_stats = _quantize_view(lhs, policy.activation,
-                              views["fprop", "activation"])
-  w, w_stats = _quantize_view(rhs, policy.weight, views["fprop", "weight"])
-  out = jax.lax.dot_general(x, w, dims, precision=precision,
-                            preferred_element_type=pet)
-  stats = {"fprop": {"activation": x_stats, "weight": w_stats}}
-  return (out, stats), (lhs, rhs)
+    out, stats, (x, w) = _forward_blocks(lhs, rhs, dims, views, policy,
+                                         precision, pet)
+  else:
+    x, x_stats = _quantize_view(lhs, policy.activation,
+                                views["fprop", "activation"])
+    w, w_stats = _quantize_view(rhs, policy.weight, views["fprop", "weight"])
+    out = jax.lax.dot_general(x, w, dims, precision=precision,
+                              preferred_element_type=pet)
+    stats = {"fprop": {"activation": x_stats, "weight": w_stats}}
+  share = shared(dims, (lhs.ndim, rhs.ndim), policy)
+  kept = {role: stats["fprop"][role] for role in ("activation", "weight")
+          if share[role]}
+  saved = _Saved(x if share["activation"] else lhs,
+                 w if share["weight"] else rhs, kept, _struct(lhs),
+                 _struct(rhs))
+  return (out, stats), saved
+
+
+def _backward_quantizations(dims, policy, saved, g, quantize, transpose
+                            ) -> dict:
+  """The backward's four quantizations: (operand, stats) by (GEMM, role).
+
+  ``quantize(x, recipe, view)`` quantizes a view of x, ``transpose(op)``
+  turns one view's operand into its transposed view's; a shared role takes
+  its second GEMM's operand from its first's.
+  """
+  views = _views(dims, saved.lhs_struct.ndim, saved.rhs_struct.ndim)
+  share = shared(dims, (saved.lhs_struct.ndim, saved.rhs_struct.ndim), policy)
+  q = {}
+  for role, (first, second) in _PAIRS.items():
+    recipe = getattr(policy, role)
+    if role == "gradient":
+      q[first] = quantize(g, recipe, views[first])
+      x, stats = g, q[first][1]
+      op = q[first][0]
+    else:
+      x = saved.lhs if role == "activation" else saved.rhs
+      op, stats = x, saved.stats.get(role)
+    q[second] = ((transpose(op), stats) if share[role] else
+                 quantize(x, recipe, views[second]))
+  return q
 
 
 def _forward_matrices(lhs, rhs, dims, policy, precision, pet, execution):
@@ -240,17 +346,16 @@ def _forward_blocks(lhs, rhs, dims, views, policy, precision, pet):
                                policy.weight, impl)
   y = _block.gemm(x, w, out.dtype, precision, impl)
   return (y.reshape(out.shape),
-          {"fprop": {"activation": x_stats, "weight": w_stats}})
+          {"fprop": {"activation": x_stats, "weight": w_stats}}, (x, w))
 
 
-def _backward_blocks(dims, views, policy, precision, lhs, rhs, g):
+def _backward_blocks(dims, views, policy, precision, saved, g):
   impl = _dispatch.current()
-  q = {}
-  for gemm, roles in GEMMS[1:]:
-    for role in roles:
-      x = {"activation": lhs, "weight": rhs, "gradient": g}[role]
-      q[gemm, role] = _block.quantize(_matrix(x, views[gemm, role]),
-                                      getattr(policy, role), impl)
+  lhs, rhs = saved.lhs_struct, saved.rhs_struct
+  q = _backward_quantizations(
+      dims, policy, saved, g,
+      lambda x, recipe, view: _block.quantize(_matrix(x, view), recipe, impl),
+      _block.transpose)
   dx = _block.gemm(q["dgrad", "gradient"][0], q["dgrad", "weight"][0],
                    lhs.dtype, precision, impl)
   dw = _block.gemm(q["wgrad", "activation"][0], q["wgrad", "gradient"][0],
@@ -270,19 +375,17 @@ def _backward_blocks(dims, views, policy, precision, lhs, rhs, g):
 
 
 def _backward(dims, policy, precision, pet, residuals, cotangents):
-  if isinstance(residuals[0], _fp8.Matrices):
+  if not isinstance(residuals, _Saved):
     return _backward_matrices(policy, precision, residuals, cotangents[0])
-  lhs, rhs = residuals
-  g = cotangents[0]
+  saved, g = residuals, cotangents[0]
+  lhs, rhs = saved.lhs_struct, saved.rhs_struct
   views = _views(dims, lhs.ndim, rhs.ndim)
   if _uses_blocks(dims, policy, lhs, rhs):
-    return _backward_blocks(dims, views, policy, precision, lhs, rhs, g)
-  q = {}
-  for gemm, roles in GEMMS[1:]:
-    for role in roles:
-      x = {"activation": lhs, "weight": rhs, "gradient": g}[role]
-      q[gemm, role] = _quantize_view(x, getattr(policy, role),
-                                     views[gemm, role])
+    return _backward_blocks(dims, views, policy, precision, saved, g)
+  # Emulated values come back in the operand's layout: a shared role's second
+  # GEMM reads its first's value as it is.
+  q = _backward_quantizations(dims, policy, saved, g, _quantize_view,
+                              lambda value: value)
 
   def gemm(a, b):
     return jax.lax.dot_general(a, b, dims, precision=precision,
@@ -290,9 +393,9 @@ def _backward(dims, policy, precision, pet, residuals, cotangents):
 
   w_dgrad, x_wgrad = q["dgrad", "weight"][0], q["wgrad", "activation"][0]
   (dlhs,) = jax.linear_transpose(lambda a: gemm(a, w_dgrad),
-                                 _struct(lhs))(q["dgrad", "gradient"][0])
+                                 lhs)(q["dgrad", "gradient"][0])
   (drhs,) = jax.linear_transpose(lambda b: gemm(x_wgrad, b),
-                                 _struct(rhs))(q["wgrad", "gradient"][0])
+                                 rhs)(q["wgrad", "gradient"][0])
   stats = {gemm_: {role: q[gemm_, role][1] for role in roles}
            for gemm_, roles in GEMMS[1:]}
   return dlhs, drhs, stats
@@ -374,10 +477,12 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
 
   A ``jax.custom_vjp``: the forward pass quantizes ``lhs`` with
   ``policy.activation`` and ``rhs`` with ``policy.weight``; the backward
-  pass quantizes the output gradient with ``policy.gradient`` twice (for
-  dgrad and for wgrad) and re-quantizes each operand in the orientation of
-  the GEMM it enters: six MoR quantizations, each on the operand's 2-D
-  [rows, K] view (see the module docstring). Reverse-mode only (no jvp).
+  pass quantizes the output gradient with ``policy.gradient`` for dgrad
+  and for wgrad and each operand in the orientation of the GEMM it enters:
+  six MoR quantizations, each on the operand's 2-D [rows, K] view (see the
+  module docstring), of which a tensor with square blocks or one scale,
+  whose two views are transposes, runs one and reads it twice.
+  Reverse-mode only (no jvp).
   To read the statistics, use ``dot_general_with_stats`` or the Flax layers
   of ``mor_jax.dense``.
 

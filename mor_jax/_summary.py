@@ -84,7 +84,9 @@ def summarize(mor_stats: Mapping | None = None,
   """The few scalars of a step's statistics that a dashboard plots.
 
   Every quantization counts once: six per layer when both collections are
-  given, and layers stacked by ``nn.scan`` (or a ``vmap``) once per layer.
+  given (a tensor quantized once for its two GEMMs, docs/numerics.md
+  section 6, counts under each), and layers stacked by ``nn.scan`` (or a
+  ``vmap``) once per layer.
   Pure JAX: call it inside the jitted step and log its result.
 
   Keys of the result, for each candidate name lowercased (e4m3, e5m2, bf16):
