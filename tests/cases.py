@@ -92,6 +92,21 @@ IMPLS = [pytest.param(XLA, id="xla"), pytest.param(PALLAS, id="pallas")]
 
 
 
+def dot_with_stats(x, w, g, dims, policy):
+  """Y, dX, dW for dL/dY = g, and the six NamedMoRStats by (GEMM, role), of
+  ``mor_jax.dot_general_with_stats`` under jit and grad."""
+
+  def f(x, w, probes):
+    y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes, policy=policy)
+    return jnp.sum(y * g), (y, fwd)
+
+  grad = jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
+  (dx, dw, bwd), (y, fwd) = grad(x, w, mor_jax.zero_probes(policy))
+  stats = {(gemm, role): s for part in (fwd, bwd)
+           for gemm, roles in part.items() for role, s in roles.items()}
+  return (y, dx, dw), stats
+
+
 def check_each(checks):
   """Runs every (label, check); fails with all their failures, labelled.
 

@@ -13,23 +13,10 @@ import numpy as np
 import pytest
 
 import mor_jax
+from tests import cases
 from tests import dot_reference
 
 TENSOR = mor_jax.TensorLevelMoR(block_shape=(1, None))
-
-
-def run(x, w, g, dims, policy):
-  """Y, dX, dW and the six NamedMoRStats from mor_jax (jit, value_and_grad)."""
-
-  def f(x, w, probes):
-    y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes, policy=policy)
-    return jnp.sum(y * g), (y, fwd)
-
-  grad = jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
-  (dx, dw, bwd), (y, fwd) = grad(x, w, mor_jax.zero_probes(policy))
-  stats = {(gemm, role): s for part in (fwd, bwd)
-           for gemm, roles in part.items() for role, s in roles.items()}
-  return (y, dx, dw), stats
 
 
 def _outlier_features(shape, seed, axis=-1, scale=1e4):
@@ -97,7 +84,7 @@ def _operands(layout, seed=0):
 def test_three_gemms_match_reference(layout, policy):
   policy = POLICIES[policy]
   x, w, g, dims = _operands(layout)
-  got, stats = run(x, w, g, dims, policy)
+  got, stats = cases.dot_with_stats(x, w, g, dims, policy)
   want, bounds, decisions = dot_reference.dot_general(x, w, g, dims, policy)
   for name, a, b, bound in zip(("Y", "dX", "dW"), got, want, bounds):
     dot_reference.assert_close(a, b, bound, name)
@@ -123,7 +110,7 @@ def test_one_tensor_decides_differently_per_gemm():
   x = _outlier_features((256, 64), 3)
   w = _gaussian((64, 32), 4)
   g = _gaussian((256, 32), 5)
-  _, stats = run(x, w, g, dims, mor_jax.Policy())
+  _, stats = cases.dot_with_stats(x, w, g, dims, mor_jax.Policy())
   _, _, decisions = dot_reference.dot_general(x, w, g, dims, mor_jax.Policy())
   assert int(decisions["fprop", "activation"][0]) == 1  # BF16
   assert int(decisions["wgrad", "activation"][0]) == 0  # E4M3

@@ -17,6 +17,7 @@ import mor_jax
 from mor_jax import _block
 from mor_jax import _dot
 from mor_jax import _mor
+from tests import cases
 
 DENSE = (((1,), (0,)), ((), ()))
 DENSE_3D = (((2,), (0,)), ((), ()))
@@ -43,20 +44,6 @@ def _operands(lhs_shape, rhs_shape, seed=0):
   x2[128:256, 128:256] = (np.geomspace(1e-3, 1e3, 128 * 128).reshape(128, 128)
                           * np.sign(x2[128:256, 128:256]))
   return x2.reshape(lhs_shape), w
-
-
-def _run(x, w, g, dims, policy):
-  """Y, dX, dW for dL/dY = g and the six statistics by (GEMM, role)."""
-
-  def f(x, w, probes):
-    y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes, policy=policy)
-    return jnp.sum(y * g), (y, fwd)
-
-  grad = jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
-  (dx, dw, bwd), (y, fwd) = grad(x, w, mor_jax.zero_probes(policy))
-  stats = {(gemm, role): s for part in (fwd, bwd)
-           for gemm, roles in part.items() for role, s in roles.items()}
-  return (y, dx, dw), stats
 
 
 def _count(monkeypatch, module, name):
@@ -132,7 +119,7 @@ def test_quantization_count(policy, lhs_shape, rhs_shape, dims, want,
   x, w = (jnp.ones(s, jnp.float32) for s in (lhs_shape, rhs_shape))
   out = jax.eval_shape(lambda a, b: jax.lax.dot_general(a, b, dims), x, w)
   calls = _count(monkeypatch, _mor, "mor_quantize")
-  _run(x, w, jnp.ones(out.shape, out.dtype), dims, policy)
+  cases.dot_with_stats(x, w, jnp.ones(out.shape, out.dtype), dims, policy)
   assert len(calls) == want
 
 
@@ -152,9 +139,11 @@ def test_block_gemm_quantizes_each_tensor_once(recipe, lhs_shape, dtype, tol,
   dims = DENSE if len(lhs_shape) == 2 else DENSE_3D
   g = np.cos(np.arange(300 * 136, dtype=np.float32)).reshape(
       lhs_shape[:-1] + (136,))
-  em = _run(x, w, jnp.asarray(g, dtype), dims, _policy(recipe))
+  em = cases.dot_with_stats(x, w, jnp.asarray(g, dtype), dims,
+                            _policy(recipe))
   calls = _count(monkeypatch, _block, "quantize")
-  f8 = _run(x, w, jnp.asarray(g, dtype), dims, _policy(recipe, "fp8"))
+  f8 = cases.dot_with_stats(x, w, jnp.asarray(g, dtype), dims,
+                            _policy(recipe, "fp8"))
   assert len(calls) == 3
   for key in em[1]:
     for a, b in zip(jax.tree.leaves(em[1][key]), jax.tree.leaves(f8[1][key])):
@@ -202,7 +191,7 @@ def test_shared_equals_six_quantizations(recipe):
                         (("dgrad", "gradient"), ("wgrad", "gradient"))]:
     np.testing.assert_array_equal(q[first][1], q[second][1].T)
     np.testing.assert_array_equal(q[first][0], q[second][0].T)
-  (y, dx, dw), stats = _run(x, w, g, DENSE_3D, _policy(recipe))
+  (y, dx, dw), stats = cases.dot_with_stats(x, w, g, DENSE_3D, _policy(recipe))
   v = {key: val for key, (val, _, _) in q.items()}
   want_y = v["fprop", "activation"] @ v["fprop", "weight"].T
   want_dx = v["dgrad", "gradient"] @ v["dgrad", "weight"].T
