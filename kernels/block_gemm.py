@@ -440,14 +440,7 @@ class _BlockGemm:
     m_, n_, k_ = (sharding.entry(x) for x in (ma, na, ks))
     args = sharding.named(mesh, *(P(m_, k_),) * 4, *(P(n_, k_),) * 4)
     results = sharding.named(mesh, P(m_, n_))
-    if not ks:
-      return mesh, results, args, lambda outs: outs
-
-    def combine(outs):  # K's partials, summed in float32 as one device does
-      return (sharding.combine("sum", outs[0], ks).astype(self.out_dtype),)
-
-    return (mesh, results, args, combine,
-            functools.partial(self.local, out_dtype=jnp.float32))
+    return sharding.k_summed_plan(self, mesh, results, args, ks)
 
 
 def _per_shard(a: BlockOperand, b: BlockOperand, out_dtype,

@@ -313,14 +313,7 @@ class _Gemm:
     args = sharding.named(mesh, P(), P(m_, k_), P(n_, k_), P(m_), P(n_),
                           P(m_, k_), P(n_, k_))
     results = sharding.named(mesh, P(m_, n_))
-    if not k:
-      return mesh, results, args, lambda outs: outs
-
-    def combine(outs):  # K's partials, summed in float32 as one device does
-      return (sharding.combine("sum", outs[0], k).astype(self.out_dtype),)
-
-    return (mesh, results, args, combine,
-            functools.partial(self.local, out_dtype=jnp.float32))
+    return sharding.k_summed_plan(self, mesh, results, args, k)
 
 
 def _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype,

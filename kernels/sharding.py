@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -236,6 +237,24 @@ def named(mesh, *specs: P) -> tuple[NamedSharding, ...]:
 def combine(op: str, value: jax.Array, axes: tuple[str, ...]) -> jax.Array:
   """Combines per-shard partials of ``value`` over ``axes`` ("max", ...)."""
   return COMBINE[op](value, axes) if axes else value
+
+
+def k_summed_plan(op, mesh, results, args, k_axes: tuple[str, ...]
+                  ) -> tuple[Any, ...]:
+  """A GEMM's ``ShardedOp.plan`` whose K may stay split over ``k_axes``.
+
+  Then the shards run ``op.local(..., out_dtype=float32)`` and ``combine``
+  sums their partial outputs in float32 and rounds once to ``op.out_dtype``,
+  as one device rounds its float32 accumulator once.
+  """
+  if not k_axes:
+    return mesh, results, args, lambda outs: outs
+
+  def summed(outs):
+    return (combine("sum", outs[0], k_axes).astype(op.out_dtype),)
+
+  return (mesh, results, args, summed,
+          functools.partial(op.local, out_dtype=jnp.float32))
 
 
 def layout(x) -> tuple[Any, tuple[tuple[str, ...], ...]]:
