@@ -28,7 +28,8 @@ Three measurements, each against its ceiling and peers in the same process:
    the previous output (the cost of choosing at run time): XLA's FP8 dot
    unconditionally, inside ``lax.cond``, and the kernel with its device-side
    choice (alone, and with the BF16-path operand writers that return at
-   once).
+   once), timed in turns: the median time of each and its median ratio to
+   the unconditional chain over rounds that each time every case once.
 
 Run on a Hopper GPU: ``python benchmarks/gemm.py`` (``--only dense`` etc.).
 Each time is the median of rounds of queued calls; nothing here is a test.
@@ -54,7 +55,7 @@ import mor_jax
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
 from mor_jax.kernels import block_gemm
-from timing import timed  # benchmarks/timing.py, beside this script
+from timing import timed, timed_interleaved  # benchmarks/timing.py, beside it
 
 TN = (((1,), (1,)), ((), ()))
 
@@ -283,14 +284,19 @@ def bench_chain(iters: int) -> None:
                         preds)[0]
 
   h0 = jax.random.normal(jax.random.key(0), (m, m), jnp.bfloat16)
+  # Timed in turns (timed_interleaved): the targets are a few percent, about
+  # what the device drifts between runs timed one after the other.
+  cases = {}
   for kind, preds in (("xla_fp8", (True,)), ("xla_cond", (True, False)),
                       ("kernel", (True, False)),
                       ("kernel_with_writers", (True, False))):
     for p in preds:
-      fn = jax.jit(functools.partial(chain, kind))
-      t = timed(fn, jnp.full((72,), p), h0, iters=max(1, iters // 3),
-                rounds=3)
-      say(bench="chain", case=kind, fp8=p, ms=round(t * 1e3, 3))
+      cases[kind, p] = (jax.jit(functools.partial(chain, kind)),
+                        (jnp.full((72,), p), h0))
+  got = timed_interleaved(cases, iters=max(1, iters // 3))
+  for (kind, p), (t, ratio) in got.items():
+    say(bench="chain", case=kind, fp8=p, ms=round(t * 1e3, 3),
+        vs_xla_fp8=round(ratio, 4))
 
 
 def main() -> None:

@@ -24,3 +24,29 @@ def timed(fn, *args, iters: int = 10, rounds: int = 5) -> float:
     jax.block_until_ready(r)
     out.append((time.perf_counter() - t0) / iters)
   return statistics.median(out)
+
+
+def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
+                      ) -> dict[str, tuple[float, float]]:
+  """Per case (name: (jitted fn, args)): (seconds per call, its ratio to the
+  first case), both medians over ``rounds`` rounds.
+
+  Each round times every case once, ``iters`` queued calls each, so drift of
+  the device (clocks, temperature) between cases cancels in the per-round
+  ratios: differences of a few percent, which separate runs of ``timed``
+  do not resolve, are measured side by side.
+  """
+  for fn, args in cases.values():
+    jax.block_until_ready(fn(*args))  # compile and warm up
+  times = {name: [] for name in cases}
+  for _ in range(rounds):
+    for name, (fn, args) in cases.items():
+      t0 = time.perf_counter()
+      for _ in range(iters):
+        r = fn(*args)
+      jax.block_until_ready(r)
+      times[name].append((time.perf_counter() - t0) / iters)
+  first = times[next(iter(cases))]
+  return {name: (statistics.median(t),
+                 statistics.median(a / b for a, b in zip(t, first)))
+          for name, t in times.items()}
