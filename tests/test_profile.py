@@ -67,3 +67,26 @@ def test_match_keeps_only_the_named_kernels():
   assert profile.op_times(kernels, OPS, match="Memcpy").keys() == {
       ("MemcpyD2D", "jit_step", "copy.3", "", "f32[4,8]"),
       ("MemcpyH2D", "jit_step", "copy.3", "", "f32[4,8]")}
+
+
+def test_timed_interleaved_reports_medians_and_ratios_to_the_first_case(
+    monkeypatch):
+  import timing  # benchmarks/timing.py, on the path above
+  clock = [0.0]
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+  calls = []
+
+  def case(name, cost):
+    def fn(x):
+      calls.append(name)
+      # The third round of "slow" drifts: a median ignores one bad round.
+      clock[0] += cost * (10 if name == "slow" and len(calls) == 13 else 1)
+      return x
+    return fn
+
+  got = timing.timed_interleaved(
+      {"base": (case("base", 1.0), (0,)), "slow": (case("slow", 2.0), (0,))},
+      iters=2, rounds=3)
+  assert got == {"base": (1.0, 1.0), "slow": (2.0, 2.0)}
+  # A warm-up call each, then rounds that take every case in turn.
+  assert calls == ["base", "slow"] + ["base", "base", "slow", "slow"] * 3
