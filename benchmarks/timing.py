@@ -16,18 +16,20 @@ def timed(fn, *args, iters: int = 10, rounds: int = 5) -> float:
   first call compiles and warms up.
   """
   jax.block_until_ready(fn(*args))
-  out = []
-  for _ in range(rounds):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      r = fn(*args)
-    jax.block_until_ready(r)
-    out.append((time.perf_counter() - t0) / iters)
-  return statistics.median(out)
+  return statistics.median(_per_call(fn, args, iters) for _ in range(rounds))
+
+
+def _per_call(fn, args, iters: int) -> float:
+  """Seconds per call of ``iters`` calls queued back to back, waited once."""
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    r = fn(*args)
+  jax.block_until_ready(r)
+  return (time.perf_counter() - t0) / iters
 
 
 def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
-                      ) -> dict[str, tuple[float, float]]:
+                      ) -> dict:
   """Per case (name: (jitted fn, args)): (seconds per call, its ratio to the
   first case), both medians over ``rounds`` rounds.
 
@@ -41,11 +43,7 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
   times = {name: [] for name in cases}
   for _ in range(rounds):
     for name, (fn, args) in cases.items():
-      t0 = time.perf_counter()
-      for _ in range(iters):
-        r = fn(*args)
-      jax.block_until_ready(r)
-      times[name].append((time.perf_counter() - t0) / iters)
+      times[name].append(_per_call(fn, args, iters))
   first = times[next(iter(cases))]
   return {name: (statistics.median(t),
                  statistics.median(a / b for a, b in zip(t, first)))

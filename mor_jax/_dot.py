@@ -272,15 +272,14 @@ def _forward(lhs, rhs, probes, dims, policy, precision, pet):
   return (out, stats), saved
 
 
-def _backward_quantizations(dims, policy, saved, g, quantize, transpose
-                            ) -> dict:
+def _backward_quantizations(dims, views, policy, saved, g, quantize,
+                            transpose) -> dict:
   """The backward's four quantizations: (operand, stats) by (GEMM, role).
 
   ``quantize(x, recipe, view)`` quantizes a view of x, ``transpose(op)``
   turns one view's operand into its transposed view's; a shared role takes
   its second GEMM's operand from its first's.
   """
-  views = _views(dims, saved.lhs_struct.ndim, saved.rhs_struct.ndim)
   share = shared(dims, (saved.lhs_struct.ndim, saved.rhs_struct.ndim), policy)
   q = {}
   for role, (first, second) in _PAIRS.items():
@@ -353,7 +352,7 @@ def _backward_blocks(dims, views, policy, precision, saved, g):
   impl = _dispatch.current()
   lhs, rhs = saved.lhs_struct, saved.rhs_struct
   q = _backward_quantizations(
-      dims, policy, saved, g,
+      dims, views, policy, saved, g,
       lambda x, recipe, view: _block.quantize(_matrix(x, view), recipe, impl),
       _block.transpose)
   dx = _block.gemm(q["dgrad", "gradient"][0], q["dgrad", "weight"][0],
@@ -384,7 +383,7 @@ def _backward(dims, policy, precision, pet, residuals, cotangents):
     return _backward_blocks(dims, views, policy, precision, saved, g)
   # Emulated values come back in the operand's layout: a shared role's second
   # GEMM reads its first's value as it is.
-  q = _backward_quantizations(dims, policy, saved, g, _quantize_view,
+  q = _backward_quantizations(dims, views, policy, saved, g, _quantize_view,
                               lambda value: value)
 
   def gemm(a, b):
