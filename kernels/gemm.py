@@ -16,7 +16,8 @@ reads it and runs one of two K loops, so the choice costs no host round trip
 Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
 gives exactly that: warp specialization (one warpgroup loads through TMA,
-two compute), a persistent grid and swizzled shared memory. On the H200, at
+two compute), a persistent grid, swizzled shared memory, and clusters of two
+blocks that share one operand's tiles through multicast TMA loads. On the H200, at
 16384 x 8192 x 8192, this kernel ran its FP8 path at 1327 TFLOP/s with the
 scales applied (cuBLAS through XLA: 1338) and its BF16 path at 705 (cuBLAS:
 737), while a Pallas Triton GEMM reached 470 in FP8 (docs/benchmarks.md).
@@ -51,11 +52,13 @@ from mor_jax.kernels import sharding
 
 # A x B^T: both operands contract their minor (K) dimension.
 TN = (((1,), (1,)), ((), ()))
-# The compute warpgroups of a block split its N extent.
+# The compute warpgroups of a block split its N extent. (Splitting M, each
+# warpgroup 64 x 256, one wgmma per K step, was not faster: docs/benchmarks.md.)
 _COMPUTE_WGS = 2
-# Shared memory of an H100/H200 block (227 KiB), and room for barriers.
+# Shared memory of an H100/H200 block (227 KiB), and room for barriers (608
+# bytes with 4 pipeline stages, measured on the H200).
 SMEM_BYTES = 232448
-BARRIER_BYTES = 512
+BARRIER_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,6 +78,11 @@ class GemmConfig:
       each wgmma before releasing its shared-memory slot; 1 releases the
       previous step's slot instead, so that the next wgmma is issued while
       one runs.
+    cluster: None, or the output dimension ("m" or "n") along which two
+      blocks form a cluster and take their common operand tile through one
+      multicast TMA load: "m" pairs blocks of the same columns (B's tile is
+      shared), "n" blocks of the same rows (A's). Halves the shared
+      operand's reads from L2.
   """
 
   tile_m: int = 128
@@ -87,11 +95,19 @@ class GemmConfig:
   # 1.437 ms against 1.461 with 0 for the FP8 path at (16384, 8192, 8192)
   # on the H200 (benchmarks/profile.py --sweep gemm, docs/benchmarks.md).
   delay_release: int = 1
+  # The MoRDense layer at (16384, 8192, 8192) on the H200, in three runs:
+  # 1.501x, 1.471x and 1.518x BF16 against 1.471x, 1.447x and 1.480x without
+  # clusters (benchmarks/gemm.py --gemm-configs, docs/benchmarks.md).
+  cluster: str | None = "m"
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if f.name == "delay_release":
+      if f.name == "cluster":
+        if v not in (None, "m", "n"):
+          raise ValueError(f"GemmConfig.cluster must be None, 'm' or 'n', "
+                           f"got {v!r}.")
+      elif f.name == "delay_release":
         if isinstance(v, bool) or v not in (0, 1):
           raise ValueError(f"GemmConfig.delay_release must be 0 or 1, got "
                            f"{v!r}.")
@@ -106,6 +122,20 @@ class GemmConfig:
   @property
   def k_multiple(self) -> int:
     return max(self.tile_k_fp8, self.tile_k_wide)
+
+  @property
+  def cluster_size(self) -> int:
+    return 1 if self.cluster is None else 2
+
+  @property
+  def m_multiple(self) -> int:
+    """Rows of A a cluster's tile spans."""
+    return self.tile_m * (2 if self.cluster == "m" else 1)
+
+  @property
+  def n_multiple(self) -> int:
+    """Rows of B a cluster's tile spans."""
+    return self.block_n * (2 if self.cluster == "n" else 1)
 
 
 def smem_transforms(tile_minor: int, dtype) -> tuple:
@@ -160,25 +190,27 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
   m, k = a_ref.shape
   n = b_ref.shape[0]
   tm, tn, bn = cfg.tile_m, cfg.tile_n, cfg.block_n
-  m_iters, n_iters = m // tm, n // bn
+  m_iters, n_iters = m // cfg.m_multiple, n // cfg.n_multiple
   stages = _stages(cfg, out_ref.dtype)
 
   def run(a_gmem, b_gmem, tile_k: int, scaled: bool):
     transforms = smem_transforms(tile_k, a_gmem.dtype)
+
+    def spec(rows, shared):
+      # A tile both blocks of a cluster read arrives in both through one
+      # multicast load.
+      return plgpu.BlockSpec((rows, tile_k), lambda kk: (0, kk),
+                             transforms=transforms, memory_space=plgpu.SMEM,
+                             delay_release=cfg.delay_release,
+                             collective_axes=("cluster",) if shared else ())
 
     def pipeline(body, compute_context):
       return plgpu.emit_pipeline_warp_specialized(
           body,
           grid=(k // tile_k,),
           memory_registers=40,
-          in_specs=[
-              plgpu.BlockSpec((tm, tile_k), lambda kk: (0, kk),
-                              transforms=transforms, memory_space=plgpu.SMEM,
-                              delay_release=cfg.delay_release),
-              plgpu.BlockSpec((bn, tile_k), lambda kk: (0, kk),
-                              transforms=transforms, memory_space=plgpu.SMEM,
-                              delay_release=cfg.delay_release),
-          ],
+          in_specs=[spec(tm, cfg.cluster == "n"),
+                    spec(bn, cfg.cluster == "m")],
           wg_axis="wg",
           num_compute_wgs=_COMPUTE_WGS,
           max_concurrent_steps=stages[jnp.dtype(a_gmem.dtype).itemsize],
@@ -192,12 +224,17 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
                        collective_axes="wg")
     def _(allocs):
       wg = lax.axis_index("wg")
+      cta = lax.axis_index("cluster")
 
       @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
       def _(info):
         (lin,) = info.index
         im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
                                     cfg.grid_tile_width)
+        if cfg.cluster == "m":
+          im = im * 2 + cta
+        elif cfg.cluster == "n":
+          jn = jn * 2 + cta
         rows = pl.ds(im * tm, tm)
         cols = pl.ds(jn * bn + wg * tn, tn)  # this warpgroup's columns
 
@@ -249,11 +286,27 @@ def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+def padded_shape(m: int, n: int, k: int, config: GemmConfig
+                 ) -> tuple[tuple[int, int, int], GemmConfig]:
+  """The shape the kernel runs, and the config it runs with.
+
+  A cluster that would pad the operands further (a copy of each) than
+  single blocks do is left out.
+  """
+  def shape(c):
+    return (round_up(m, c.m_multiple), round_up(n, c.n_multiple),
+            round_up(k, c.k_multiple))
+
+  single = dataclasses.replace(config, cluster=None)
+  if shape(config) != shape(single):
+    return shape(single), single
+  return shape(config), config
+
+
 def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
   m, k = a.shape
   n = b.shape[0]
-  mp, np_, kp = (round_up(m, config.tile_m), round_up(n, config.block_n),
-                 round_up(k, config.k_multiple))
+  (mp, np_, kp), config = padded_shape(m, n, k, config)
   if (mp, np_, kp) != (m, n, k):
     pad2 = lambda x, r: jnp.pad(x, ((0, r - x.shape[0]), (0, kp - k)))  # noqa: E731
     a8, a, ra = pad2(a8, mp), pad2(a, mp), jnp.pad(ra, (0, mp - m))
@@ -263,8 +316,10 @@ def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
   call = plgpu.kernel(
       functools.partial(_kernel, cfg=config),
       out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-      grid=(cores,),
+      grid=(cores // config.cluster_size,),
       grid_names=("grid",),
+      cluster=(config.cluster_size,),
+      cluster_names=("cluster",),
       num_threads=_COMPUTE_WGS + 1,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(
@@ -342,7 +397,8 @@ def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
 
   Returns:
     [M, N] in ``out_dtype``. Shapes that the tiles do not divide are padded
-    with zeros (a copy of each operand), which leaves the product unchanged.
+    with zeros (a copy of each operand), which leaves the product unchanged;
+    clusters run only where they add no padding (``padded_shape``).
     Under ``jit`` with sharded operands it runs per shard: rows of A and B
     stay sharded, and a K split alike on both operands is summed across
     devices in float32 (each device writes its partial output in float32),

@@ -9,6 +9,7 @@ against the jnp references or emulation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -179,6 +180,7 @@ def test_policy_execution_is_checked():
     (lambda: kernels.GemmConfig(delay_release=2), "delay_release must be 0"),
     (lambda: kernels.GemmConfig(delay_release=True), "delay_release must be 0"),
     (lambda: kernels.GemmConfig(tile_m=0), "tile_m must be a positive int"),
+    (lambda: kernels.GemmConfig(cluster="k"), "cluster must be None, 'm'"),
     (lambda: kernels.PassTiling(tile_rows=12), "tile_rows must be a positive "
      "power of two"),
     (lambda: kernels.DualConfig(stats=(8, 256)), "stats must be a "),
@@ -460,6 +462,19 @@ def test_sharded_wide_operands(spec):
                                      "collective-permute"))
 
 
+@pytest.mark.parametrize("mnk,padded,cluster", [
+    ((512, 512, 512), (512, 512, 512), "m"),
+    # 384 rows: a pair of 128-row blocks would pad them to 512.
+    ((384, 512, 512), (384, 512, 512), None),
+    ((200, 130, 300), (256, 256, 384), "m"),
+    ((100, 130, 300), (128, 256, 384), None),
+])
+def test_gemm_clusters_only_where_they_add_no_padding(mnk, padded, cluster):
+  shape, config = kernels.gemm.padded_shape(*mnk, kernels.GemmConfig())
+  assert shape == padded
+  assert config == dataclasses.replace(kernels.GemmConfig(), cluster=cluster)
+
+
 def _assert_same_decisions(a, b):
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5)
@@ -477,10 +492,14 @@ def _hopper() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
 @pytest.mark.parametrize("m,k,n", [(256, 512, 512), (200, 300, 130)])
-@pytest.mark.parametrize("fmts", [("E4M3", "E4M3"), ("E4M3", "E5M2"),
-                                  ("E5M2", "E5M2")])
+@pytest.mark.parametrize("fmts,config", [
+    (("E4M3", "E4M3"), {}), (("E4M3", "E5M2"), {}), (("E5M2", "E5M2"), {}),
+    # One block per cluster, or two with B's tiles multicast (the default)
+    # or A's.
+    (("E4M3", "E4M3"), dict(cluster=None)),
+    (("E4M3", "E5M2"), dict(cluster="n"))], ids=str)
 @pytest.mark.parametrize("fp8", [True, False])
-def test_gemm_kernel_equals_reference(m, k, n, fmts, fp8):
+def test_gemm_kernel_equals_reference(m, k, n, fmts, config, fp8):
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
   b = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
@@ -491,7 +510,7 @@ def test_gemm_kernel_equals_reference(m, k, n, fmts, fp8):
   rb = jnp.asarray(rng.uniform(0.5, 2, n), jnp.float32)
   args = (jnp.bool_(fp8), a8, b8, ra, rb, a, b)
   got = kernels.gemm.gemm(*args, out_dtype=jnp.float32,
-                          config=kernels.GemmConfig())
+                          config=kernels.GemmConfig(**config))
   want = kernels.gemm.gemm_reference(*args, out_dtype=jnp.float32,
                                      precision=jax.lax.Precision.HIGHEST)
   assert got.shape == (m, n)
