@@ -93,21 +93,36 @@ def dense_step(layer, x):
   return v, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
+def gemm_config(text: str) -> kernels.GemmConfig:
+  """A GemmConfig from "default" or "field=value,...", e.g. "cluster=m"."""
+  if text == "default":
+    return kernels.GemmConfig()
+  kw = dict(kv.split("=") for kv in text.split(","))
+  value = lambda v: int(v) if v.isdigit() else None if v == "None" else v  # noqa: E731
+  return kernels.GemmConfig(**{k: value(v) for k, v in kw.items()})
+
+
 def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
-                **note) -> None:
+                gemm_configs=("default",), **note) -> None:
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
-    for kind in kinds:
+    runs = [(kind, g) for kind in kinds
+            for g in (gemm_configs if kind.startswith("mor") else (None,))]
+    for kind, g in runs:
       layer = dense_layer(kind, n)
       v, step = dense_step(layer, x)
-      t = timed(step, v, x, iters=iters)
+      config = kernels.KernelConfig(gemm=gemm_config(g or "default"))
+      with mor_jax.use_implementation("auto", config):
+        t = timed(step, v, x, iters=iters)
       if kind == "bf16":
         base = t
       row = dict(bench="dense", shape=[m, k, n], layer=kind,
                  ms=round(t * 1e3, 3), speedup_vs_bf16=round(base / t, 3) if base else None,
                  tflops=round(6 * m * n * k / t / 1e12, 1), **note)
+      if g is not None:
+        row["gemm"] = g
       if kind.startswith("mor"):
         _, state = layer.apply(v, x, mutable=["mor_stats"])
         fprop = state["mor_stats"]["fprop"]
@@ -308,6 +323,9 @@ def main() -> None:
   ap.add_argument("--dense-shapes", default="16384x8192x8192,16384x8192x28672")
   ap.add_argument("--dense-layers",
                   default="bf16,flax_fp8,mor_fp8,mor_rejected,mor_emulate")
+  ap.add_argument("--gemm-configs", default="default",
+                  help="GemmConfigs the MoR layers run with, each timed in "
+                       "the same run: 'default;cluster=m;...'")
   args = ap.parse_args()
   dev = jax.devices()[0]
   say(date=str(datetime.date.today()), device=dev.device_kind,
@@ -325,7 +343,8 @@ def main() -> None:
   if args.only in (None, "chain"):
     bench_chain(args.iters)
   if args.only in (None, "dense"):
-    bench_dense(shapes, args.iters, kinds=args.dense_layers.split(","))
+    bench_dense(shapes, args.iters, kinds=args.dense_layers.split(","),
+                gemm_configs=args.gemm_configs.split(";"))
 
 
 if __name__ == "__main__":

@@ -214,13 +214,10 @@ def per_call_ms(times, calls: int, prefix: str = "") -> float:
 
 GEMM_VARIANTS = (
     {},  # the default
-    dict(delay_release=1),
-    dict(delay_release=1, grid_tile_width=16),
-    dict(delay_release=1, grid_tile_width=4),
-    dict(delay_release=1, tile_k_fp8=64, stages=8),
-    dict(tile_k_fp8=64, stages=8),
-    dict(delay_release=1, epilogue_tile=32),
-    dict(delay_release=1, tile_k_wide=32, stages=8),
+    dict(cluster=None),
+    dict(cluster="n"),
+    dict(grid_tile_width=16),
+    dict(grid_tile_width=4),
 )
 
 
