@@ -1,9 +1,12 @@
-"""benchmarks/profile.py's attribution of device kernels to HLO ops, on
-synthetic events (a GPU trace's reading is exercised on the GPU only)."""
+"""The benchmarks' own logic off a GPU: profile.py's attribution of device
+kernels to HLO ops on synthetic events (a GPU trace's reading is exercised on
+the GPU only), timing.py's turns on a fake clock, gemm.py's --gemm-configs."""
 
 import importlib.util
 import pathlib
 import sys
+
+import pytest
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))  # profile.py imports gemm.py beside it
@@ -90,3 +93,15 @@ def test_timed_interleaved_reports_medians_and_ratios_to_the_first_case(
   assert got == {"base": (1.0, 1.0), "slow": (2.0, 2.0)}
   # A warm-up call each, then rounds that take every case in turn.
   assert calls == ["base", "slow"] + ["base", "base", "slow", "slow"] * 3
+
+
+def test_gemm_configs_parse_as_the_benchmark_takes_them():
+  import gemm  # benchmarks/gemm.py, on the path above
+  from mor_jax import kernels
+  assert gemm.gemm_config("default") == kernels.GemmConfig()
+  assert gemm.gemm_config("cluster=None,grid_tile_width=4") == (
+      kernels.GemmConfig(cluster=None, grid_tile_width=4))
+  with pytest.raises(ValueError, match="cluster must be None, 'm' or 'n'"):
+    gemm.gemm_config("cluster=k")
+  with pytest.raises(TypeError, match="tile_q"):
+    gemm.gemm_config("tile_q=4")
