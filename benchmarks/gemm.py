@@ -98,7 +98,9 @@ def gemm_config(text: str) -> kernels.GemmConfig:
   if text == "default":
     return kernels.GemmConfig()
   kw = dict(kv.split("=") for kv in text.split(","))
-  value = lambda v: int(v) if v.isdigit() else None if v == "None" else v  # noqa: E731
+  def value(v: str):
+    return int(v) if v.isdigit() else None if v == "None" else v
+
   return kernels.GemmConfig(**{k: value(v) for k, v in kw.items()})
 
 

@@ -17,12 +17,12 @@ Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
 gives exactly that: warp specialization (one warpgroup loads through TMA,
 two compute), a persistent grid, swizzled shared memory, and clusters of two
-blocks that share one operand's tiles through multicast TMA loads. On the H200, at
-16384 x 8192 x 8192, this kernel ran its FP8 path at 1327 TFLOP/s with the
-scales applied (cuBLAS through XLA: 1338) and its BF16 path at 705 (cuBLAS:
-737), while a Pallas Triton GEMM reached 470 in FP8 (docs/benchmarks.md).
-Like cuBLAS's default, the FP8 path accumulates in the tensor cores' own
-precision, without promoting partial sums. The kernel is Hopper-only
+blocks that share one operand's tiles through multicast TMA loads. On the
+H200, at 16384 x 8192 x 8192, this kernel ran its FP8 path at 1327 TFLOP/s
+with the scales applied (cuBLAS through XLA: 1338) and its BF16 path at 705
+(cuBLAS: 737), while a Pallas Triton GEMM reached 470 in FP8
+(docs/benchmarks.md). Like cuBLAS's default, the FP8 path accumulates in the
+tensor cores' own precision, without promoting partial sums. The kernel is Hopper-only
 (sm_90) and Mosaic GPU has no public interpret mode, so ``gemm_reference``,
 its jnp twin, is what runs elsewhere and what the GPU tests compare it
 with.
