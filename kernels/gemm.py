@@ -286,7 +286,7 @@ def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-def padded_shape(m: int, n: int, k: int, config: GemmConfig
+def _padded_shape(m: int, n: int, k: int, config: GemmConfig
                  ) -> tuple[tuple[int, int, int], GemmConfig]:
   """The shape the kernel runs, and the config it runs with.
 
@@ -306,7 +306,7 @@ def padded_shape(m: int, n: int, k: int, config: GemmConfig
 def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
   m, k = a.shape
   n = b.shape[0]
-  (mp, np_, kp), config = padded_shape(m, n, k, config)
+  (mp, np_, kp), config = _padded_shape(m, n, k, config)
   if (mp, np_, kp) != (m, n, k):
     pad2 = lambda x, r: jnp.pad(x, ((0, r - x.shape[0]), (0, kp - k)))  # noqa: E731
     a8, a, ra = pad2(a8, mp), pad2(a, mp), jnp.pad(ra, (0, mp - m))
@@ -398,7 +398,7 @@ def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
   Returns:
     [M, N] in ``out_dtype``. Shapes that the tiles do not divide are padded
     with zeros (a copy of each operand), which leaves the product unchanged;
-    clusters run only where they add no padding (``padded_shape``).
+    clusters run only where they add no padding.
     Under ``jit`` with sharded operands it runs per shard: rows of A and B
     stay sharded, and a K split alike on both operands is summed across
     devices in float32 (each device writes its partial output in float32),

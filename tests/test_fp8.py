@@ -470,7 +470,7 @@ def test_sharded_wide_operands(spec):
     ((100, 130, 300), (128, 256, 384), None),
 ])
 def test_gemm_clusters_only_where_they_add_no_padding(mnk, padded, cluster):
-  shape, config = kernels.gemm.padded_shape(*mnk, kernels.GemmConfig())
+  shape, config = kernels.gemm._padded_shape(*mnk, kernels.GemmConfig())
   assert shape == padded
   assert config == dataclasses.replace(kernels.GemmConfig(), cluster=cluster)
 
