@@ -27,9 +27,9 @@ Three measurements, each against its ceiling and peers in the same process:
 5. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
    the previous output (the cost of choosing at run time): XLA's FP8 dot
    unconditionally, inside ``lax.cond``, and the kernel with its device-side
-   choice (alone, and with the BF16-path operand writers that return at
-   once), timed in turns: the median time of each and its median ratio to
-   the unconditional chain over rounds that each time every case once.
+   choice, as a layer calls it, timed in turns: the median time of each and
+   its median ratio to the unconditional chain over rounds that each time
+   every case once.
 
 Run on a Hopper GPU: ``python benchmarks/gemm.py`` (``--only dense`` etc.).
 Each time is the median of rounds of queued calls; nothing here is a test.
@@ -139,6 +139,12 @@ def _codes(x):
   return r.codes.data, (1.0 / r.codes.scale[:, 0]).astype(jnp.float32)
 
 
+def _operands(a, a8, ra, b, b8, rb, accepted):
+  """Both GEMM operands (K-major), accepted or rejected alike."""
+  return [kernels.gemm.Operand(x, q, r, jnp.asarray(accepted), False)
+          for x, q, r in ((a, a8, ra), (b, b8, rb))]
+
+
 def bench_gemm(iters: int) -> None:
   m, k, n = 16384, 8192, 8192
   a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
@@ -159,11 +165,11 @@ def bench_gemm(iters: int) -> None:
           a8, b8, ra, rb, out_dtype=jnp.bfloat16,
           precision=jax.lax.Precision.HIGHEST), exact),
       "mor_kernel_fp8_path": (lambda: kernels.gemm.gemm(
-          True, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16, config=cfg),
-                              exact),
+          *_operands(a, a8, ra, b, b8, rb, True), out_dtype=jnp.bfloat16,
+          config=cfg), exact),
       "mor_kernel_bf16_path": (lambda: kernels.gemm.gemm(
-          False, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16, config=cfg),
-                               wide_ref),
+          *_operands(a, a8, ra, b, b8, rb, False), out_dtype=jnp.bfloat16,
+          config=cfg), wide_ref),
   }
   for name, (fn, ref) in cases.items():
     fn = jax.jit(fn)
@@ -199,7 +205,7 @@ def bench_block(iters: int) -> None:
   t_bf16 = timed(jax.jit(lambda: jax.lax.dot_general(
       a, b, TN, preferred_element_type=jnp.bfloat16)), iters=iters)
   t_chan = timed(jax.jit(lambda: kernels.gemm.gemm(
-      True, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16,
+      *_operands(a, a8, ra, b, b8, rb, True), out_dtype=jnp.bfloat16,
       config=kernels.GemmConfig())), iters=iters)
   for case, t in (("cublas_bf16", t_bf16), ("per_channel_fp8", t_chan)):
     say(bench="block", case=case, ms=round(t * 1e3, 3),
@@ -285,13 +291,9 @@ def bench_chain(iters: int) -> None:
                                              out_dtype=jnp.bfloat16),
           lambda: jax.lax.dot_general(h, w, TN,
                                       preferred_element_type=jnp.bfloat16))
-    wa, wb = h, w
-    if kind == "kernel_with_writers":
-      wa, wb = kernels.wide.wide_operands(
-          ~pred, kernels.wide.Operand(h, h8, ones, pred, False),
-          kernels.wide.Operand(w, w8, rw, pred, False), dtype=jnp.bfloat16,
-          cfg=cfg.wide, interpret=False)
-    return kernels.gemm.gemm(pred, h8, w8, ones, rw, wa, wb,
+    # The kernel as a layer runs it: its BF16 path reads the operands as
+    # they came.
+    return kernels.gemm.gemm(*_operands(h, h8, ones, w, w8, rw, pred),
                              out_dtype=jnp.bfloat16, config=cfg.gemm)
 
   def chain(kind, preds, h):
@@ -305,8 +307,7 @@ def bench_chain(iters: int) -> None:
   # what the device drifts between runs timed one after the other.
   cases = {}
   for kind, preds in (("xla_fp8", (True,)), ("xla_cond", (True, False)),
-                      ("kernel", (True, False)),
-                      ("kernel_with_writers", (True, False))):
+                      ("kernel", (True, False))):
     for p in preds:
       cases[kind, p] = (jax.jit(functools.partial(chain, kind)),
                         (jnp.full((72,), p), h0))

@@ -249,7 +249,9 @@ def sweep_gemm(shape, calls: int) -> None:
   for variant in GEMM_VARIANTS:
     cfg = kernels.GemmConfig(**variant)
     fn = jax.jit(lambda fp8, cfg=cfg: kernels.gemm.gemm(
-        fp8, a8, b8, ra, rb, a, b, out_dtype=jnp.bfloat16, config=cfg))
+        *(kernels.gemm.Operand(x, q, r, fp8, False)
+          for x, q, r in ((a, a8, ra), (b, b8, rb))),
+        out_dtype=jnp.bfloat16, config=cfg))
     for fp8, ref in ((True, "cublas_fp8_with_scales"), (False, "cublas_bf16")):
       times, _ = kernel_times(fn, jnp.bool_(fp8), calls=calls)
       say(dict(variant, path="fp8" if fp8 else "bf16"),

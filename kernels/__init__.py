@@ -9,9 +9,9 @@ reference; ``mor_jax._dispatch`` is the only place that calls them.
 
 - ``quantize``: the two quantization passes (Triton backend).
 - ``dual``: both GEMM orientations of a matrix from one read (Triton).
-- ``wide``: both operands of a GEMM's BF16 path, written in one launch only
-  when it falls back (Triton).
-- ``gemm``: the FP8 GEMM that falls back to BF16 on the device (Mosaic GPU).
+- ``gemm``: the FP8 GEMM that falls back to BF16 on the device, reading
+  each operand of its BF16 path as it came or dequantizing its codes
+  (Mosaic GPU).
 - ``block_gemm``: a GEMM of 128x128 blocks (or 1x128 tiles) each in FP8 or
   BF16, as sub-tensor MoR chose (Mosaic GPU); what execution "fp8" runs
   for 128x128-block recipes (``mor_jax._block``).
@@ -29,12 +29,10 @@ from mor_jax.kernels import dual as dual
 from mor_jax.kernels import gemm as gemm
 from mor_jax.kernels import quantize as quantize
 from mor_jax.kernels import sharding as sharding
-from mor_jax.kernels import wide as wide
 from mor_jax.kernels.dual import DualConfig as DualConfig
 from mor_jax.kernels.dual import PassTiling as PassTiling
 from mor_jax.kernels.gemm import GemmConfig as GemmConfig
 from mor_jax.kernels.quantize import TileConfig as TileConfig
-from mor_jax.kernels.wide import WideConfig as WideConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,7 +42,6 @@ class KernelConfig:
   Attributes:
     quantize: tile sizes and warps of the quantization passes.
     dual: tiles of the two-orientation passes.
-    wide: tiles and grid of the BF16-path operands' writer.
     gemm: tiles of the GEMM.
 
   Examples:
@@ -58,7 +55,6 @@ class KernelConfig:
 
   quantize: TileConfig = TileConfig()
   dual: DualConfig = DualConfig()
-  wide: WideConfig = WideConfig()
   gemm: GemmConfig = GemmConfig()
 
   def __post_init__(self):

@@ -1,15 +1,21 @@
 """An FP8 GEMM whose fallback to BF16 is decided on the device.
 
-For two operands on their K-major [rows, K] views, ``gemm`` computes
+For two operands A [M, K] and B [N, K] (``Operand``: as they came, their
+FP8 codes, the reciprocals of their per-row scales, MoR's decisions),
+``gemm`` computes
 
-  fp8 != 0:  Y = (A8 @ B8^T) * ra[:, None] * rb[None, :]   (FP8 tensor cores)
-  fp8 == 0:  Y = A @ B^T                                    (BF16 tensor cores)
+  both accepted:  Y = (A8 @ B8^T) * ra[:, None] * rb[None, :]  (FP8 cores)
+  otherwise:      Y = A' @ B'^T                                (BF16 cores)
 
-A8 and B8 are FP8 codes (E4M3 or E5M2, in any pairing), ra and rb the
-reciprocals of their per-row scales (one per contraction vector, so they
-factor out of the sum), and A and B the operands of the wide path. ``fp8``
-is a device scalar, MoR's decision, made just before: every thread block
-reads it and runs one of two K loops, so the choice costs no host round trip
+A8 and B8 are FP8 codes (E4M3 or E5M2, in any pairing) on their K-major
+[rows, K] views, ra and rb the reciprocals of their per-row scales (one per
+contraction vector, so they factor out of the sum). A' and B' are the
+operands of the emulated path: an accepted operand's codes dequantized in
+the kernel (bit for bit ``mor_jax._numerics.dequantize_values``), a rejected
+one as it came, [rows, K] or [K, rows] (16-bit wgmma reads either layout
+from shared memory, so a transposed operand is never copied). The
+decisions are device scalars, made just before: every thread block reads
+them and runs one of four K loops, so the choice costs no host round trip
 (``lax.cond`` on a GPU copies its predicate to the host and waits for it:
 30-60 us per GEMM, measured, see docs/benchmarks.md).
 
@@ -22,10 +28,11 @@ H200, at 16384 x 8192 x 8192, this kernel ran its FP8 path at 1327 TFLOP/s
 with the scales applied (cuBLAS through XLA: 1338) and its BF16 path at 705
 (cuBLAS: 737), while a Pallas Triton GEMM reached 470 in FP8
 (docs/benchmarks.md). Like cuBLAS's default, the FP8 path accumulates in the
-tensor cores' own precision, without promoting partial sums. The kernel is Hopper-only
-(sm_90) and Mosaic GPU has no public interpret mode, so ``gemm_reference``,
-its jnp twin, is what runs elsewhere and what the GPU tests compare it
-with.
+tensor cores' own precision, without promoting partial sums. The kernel is
+Hopper-only (sm_90) and Mosaic GPU has no public interpret mode, so
+``gemm_reference``, its jnp twin, is what runs elsewhere and what the GPU
+tests compare it with; a CPU still lowers the kernel for CUDA
+(``jax.export``), which checks that every loop lowers.
 
 Sharded operands (``_Gemm``, through kernels/sharding.py's ``per_shard``):
 under ``jit`` each device runs the kernel on its shards. Rows of A and of B
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +56,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.sharding import PartitionSpec as P
 
+from mor_jax import _numerics
 from mor_jax.kernels import sharding
 
 # A x B^T: both operands contract their minor (K) dimension.
@@ -167,62 +176,118 @@ def write_tile(acc: jax.Array, out_smem, wg, dst) -> None:
           dst.at[pl.ds(i * em, em), pl.ds(j * en, en)])
 
 
-def _stages(cfg: GemmConfig, out_dtype) -> dict[int, int]:
-  """Pipeline depth per operand width that fits the shared memory.
+# jax 0.10's plgpu.load needs an index; 0.11 deprecates it (the ref is
+# indexed instead).
+_LOAD_NEEDS_INDEX = (inspect.signature(plgpu.load).parameters["idx"].default
+                     is inspect.Parameter.empty)
 
-  Each step holds a (tile_m + block_n) x tile_k tile of both operands; the
-  output leaves through 2 x 2 epilogue tiles per warpgroup, and each
-  warpgroup keeps its tile's float32 scales.
+
+def load_with_layout(ref, layout):
+  """``plgpu.load(ref, layout=layout)`` on either jax (0.10 and 0.11)."""
+  if _LOAD_NEEDS_INDEX:
+    return plgpu.load(ref, (), layout=layout)
+  return plgpu.load(ref, layout=layout)
+
+
+def _room(cfg: GemmConfig, out_dtype) -> int:
+  """Shared memory left for the pipeline and the dequantized tiles.
+
+  The output leaves through 2 x 2 epilogue tiles per warpgroup, and each
+  warpgroup keeps its tile's float32 row factors.
   """
   out_bytes = (_COMPUTE_WGS * 2 * cfg.epilogue_tile**2 *
                jnp.dtype(out_dtype).itemsize)
   scale_bytes = _COMPUTE_WGS * (cfg.tile_m + cfg.tile_n) * 4
-  room = SMEM_BYTES - out_bytes - scale_bytes - BARRIER_BYTES
-  stages = {}
-  for itemsize, tile_k in ((1, cfg.tile_k_fp8), (2, cfg.tile_k_wide)):
-    step = (cfg.tile_m + cfg.block_n) * tile_k * itemsize
-    stages[itemsize] = max(2, min(cfg.stages, room // step))
-  return stages
+  return SMEM_BYTES - out_bytes - scale_bytes - BARRIER_BYTES
 
 
-def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
-            out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig):
-  m, k = a_ref.shape
-  n = b_ref.shape[0]
+def _stages(cfg: GemmConfig, room: int, step_bytes: int) -> int:
+  """Pipeline depth that fits ``room`` with ``step_bytes`` per K step."""
+  return max(2, min(cfg.stages, room // step_bytes))
+
+
+# The kernel's four K loops, indexed by a.accepted + 2 * b.accepted.
+_WIDE, _DEQUANT_A, _DEQUANT_B, _FP8 = range(4)
+
+
+def _dequantize(codes, recip, stage) -> None:
+  """Writes ``stage`` = codes * recip per row, as the emulated path has it.
+
+  codes [r, tk] (FP8, shared memory), recip [r] float32 (shared memory),
+  stage [r, tk] in the compute dtype (shared memory): bit for bit
+  ``mor_jax._numerics.dequantize_values``. 64 rows at a time, so that the
+  float32 values fit beside the accumulator in registers.
+  """
+  rows = stage.shape[0]
+  for i in range(rows // 64):
+    part = pl.ds(i * 64, 64)
+    q = codes.at[part][...].astype(jnp.float32)
+    r = load_with_layout(recip.at[part], plgpu.Layout.WGMMA.reduce(1))
+    stage[part] = _numerics.dequantize_values(
+        q, lax.broadcast_in_dim(r, q.shape, [0]), stage.dtype, q_finite=True)
+  plgpu.commit_smem()  # visible to the tensor cores' reads
+
+
+def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
+            out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig,
+            a_t: bool, b_t: bool):
+  m, k = a8_ref.shape
+  n = b8_ref.shape[0]
   tm, tn, bn = cfg.tile_m, cfg.tile_n, cfg.block_n
   m_iters, n_iters = m // cfg.m_multiple, n // cfg.n_multiple
-  stages = _stages(cfg, out_ref.dtype)
+  room = _room(cfg, out_ref.dtype)
+  wide_dtype = a_ref.dtype
 
-  def run(a_gmem, b_gmem, tile_k: int, scaled: bool):
-    transforms = smem_transforms(tile_k, a_gmem.dtype)
+  def run(loop: int):
+    """One K loop over every output tile of this block."""
+    fp8 = loop == _FP8
+    deq_a, deq_b = loop == _DEQUANT_A, loop == _DEQUANT_B
+    tile_k = cfg.tile_k_fp8 if fp8 else cfg.tile_k_wide
+    # Per operand: the GMEM array whose tiles the pipeline loads, and
+    # whether it is stored [K, rows] (a rejected operand, as it came).
+    a_gmem, a_kr = (a8_ref, False) if fp8 or deq_a else (a_ref, a_t)
+    b_gmem, b_kr = (b8_ref, False) if fp8 or deq_b else (b_ref, b_t)
 
-    def spec(rows, shared):
+    def spec(rows, gmem, k_rows, shared):
       # A tile both blocks of a cluster read arrives in both through one
       # multicast load.
-      return plgpu.BlockSpec((rows, tile_k), lambda kk: (0, kk),
-                             transforms=transforms, memory_space=plgpu.SMEM,
-                             delay_release=cfg.delay_release,
-                             collective_axes=("cluster",) if shared else ())
+      shape, index = (((tile_k, rows), lambda kk: (kk, 0)) if k_rows else
+                      ((rows, tile_k), lambda kk: (0, kk)))
+      return plgpu.BlockSpec(
+          shape, index, transforms=smem_transforms(shape[1], gmem.dtype),
+          memory_space=plgpu.SMEM, delay_release=cfg.delay_release,
+          collective_axes=("cluster",) if shared else ())
+
+    # A dequantized operand's tiles pass through a compute-dtype copy per
+    # warpgroup: A's whole tile (both warpgroups read it), B's half.
+    stage_rows = tm if deq_a else tn if deq_b else 0
+    stage_bytes = _COMPUTE_WGS * stage_rows * tile_k * 2
+    step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
+                  bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
 
     def pipeline(body, compute_context):
       return plgpu.emit_pipeline_warp_specialized(
           body,
           grid=(k // tile_k,),
           memory_registers=40,
-          in_specs=[spec(tm, cfg.cluster == "n"),
-                    spec(bn, cfg.cluster == "m")],
+          in_specs=[spec(tm, a_gmem, a_kr, cfg.cluster == "n"),
+                    spec(bn, b_gmem, b_kr, cfg.cluster == "m")],
           wg_axis="wg",
           num_compute_wgs=_COMPUTE_WGS,
-          max_concurrent_steps=stages[jnp.dtype(a_gmem.dtype).itemsize],
+          max_concurrent_steps=_stages(cfg, room - stage_bytes, step_bytes),
           compute_context=compute_context,
       )
 
     ignore = lambda *_, **__: None  # noqa: E731
-    allocations = pipeline(ignore, ignore).get_allocations(a_gmem, b_gmem)
+    scoped = dict(allocs=pipeline(ignore, ignore).get_allocations(a_gmem,
+                                                                  b_gmem))
+    if stage_rows:
+      scoped["stage"] = plgpu.SMEM(
+          (_COMPUTE_WGS, stage_rows, tile_k), wide_dtype,
+          transforms=smem_transforms(tile_k, wide_dtype))
 
-    @functools.partial(pl.run_scoped, allocs=allocations,
-                       collective_axes="wg")
-    def _(allocs):
+    @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
+    def _(allocs, stage=None):
       wg = lax.axis_index("wg")
       cta = lax.axis_index("cluster")
 
@@ -242,44 +307,67 @@ def _kernel(fp8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
           @functools.partial(pl.run_scoped,
                              acc_ref=plgpu.ACC((tm, tn), jnp.float32))
           def _(acc_ref):
-            if scaled:  # fetch this tile's scales while the K loop runs
+            # This tile's row factors: the FP8 loop applies them to the
+            # accumulator, a dequantizing loop to its operand's tiles.
+            if fp8 or deq_a:
               plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_smem.at[wg],
                                       barriers.at[2 * wg])
+            if fp8 or deq_b:
               plgpu.copy_gmem_to_smem(rb_ref.at[cols], rb_smem.at[wg],
                                       barriers.at[2 * wg + 1])
+            if deq_a:
+              plgpu.barrier_wait(barriers.at[2 * wg])
+            if deq_b:
+              plgpu.barrier_wait(barriers.at[2 * wg + 1])
             run_pipeline(acc_ref)
             acc = acc_ref[...]
-            if scaled:
+            if fp8:
               # Per-row scales factor out of the sum over K: the FP8 GEMM
               # applies them to the float32 accumulator.
               plgpu.barrier_wait(barriers.at[2 * wg])
               plgpu.barrier_wait(barriers.at[2 * wg + 1])
-              ra = plgpu.load(ra_smem.at[wg],
-                              layout=plgpu.Layout.WGMMA.reduce(1))
-              rb = plgpu.load(rb_smem.at[wg],
-                              layout=plgpu.Layout.WGMMA.reduce(0))
+              ra = load_with_layout(ra_smem.at[wg],
+                                    plgpu.Layout.WGMMA.reduce(1))
+              rb = load_with_layout(rb_smem.at[wg],
+                                    plgpu.Layout.WGMMA.reduce(0))
               acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
                      lax.broadcast_in_dim(rb, (tm, tn), [1]))
             write_tile(acc.astype(out_ref.dtype), out_smem, wg,
                        out_ref.at[rows, cols])
 
         def mma(_, a_smem, b_smem, acc_ref):
-          # B is K-major in shared memory, as FP8 wgmma requires.
-          plgpu.wgmma(acc_ref, a_smem, b_smem.at[pl.ds(wg * tn, tn)].T)
-          plgpu.wgmma_wait(cfg.delay_release)
+          # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
+          # stored either way (FP8 ones K-major only).
+          if deq_a:
+            _dequantize(a_smem, ra_smem.at[wg], stage.at[wg])
+            a = stage.at[wg]
+          else:
+            a = a_smem.T if a_kr else a_smem
+          if b_kr:
+            b = b_smem.at[:, pl.ds(wg * tn, tn)]
+          else:
+            b = b_smem.at[pl.ds(wg * tn, tn)]
+            if deq_b:
+              _dequantize(b, rb_smem.at[wg], stage.at[wg])
+              b = stage.at[wg]
+            b = b.T
+          plgpu.wgmma(acc_ref, a, b)
+          # A dequantizing loop rewrites its stage at the next step.
+          plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
           return acc_ref
 
-        pipeline(mma, compute_context)(
-            a_gmem.at[rows, :], b_gmem.at[pl.ds(jn * bn, bn), :],
-            allocations=allocs)
+        a_tiles = a_gmem.at[:, rows] if a_kr else a_gmem.at[rows, :]
+        b_cols = pl.ds(jn * bn, bn)
+        b_tiles = b_gmem.at[:, b_cols] if b_kr else b_gmem.at[b_cols, :]
+        pipeline(mma, compute_context)(a_tiles, b_tiles, allocations=allocs)
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  # Every thread reads the decision; the branches allocate the same shared
-  # memory (a cond takes the larger of its branches' needs).
-  lax.cond(fp8_ref[...] != 0,
-           lambda: run(a8_ref, b8_ref, cfg.tile_k_fp8, True),
-           lambda: run(a_ref, b_ref, cfg.tile_k_wide, False))
+  # Every thread reads the decisions; the branches allocate the same shared
+  # memory (a switch takes the largest of its branches' needs).
+  lax.switch(case_ref[...], [functools.partial(run, loop)
+                             for loop in (_WIDE, _DEQUANT_A, _DEQUANT_B,
+                                          _FP8)])
 
 
 def round_up(n: int, m: int) -> int:
@@ -303,18 +391,24 @@ def _padded_shape(m: int, n: int, k: int, config: GemmConfig
   return shape(config), config
 
 
-def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
-  m, k = a.shape
-  n = b.shape[0]
+def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
+                transposed: tuple[bool, bool]):
+  m, k = a8.shape
+  n = b8.shape[0]
   (mp, np_, kp), config = _padded_shape(m, n, k, config)
   if (mp, np_, kp) != (m, n, k):
-    pad2 = lambda x, r: jnp.pad(x, ((0, r - x.shape[0]), (0, kp - k)))  # noqa: E731
-    a8, a, ra = pad2(a8, mp), pad2(a, mp), jnp.pad(ra, (0, mp - m))
-    b8, b, rb = pad2(b8, np_), pad2(b, np_), jnp.pad(rb, (0, np_ - n))
+    def pad(x, rows, padded, k_rows=False):
+      widths = [(0, padded - rows), (0, kp - k)]
+      return jnp.pad(x, widths[::-1] if k_rows else widths)
+    a8, a, ra = (pad(a8, m, mp), pad(a, m, mp, transposed[0]),
+                 jnp.pad(ra, (0, mp - m)))
+    b8, b, rb = (pad(b8, n, np_), pad(b, n, np_, transposed[1]),
+                 jnp.pad(rb, (0, np_ - n)))
   et = config.epilogue_tile
   cores = getattr(jax.devices()[0], "core_count", 132)
   call = plgpu.kernel(
-      functools.partial(_kernel, cfg=config),
+      functools.partial(_kernel, cfg=config, a_t=transposed[0],
+                        b_t=transposed[1]),
       out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
       grid=(cores // config.cluster_size,),
       grid_names=("grid",),
@@ -331,8 +425,29 @@ def _local_gemm(fp8, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig):
           rb_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_n), jnp.float32),
           barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS)),
   )
-  y = call(fp8, a8, b8, ra, rb, a, b)
+  y = call(case, a8, b8, ra, rb, a, b)
   return y[:m, :n] if (mp, np_) != (m, n) else y
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Operand:
+  """One operand [R, K] of a GEMM, as ``mor_jax._fp8.Side`` holds it.
+
+  Attributes:
+    x: the operand as it came: [R, K], or [K, R] if ``transposed``; what
+      the BF16 path reads when the operand is rejected.
+    codes: its FP8 codes [R, K].
+    recip: [R] float32 reciprocals of its per-row scales.
+    accepted: bool scalar: the operand was accepted in FP8.
+    transposed: whether ``x`` is the transpose of the GEMM's view (static).
+  """
+
+  x: jax.Array
+  codes: jax.Array
+  recip: jax.Array
+  accepted: jax.Array
+  transposed: bool = dataclasses.field(metadata=dict(static=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,22 +455,31 @@ class _Gemm:
   """The GEMM per shard: rows of A and B stay put, a sharded K's partial
   outputs are summed in float32 and cast once to ``out_dtype``.
 
-  ``config`` None runs ``gemm_reference`` per shard (how a CPU tests the
-  rule).
+  ``config`` None runs the jnp twin per shard (how a CPU tests the rule).
   """
 
   out_dtype: jnp.dtype
   config: GemmConfig | None
-  rule = ", m k, n k, m, n, m k, n k -> m n"  # the decision is a scalar
+  transposed: tuple[bool, bool]
+
+  @property
+  def rule(self) -> str:
+    # The case is a scalar; each operand's x as it is stored.
+    a = "k m" if self.transposed[0] else "m k"
+    b = "k n" if self.transposed[1] else "n k"
+    return f", m k, n k, m, n, {a}, {b} -> m n"
 
   def local(self, *args, out_dtype=None):
     out_dtype = self.out_dtype if out_dtype is None else out_dtype
     if self.config is None:
-      return (gemm_reference(*args, out_dtype=out_dtype),)
-    return (_local_gemm(*args, out_dtype=out_dtype, config=self.config),)
+      return (_reference(*args, transposed=self.transposed,
+                         out_dtype=out_dtype),)
+    return (_local_gemm(*args, out_dtype=out_dtype, config=self.config,
+                        transposed=self.transposed),)
 
   def batchable_local(self, *args):
-    return (gemm_reference(*args, out_dtype=self.out_dtype),)
+    return (_reference(*args, transposed=self.transposed,
+                       out_dtype=self.out_dtype),)
 
   def plan(self, arg_shapes):
     mesh, (ma, ka) = sharding.layout(arg_shapes[1])
@@ -365,39 +489,59 @@ class _Gemm:
     na = tuple(ax for ax in na if ax not in ma)
     k = ka if ka == kb and not set(ka) & set(ma + na) else ()
     m_, n_, k_ = (sharding.entry(x) for x in (ma, na, k))
+    x_a, x_b = (P(k_, r) if t else P(r, k_)
+                for r, t in zip((m_, n_), self.transposed))
     args = sharding.named(mesh, P(), P(m_, k_), P(n_, k_), P(m_), P(n_),
-                          P(m_, k_), P(n_, k_))
+                          x_a, x_b)
     results = sharding.named(mesh, P(m_, n_))
     return sharding.k_summed_plan(self, mesh, results, args, k)
 
 
-def _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype,
+def _check(a: Operand, b: Operand, kernel: bool) -> None:
+  for name, op in (("a", a), ("b", b)):
+    view = op.x.shape[::-1] if op.transposed else op.x.shape
+    if op.codes.ndim != 2 or view != op.codes.shape:
+      raise ValueError(f"{name}.x {op.x.shape} (transposed={op.transposed})"
+                       f" must hold the codes' [rows, K] {op.codes.shape}.")
+    if op.recip.shape != op.codes.shape[:1]:
+      raise ValueError(f"{name}.recip {op.recip.shape} must hold one factor "
+                       f"per row of the codes {op.codes.shape}.")
+  if a.codes.shape[1] != b.codes.shape[1]:
+    raise ValueError(f"a and b must share K, got {a.codes.shape} and "
+                     f"{b.codes.shape}.")
+  if kernel and (a.x.dtype != b.x.dtype or
+                 jnp.dtype(a.x.dtype).itemsize != 2):
+    raise TypeError(f"the GEMM kernel's x operands must share a 16-bit "
+                    f"dtype, got {a.x.dtype} and {b.x.dtype}.")
+
+
+def _per_shard(a: Operand, b: Operand, out_dtype,
                config: GemmConfig | None) -> jax.Array:
-  op = _Gemm(jnp.dtype(out_dtype), config)
+  _check(a, b, config is not None)
+  case = (jnp.asarray(a.accepted, jnp.int32) +
+          2 * jnp.asarray(b.accepted, jnp.int32))
+  op = _Gemm(jnp.dtype(out_dtype), config, (a.transposed, b.transposed))
   return sharding.per_shard(op)(
-      jnp.asarray(fp8, jnp.int32), a8, b8, ra.astype(jnp.float32),
-      rb.astype(jnp.float32), a, b)[0]
+      case, a.codes, b.codes, a.recip.astype(jnp.float32),
+      b.recip.astype(jnp.float32), a.x, b.x)[0]
 
 
-def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
-         rb: jax.Array, a: jax.Array, b: jax.Array, *, out_dtype,
-         config: GemmConfig) -> jax.Array:
+def gemm(a: Operand, b: Operand, *, out_dtype, config: GemmConfig
+         ) -> jax.Array:
   """See the module docstring; runs on Hopper GPUs only.
 
   Args:
-    fp8: bool scalar: True runs the FP8 loop.
-    a8: [M, K] FP8 codes.
-    b8: [N, K] FP8 codes.
-    ra: [M] float32 output factors of A8's rows.
-    rb: [N] float32 output factors of B8's rows.
-    a: [M, K] 16-bit operand of the wide loop.
-    b: [N, K] 16-bit operand of the wide loop, a's dtype.
+    a: the operand [M, K].
+    b: the operand [N, K].
     out_dtype: the output's dtype.
     config: the tiles.
 
   Returns:
-    [M, N] in ``out_dtype``. Shapes that the tiles do not divide are padded
-    with zeros (a copy of each operand), which leaves the product unchanged;
+    [M, N] in ``out_dtype``: the FP8 product if both operands are accepted,
+    else the product in the x's 16-bit dtype of each accepted operand's
+    codes dequantized (``mor_jax._numerics.dequantize_values``) and each
+    rejected one's x. Shapes that the tiles do not divide are padded with
+    zeros (a copy of each operand), which leaves the product unchanged;
     clusters run only where they add no padding.
     Under ``jit`` with sharded operands it runs per shard: rows of A and B
     stay sharded, and a K split alike on both operands is summed across
@@ -405,18 +549,17 @@ def gemm(fp8: jax.Array, a8: jax.Array, b8: jax.Array, ra: jax.Array,
     then cast once to ``out_dtype``. Under ``vmap``, ``gemm_reference``
     runs.
   """
-  return _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype, config)
+  return _per_shard(a, b, out_dtype, config)
 
 
-def gemm_reference_per_shard(fp8: jax.Array, a8: jax.Array, b8: jax.Array,
-                             ra: jax.Array, rb: jax.Array, a: jax.Array,
-                             b: jax.Array, *, out_dtype) -> jax.Array:
+def gemm_reference_per_shard(a: Operand, b: Operand, *,
+                             out_dtype) -> jax.Array:
   """``gemm``'s partitioning around ``gemm_reference``.
 
   The twin per shard, as ``gemm`` runs the kernel: how a device without the
   kernel (a CPU) tests the sharding rule.
   """
-  return _per_shard(fp8, a8, b8, ra, rb, a, b, out_dtype, None)
+  return _per_shard(a, b, out_dtype, None)
 
 
 def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,
@@ -434,22 +577,39 @@ def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,
   return (acc * ra[:, None] * rb[None, :]).astype(out_dtype)
 
 
-def gemm_reference(fp8: jax.Array, a8: jax.Array, b8: jax.Array,
-                   ra: jax.Array, rb: jax.Array, a: jax.Array, b: jax.Array,
-                   *, out_dtype, precision=None) -> jax.Array:
-  """``gemm`` in jnp: ``fp8_dot`` or XLA's wide dot, chosen by ``lax.cond``.
-
-  The reference of the GPU tests, and what runs under ``vmap``.
-  """
-  def fp8_branch(a8, b8, ra, rb, a, b):
-    del a, b
+def _reference(case, a8, b8, ra, rb, a, b, *, transposed, out_dtype,
+               precision=None) -> jax.Array:
+  def fp8_branch():
     return fp8_dot(a8, b8, ra, rb, out_dtype=out_dtype, precision=precision)
 
-  def wide_branch(a8, b8, ra, rb, a, b):
-    del a8, b8, ra, rb
-    return lax.dot_general(a, b, TN, precision=precision,
+  def wide_branch():
+    dtype = jnp.result_type(a.dtype, b.dtype)
+    ops = []
+    for accepted, codes, recip, x, t in ((case % 2 == 1, a8, ra, a,
+                                          transposed[0]),
+                                         (case >= 2, b8, rb, b,
+                                          transposed[1])):
+      deq = _numerics.dequantize_values(codes.astype(jnp.float32),
+                                        recip[:, None], dtype)
+      ops.append(jnp.where(accepted, deq, (x.T if t else x).astype(dtype)))
+    return lax.dot_general(*ops, TN, precision=precision,
                            preferred_element_type=jnp.float32
                            ).astype(out_dtype)
 
-  return lax.cond(jnp.asarray(fp8) != 0, fp8_branch, wide_branch,
-                  a8, b8, ra, rb, a, b)
+  return lax.cond(case == 3, fp8_branch, wide_branch)
+
+
+def gemm_reference(a: Operand, b: Operand, *, out_dtype,
+                   precision=None) -> jax.Array:
+  """``gemm`` in jnp: ``fp8_dot`` or XLA's dot of the BF16 path's operands,
+  chosen by ``lax.cond``.
+
+  The reference of the GPU tests, and what runs under ``vmap``.
+  """
+  _check(a, b, False)
+  case = (jnp.asarray(a.accepted, jnp.int32) +
+          2 * jnp.asarray(b.accepted, jnp.int32))
+  return _reference(case, a.codes, b.codes, a.recip.astype(jnp.float32),
+                    b.recip.astype(jnp.float32), a.x, b.x,
+                    transposed=(a.transposed, b.transposed),
+                    out_dtype=out_dtype, precision=precision)

@@ -23,9 +23,8 @@ per-block grids, which it partitions by itself. One device, or a body of
 kernels batched, unpartitioned.
 
 ``per_shard`` does the same for ops that say themselves how their operands
-and results are sharded (``ShardedOp``): the dual quantization passes, the
-GEMM's operands and the two GEMMs (kernels/dual.py, kernels/wide.py,
-kernels/gemm.py, kernels/block_gemm.py).
+and results are sharded (``ShardedOp``): the dual quantization passes and
+the two GEMMs (kernels/dual.py, kernels/gemm.py, kernels/block_gemm.py).
 """
 
 from __future__ import annotations

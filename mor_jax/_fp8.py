@@ -204,17 +204,15 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
 
   if execution == "emulate" or a.codes is None or b.codes is None:
     return emulated()
-  fp8 = a.accepted & b.accepted
   if _dispatch.gemm_backend(impl, dtype) == "pallas":
-    cfg = impl.config
-    wide = kernels.wide.wide_operands(
-        ~fp8, *(kernels.wide.Operand(s.x, s.codes, s.recip, s.accepted,
-                                     s.transposed) for s in (a, b)),
-        dtype=dtype, cfg=cfg.wide, interpret=impl.interpret)
-    return kernels.gemm.gemm(fp8, a.codes, b.codes, a.recip, b.recip, *wide,
-                             out_dtype=out_dtype, config=cfg.gemm)
+    # One kernel reads both decisions and runs FP8, or BF16 on each
+    # operand's dequantized codes or its x as it came (16-bit, one dtype).
+    return kernels.gemm.gemm(
+        *(kernels.gemm.Operand(s.x, s.codes, s.recip, s.accepted,
+                               s.transposed) for s in (a, b)),
+        out_dtype=out_dtype, config=impl.config.gemm)
   return jax.lax.cond(
-      fp8,
+      a.accepted & b.accepted,
       lambda: kernels.gemm.fp8_dot(a.codes, b.codes, a.recip, b.recip,
                                    out_dtype=out_dtype, precision=precision),
       emulated)

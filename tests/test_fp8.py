@@ -37,6 +37,11 @@ ON_GPU = jax.default_backend() == "gpu"
 F32_TOL = 1e-3 if ON_GPU else 1e-5
 
 
+def _hopper() -> bool:
+  return (jax.default_backend() == "gpu" and
+          jax.devices()[0].compute_capability.startswith("9."))
+
+
 def _rel(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
@@ -349,7 +354,7 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
 
 
 def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):
-  """(kernels.wide.Operand, what the BF16 path must get for it, NumPy)."""
+  """(kernels.gemm.Operand, what the BF16 path must take for it, NumPy)."""
   rng = np.random.default_rng(seed)
   x = np.asarray(rng.standard_normal((rows, k)), dtype)
   codes = np.asarray(rng.standard_normal((rows, k)) * 100, fmt)
@@ -363,45 +368,85 @@ def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):
           reference.flush(codes.astype(np.float32) * recip[:, None]), dtype)
   else:
     want = x
-  op = kernels.wide.Operand(jnp.asarray(x.T if transposed else x),
+  op = kernels.gemm.Operand(jnp.asarray(x.T if transposed else x),
                             jnp.asarray(codes), jnp.asarray(recip),
                             jnp.bool_(accepted), transposed)
   return op, want
 
 
-def _assert_bits_equal(got, want):
-  got = np.asarray(got)
-  np.testing.assert_array_equal(got.view(np.uint16),
-                                np.asarray(want, got.dtype).view(np.uint16))
+def _identity(k, accepted, dtype):
+  """I [K, K] as a GEMM operand, exact on either path (codes 1, factor 1)."""
+  eye = np.eye(k, dtype=np.float32)
+  return kernels.gemm.Operand(
+      jnp.asarray(eye, dtype), jnp.asarray(eye, jnp.float8_e4m3fn),
+      jnp.ones((k,), jnp.float32), jnp.bool_(accepted), False)
 
 
-@pytest.mark.parametrize("accepted", [(True, True), (True, False),
-                                      (False, True), (False, False)])
-@pytest.mark.parametrize("transposed", [(False, True), (True, False)])
-@pytest.mark.parametrize("rows,k,programs", [
-    ((70, 40), 300, 4),      # ragged; programs loop across both operands
-    ((64, 128), 256, 512),   # whole tiles; one tile per program
-])
+def _gemm_kernel(a, b, out_dtype):
+  return kernels.gemm.gemm(a, b, out_dtype=out_dtype,
+                           config=kernels.GemmConfig())
+
+
+@pytest.mark.parametrize("gemm", [
+    kernels.gemm.gemm_reference,
+    pytest.param(_gemm_kernel, marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not _hopper(),
+                           reason="the GEMM kernel needs sm_90")])],
+                         ids=["twin", "kernel"])
+@pytest.mark.parametrize("accepted,eye_accepted", [
+    (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_wide_operands(accepted, transposed, rows, k, programs, dtype):
+def test_gemm_bf16_path_takes_emulated_operands(gemm, accepted, eye_accepted,
+                                                transposed, dtype):
+  """Times the identity, a GEMM's BF16 path gives back the operand it took:
+  an accepted operand's codes dequantized (flushed, saturated), bit for bit
+  as the emulated path has them, or a rejected one as it came, either
+  layout; as A and as B, on ragged shapes."""
   dtype = data.DTYPES[dtype]
-  fmts = (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
-  ops, wants = zip(*(_gemm_operand(r, k, a, t, dtype, f, seed)
-                     for seed, (r, a, t, f) in enumerate(
-                         zip(rows, accepted, transposed, fmts))))
-  cfg = kernels.WideConfig(tile_rows=32, tile_cols=128, programs=programs)
-  interpret = jax.default_backend() != "gpu"
-  write = jax.jit(lambda fallback, a, b: kernels.wide.wide_operands(
-      fallback, a, b, dtype=dtype, cfg=cfg, interpret=interpret))
-  # An accepted operand: its codes dequantized, bit for bit as the emulated
-  # path has them; a rejected one: as it came, K-major.
-  got = write(jnp.bool_(True), *ops)
-  for g, w in zip(got, wants):
-    _assert_bits_equal(g, w)
-  # Without a fallback the outputs are left unwritten: only their types.
-  skipped = write(jnp.bool_(False), *ops)
-  assert [(o.shape, o.dtype) for o in skipped] == [
-      (w.shape, np.dtype(dtype)) for w in wants]
+  op, want = _gemm_operand(70, 300, accepted, transposed, dtype,
+                           ml_dtypes.float8_e5m2, seed=3)
+  eye = _identity(300, eye_accepted, dtype)
+  fn = jax.jit(functools.partial(gemm, out_dtype=jnp.float32))
+  for got in (fn(op, eye), fn(eye, op).T):
+    # Equal values (a flushed -0 comes back as +0 from the sum).
+    np.testing.assert_array_equal(np.asarray(got),
+                                  np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("transposed", [(False, True), (True, False)])
+def test_gemm_kernel_lowers_for_cuda(transposed):
+  """Its four K loops lower to Mosaic GPU on any machine (``jax.export``
+  for CUDA): a CPU finds what does not lower (a layout, a transform, an
+  op) before a GPU runs it. E4M3 pairs: jax 0.10's wgmma takes no mixed
+  FP8 pair."""
+  ops = [_gemm_operand(r, 256, True, t, ml_dtypes.bfloat16,
+                       ml_dtypes.float8_e4m3fn, seed=r)[0]
+         for r, t in zip((200, 130), transposed)]
+  exported = jax.export.export(
+      jax.jit(functools.partial(_gemm_kernel, out_dtype=jnp.bfloat16)),
+      platforms=["cuda"])(*ops)
+  assert "mosaic_gpu" in exported.mlir_module()
+
+
+def test_gemm_rejects_mismatched_operands():
+  op, _ = _gemm_operand(8, 128, True, False, ml_dtypes.bfloat16,
+                        ml_dtypes.float8_e4m3fn, seed=0)
+  other, _ = _gemm_operand(8, 64, True, False, ml_dtypes.bfloat16,
+                           ml_dtypes.float8_e4m3fn, seed=1)
+  with pytest.raises(ValueError, match="must share K"):
+    kernels.gemm.gemm_reference(op, other, out_dtype=jnp.float32)
+  flipped = dataclasses.replace(op, transposed=True)
+  with pytest.raises(ValueError, match=r"must hold the codes' \[rows, K\]"):
+    kernels.gemm.gemm_reference(flipped, op, out_dtype=jnp.float32)
+  short = dataclasses.replace(op, recip=op.recip[:4])
+  with pytest.raises(ValueError, match="one factor per row"):
+    kernels.gemm.gemm_reference(short, op, out_dtype=jnp.float32)
+  wide = dataclasses.replace(op, x=op.x.astype(jnp.float32))
+  with pytest.raises(TypeError, match="share a 16-bit dtype"):
+    kernels.gemm.gemm(wide, op, out_dtype=jnp.float32,
+                      config=kernels.GemmConfig())
 
 
 # ----------------------------------------------------------------------------
@@ -435,28 +480,27 @@ def test_sharded_dual_and_layer_equal_one_device(spec):
 
 @pytest.mark.skipif(jax.device_count() < N_DEV, reason=f"needs {N_DEV} devices")
 @pytest.mark.parametrize("spec", [P("d", None), P(None, "d"), P("a", "b")])
-def test_sharded_wide_operands(spec):
+def test_sharded_gemm_bf16_path(spec):
+  """Per shard: A accepted (dequantized where its codes lie), B rejected and
+  stored [K, N] (read where it lies): no gather, no copy across devices."""
   mesh = _mesh(spec)
-  a, want_a = _gemm_operand(128, 256, True, False, ml_dtypes.bfloat16,
-                            ml_dtypes.float8_e4m3fn, seed=3)
-  b, want_b = _gemm_operand(64, 256, False, True, ml_dtypes.bfloat16,
-                            ml_dtypes.float8_e4m3fn, seed=4)
+  a, _ = _gemm_operand(128, 256, True, False, ml_dtypes.bfloat16,
+                       ml_dtypes.float8_e4m3fn, seed=3)
+  b, _ = _gemm_operand(64, 256, False, True, ml_dtypes.bfloat16,
+                       ml_dtypes.float8_e4m3fn, seed=4)
+  a = dataclasses.replace(a, recip=jnp.clip(a.recip, 0.01, 10))
+  want = kernels.gemm.gemm_reference(a, b, out_dtype=jnp.float32)
   put = lambda v, s: jax.device_put(v, NamedSharding(mesh, s))  # noqa: E731
-  t = P(spec[1], spec[0])
-  a = kernels.wide.Operand(put(a.x, spec), put(a.codes, spec),
+  k = P(None, spec[1])  # B's rows whole, its K split as A's
+  a = kernels.gemm.Operand(put(a.x, spec), put(a.codes, spec),
                            put(a.recip, P(spec[0])), a.accepted, False)
-  b = kernels.wide.Operand(put(b.x, t), put(b.codes, spec),
-                           put(b.recip, P(spec[0])), b.accepted, True)
-  cfg = kernels.WideConfig(tile_rows=16, tile_cols=64, programs=4)
-  write = jax.jit(lambda a, b: kernels.wide.wide_operands(
-      jnp.bool_(True), a, b, dtype=jnp.bfloat16, cfg=cfg,
-      interpret=jax.default_backend() != "gpu"))
-  compiled = write.lower(a, b).compile()
-  got = compiled(a, b)
-  for g, w in zip(got, (want_a, want_b)):
-    _assert_bits_equal(g, w)
-    # Written per shard, where the codes lie.
-    assert g.sharding.is_equivalent_to(NamedSharding(mesh, spec), 2)
+  b = kernels.gemm.Operand(put(b.x, P(k[1], None)), put(b.codes, k),
+                           put(b.recip, P()), b.accepted, True)
+  fn = (_gemm_kernel if _hopper() else
+        kernels.gemm.gemm_reference_per_shard)
+  compiled = jax.jit(functools.partial(fn, out_dtype=jnp.float32)).lower(
+      a, b).compile()
+  assert _rel(compiled(a, b), want) <= 1e-5
   text = compiled.as_text()
   assert not any(c in text for c in ("all-gather", "all-to-all",
                                      "collective-permute"))
@@ -484,22 +528,18 @@ def _assert_same_decisions(a, b):
 # On a Hopper GPU: the compiled kernels.
 
 
-def _hopper() -> bool:
-  return (jax.default_backend() == "gpu" and
-          jax.devices()[0].compute_capability.startswith("9."))
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
 @pytest.mark.parametrize("m,k,n", [(256, 512, 512), (200, 300, 130)])
-@pytest.mark.parametrize("fmts,config", [
-    (("E4M3", "E4M3"), {}), (("E4M3", "E5M2"), {}), (("E5M2", "E5M2"), {}),
+@pytest.mark.parametrize("fmts,config,transposed", [
+    (("E4M3", "E4M3"), {}, (False, False)),
+    (("E4M3", "E5M2"), {}, (False, True)),
+    (("E5M2", "E5M2"), {}, (True, False)),
     # One block per cluster, or two with B's tiles multicast (the default)
-    # or A's.
-    (("E4M3", "E4M3"), dict(cluster=None)),
-    (("E4M3", "E5M2"), dict(cluster="n"))], ids=str)
-@pytest.mark.parametrize("fp8", [True, False])
-def test_gemm_kernel_equals_reference(m, k, n, fmts, config, fp8):
+    # or A's; rejected operands stored [K, rows] read as they are.
+    (("E4M3", "E4M3"), dict(cluster=None), (True, True)),
+    (("E4M3", "E5M2"), dict(cluster="n"), (True, True))], ids=str)
+def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
   b = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
@@ -508,13 +548,23 @@ def test_gemm_kernel_equals_reference(m, k, n, fmts, config, fp8):
                                                    (b, fmts[1])))
   ra = jnp.asarray(rng.uniform(0.5, 2, m), jnp.float32)
   rb = jnp.asarray(rng.uniform(0.5, 2, n), jnp.float32)
-  args = (jnp.bool_(fp8), a8, b8, ra, rb, a, b)
-  got = kernels.gemm.gemm(*args, out_dtype=jnp.float32,
-                          config=kernels.GemmConfig(**config))
-  want = kernels.gemm.gemm_reference(*args, out_dtype=jnp.float32,
-                                     precision=jax.lax.Precision.HIGHEST)
-  assert got.shape == (m, n)
-  assert _rel(got, want) <= 1e-3
+
+  def operands(accepted_a, accepted_b):
+    return [kernels.gemm.Operand(x.T if t else x, q, r, acc, t)
+            for x, q, r, acc, t in ((a, a8, ra, accepted_a, transposed[0]),
+                                    (b, b8, rb, accepted_b, transposed[1]))]
+
+  # One compiled kernel for the four loops: the decisions are arguments.
+  fn = jax.jit(lambda *acc: kernels.gemm.gemm(
+      *operands(*acc), out_dtype=jnp.float32,
+      config=kernels.GemmConfig(**config)))
+  for acc in ((True, True), (False, False), (True, False), (False, True)):
+    got = fn(*map(jnp.bool_, acc))
+    want = kernels.gemm.gemm_reference(
+        *operands(*map(jnp.bool_, acc)), out_dtype=jnp.float32,
+        precision=jax.lax.Precision.HIGHEST)
+    assert got.shape == (m, n)
+    assert _rel(got, want) <= 1e-3, acc
 
 
 @pytest.mark.gpu

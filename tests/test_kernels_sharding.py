@@ -325,8 +325,11 @@ def test_sharded_gemm_sums_k_partials_in_float32(layout, fp8):
             for v in (a, b))
   ra, rb = (rng.uniform(0.5, 2, r).astype(np.float32) for r in (m, n))
   put = lambda v, s: jax.device_put(v, NamedSharding(mesh, s))  # noqa: E731
-  args = (jnp.bool_(fp8), put(a8, sa), put(b8, sb), put(ra, P()),
-          put(rb, P()), put(a, sa), put(b, sb))
+  # The BF16 path reads B as it came, here stored [K, N].
+  args = (gemm.Operand(put(a, sa), put(a8, sa), put(ra, P()),
+                       jnp.bool_(fp8), False),
+          gemm.Operand(put(b.T, P(*sb[::-1])), put(b8, sb), put(rb, P()),
+                       jnp.bool_(fp8), True))
   fn = (functools.partial(gemm.gemm, config=gemm.GemmConfig()) if HOPPER
         else gemm.gemm_reference_per_shard)
   compiled = jax.jit(lambda *v: fn(*v, out_dtype=jnp.bfloat16)).lower(
