@@ -271,8 +271,9 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
         return part_ref[...]  # waits for the wgmma
 
       part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
-      sa = plgpu.load(ra.at[0, my_rows], layout=plgpu.Layout.WGMMA.reduce(1))
-      sb = plgpu.load(rb.at[0], layout=plgpu.Layout.WGMMA.reduce(0))
+      sa = gemm.load_with_layout(ra.at[0, my_rows],
+                                 plgpu.Layout.WGMMA.reduce(1))
+      sb = gemm.load_with_layout(rb.at[0], plgpu.Layout.WGMMA.reduce(0))
       return acc + (part * lax.broadcast_in_dim(sa, (wr, BLOCK), [0]) *
                     lax.broadcast_in_dim(sb, (wr, BLOCK), [1]))
 

@@ -11,6 +11,8 @@ on one (tests/test_kernels_sharding.py tests the rule on CPU devices).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,6 +183,19 @@ def test_bad_operands_are_rejected():
   with pytest.raises(TypeError, match="float8"):
     bg.block_gemm_reference(bg.BlockOperand(a.wide, a.recip, a.rep, a.wide),
                             a, out_dtype=jnp.float32)
+
+
+def test_kernel_lowers_for_cuda():
+  """The kernel lowers to Mosaic GPU on any machine (``jax.export`` for
+  CUDA), ragged, half of the blocks BF16: a CPU finds what does not lower
+  before a GPU runs it."""
+  x, w = _data(200, 300, 130, 0.5)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  exported = jax.export.export(
+      jax.jit(functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16)),
+      platforms=["cuda"])(a, b)
+  assert "mosaic_gpu" in exported.mlir_module()
 
 
 # ----------------------------------------------------------------------------
