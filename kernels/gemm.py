@@ -261,7 +261,8 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     # A dequantized operand's tiles pass through a compute-dtype copy per
     # warpgroup: A's whole tile (both warpgroups read it), B's half.
     stage_rows = tm if deq_a else tn if deq_b else 0
-    stage_bytes = _COMPUTE_WGS * stage_rows * tile_k * 2
+    stage_bytes = (_COMPUTE_WGS * stage_rows * tile_k *
+                   jnp.dtype(wide_dtype).itemsize)
     step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
                   bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
 
