@@ -430,6 +430,31 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
   return y[:m, :n] if (mp, np_) != (m, n) else y
 
 
+@functools.cache
+def takes_mixed_fp8() -> bool:
+  """Whether this jax's Mosaic GPU wgmma takes an E4M3 x E5M2 pair.
+
+  jax 0.11's does; 0.10's refuses operands of two dtypes when a kernel is
+  traced. Found by tracing this kernel once on such a pair, which needs no
+  GPU; where it is False, ``mor_jax._dispatch`` keeps those GEMMs (this
+  kernel's and kernels/block_gemm.py's) on XLA.
+  """
+  cfg = GemmConfig(cluster=None)
+  rows, k = (cfg.tile_m, cfg.block_n), cfg.k_multiple
+  args = [jax.ShapeDtypeStruct((), jnp.int32)]
+  args += [jax.ShapeDtypeStruct((r, k), t)
+           for r, t in zip(rows, (jnp.float8_e4m3fn, jnp.float8_e5m2))]
+  args += [jax.ShapeDtypeStruct((r,), jnp.float32) for r in rows]
+  args += [jax.ShapeDtypeStruct((r, k), jnp.bfloat16) for r in rows]
+  try:
+    jax.eval_shape(functools.partial(
+        _local_gemm, out_dtype=jnp.bfloat16, config=cfg,
+        transposed=(False, False)), *args)
+  except ValueError:
+    return False
+  return True
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Operand:

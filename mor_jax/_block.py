@@ -113,7 +113,8 @@ def gemm(a, b, out_dtype, precision,
     ).astype(out_dtype)
   a, b = (bg.BlockOperand(op.codes, op.recip, op.rep, w.astype(dtype))
           for op, w in zip((a, b), wide))
-  if _dispatch.gemm_backend(impl, dtype) == "pallas":
+  if _dispatch.gemm_backend(impl, dtype,
+                           (a.codes.dtype, b.codes.dtype)) == "pallas":
     return bg.block_gemm(a, b, out_dtype=out_dtype)
   return bg.block_gemm_reference(a, b, out_dtype=out_dtype,
                                  precision=precision)

@@ -140,16 +140,21 @@ def dual(impl: Implementation) -> _passes.DualPasses:
   return _xla.XlaDual()
 
 
-def gemm_backend(impl: Implementation, dtype) -> str:
-  """"pallas" (kernels/gemm.py) or "xla" (``lax.cond``) for a MoR GEMM.
+def gemm_backend(impl: Implementation, dtype, codes_dtypes=()) -> str:
+  """"pallas" (kernels/gemm.py, kernels/block_gemm.py) or "xla" for a GEMM.
 
-  The kernel runs on Hopper GPUs (sm_90) for 16-bit compute dtypes, unless
-  the setting is "xla".
+  The kernels run on Hopper GPUs (sm_90) for 16-bit compute dtypes, unless
+  the setting is "xla", and on FP8 codes of two dtypes (``codes_dtypes``:
+  E4M3 x E5M2) only where this jax's Mosaic GPU takes such a pair
+  (``kernels.gemm.takes_mixed_fp8``: jax 0.11, not 0.10).
   """
   hopper = on_gpu() and _capability()[0] == 9
   wide_16 = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16),
                                  jnp.dtype(jnp.float16))
-  return "pallas" if impl.name != "xla" and hopper and wide_16 else "xla"
+  if impl.name == "xla" or not hopper or not wide_16:
+    return "xla"
+  mixed = len({jnp.dtype(t) for t in codes_dtypes}) > 1
+  return "xla" if mixed and not kernels.gemm.takes_mixed_fp8() else "pallas"
 
 
 def _pallas_passes(part: _partition.Partition,

@@ -204,7 +204,8 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
 
   if execution == "emulate" or a.codes is None or b.codes is None:
     return emulated()
-  if _dispatch.gemm_backend(impl, dtype) == "pallas":
+  if _dispatch.gemm_backend(impl, dtype,
+                           (a.codes.dtype, b.codes.dtype)) == "pallas":
     # One kernel reads both decisions and runs FP8, or BF16 on each
     # operand's dequantized codes or its x as it came (16-bit, one dtype).
     return kernels.gemm.gemm(

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import mor_jax
+from mor_jax import _dispatch
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
 from tests import data
@@ -428,6 +429,39 @@ def test_gemm_kernel_lowers_for_cuda(transposed):
       jax.jit(functools.partial(_gemm_kernel, out_dtype=jnp.bfloat16)),
       platforms=["cuda"])(*ops)
   assert "mosaic_gpu" in exported.mlir_module()
+
+
+def test_mixed_fp8_pair_lowers_where_the_kernel_takes_it():
+  """``takes_mixed_fp8`` tells whether an E4M3 x E5M2 GEMM lowers on this
+  jax (0.11: yes, 0.10: no), so that the dispatch can rely on it."""
+  ops = [_gemm_operand(r, 256, True, False, ml_dtypes.bfloat16, f, seed=r)[0]
+         for r, f in ((200, ml_dtypes.float8_e4m3fn),
+                      (130, ml_dtypes.float8_e5m2))]
+  export = functools.partial(jax.export.export(
+      jax.jit(functools.partial(_gemm_kernel, out_dtype=jnp.bfloat16)),
+      platforms=["cuda"]), *ops)
+  if kernels.gemm.takes_mixed_fp8():
+    assert "mosaic_gpu" in export().mlir_module()
+  else:
+    with pytest.raises(ValueError):
+      export()
+
+
+@pytest.mark.parametrize("takes", [True, False])
+def test_dispatch_keeps_untaken_fp8_pairs_on_xla(monkeypatch, takes):
+  """On a Hopper GPU (pretended), E4M3 x E5M2 GEMMs run the kernels only
+  where Mosaic GPU takes the pair; one FP8 dtype always does."""
+  monkeypatch.setattr(_dispatch, "on_gpu", lambda: True)
+  monkeypatch.setattr(_dispatch, "_capability", lambda: (9, 0))
+  monkeypatch.setattr(kernels.gemm, "takes_mixed_fp8", lambda: takes)
+  impl = _dispatch.Implementation("pallas")
+  e4, e5 = jnp.float8_e4m3fn, jnp.float8_e5m2
+  backend = functools.partial(_dispatch.gemm_backend, impl, jnp.bfloat16)
+  assert backend((e4, e4)) == backend((e5, e5)) == "pallas"
+  assert backend((e4, e5)) == ("pallas" if takes else "xla")
+  assert _dispatch.gemm_backend(impl, jnp.float32, (e4, e4)) == "xla"
+  assert _dispatch.gemm_backend(_dispatch.Implementation("xla"),
+                                jnp.bfloat16, (e4, e4)) == "xla"
 
 
 def test_gemm_rejects_mismatched_operands():
