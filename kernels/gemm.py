@@ -438,6 +438,11 @@ def takes_mixed_fp8() -> bool:
   traced. Found by tracing this kernel once on such a pair, which needs no
   GPU; where it is False, ``mor_jax._dispatch`` keeps those GEMMs (this
   kernel's and kernels/block_gemm.py's) on XLA.
+
+  Examples:
+    >>> from mor_jax.kernels import gemm
+    >>> gemm.takes_mixed_fp8() in (True, False)  # cached after the first
+    True
   """
   cfg = GemmConfig(cluster=None)
   rows, k = (cfg.tile_m, cfg.block_n), cfg.k_multiple
@@ -467,6 +472,22 @@ class Operand:
     recip: [R] float32 reciprocals of its per-row scales.
     accepted: bool scalar: the operand was accepted in FP8.
     transposed: whether ``x`` is the transpose of the GEMM's view (static).
+
+  Examples:
+    A [2, 4] rejected and stored [K, M]; B [3, 4] accepted, its codes 2.0
+    with factors 0.5, so its BF16 path takes 1.0:
+
+    >>> import jax.numpy as jnp
+    >>> from mor_jax.kernels import gemm
+    >>> a = gemm.Operand(jnp.full((4, 2), 3.0, jnp.bfloat16),
+    ...                  jnp.zeros((2, 4), jnp.float8_e4m3fn),
+    ...                  jnp.ones((2,)), jnp.bool_(False), transposed=True)
+    >>> b = gemm.Operand(jnp.zeros((3, 4), jnp.bfloat16),
+    ...                  jnp.full((3, 4), 2.0, jnp.float8_e4m3fn),
+    ...                  jnp.full((3,), 0.5), jnp.bool_(True), False)
+    >>> gemm.gemm_reference(a, b, out_dtype=jnp.float32)  # 3 * 1 * K
+    Array([[12., 12., 12.],
+           [12., 12., 12.]], dtype=float32)
   """
 
   x: jax.Array
@@ -541,15 +562,20 @@ def _check(a: Operand, b: Operand, kernel: bool) -> None:
                     f"dtype, got {a.x.dtype} and {b.x.dtype}.")
 
 
-def _per_shard(a: Operand, b: Operand, out_dtype,
-               config: GemmConfig | None) -> jax.Array:
-  _check(a, b, config is not None)
+def _flat(a: Operand, b: Operand, kernel: bool) -> tuple:
+  """The kernel's (and twin's) arguments, checked: the index of the K loop
+  (``a.accepted + 2 * b.accepted``), then codes, row factors and x."""
+  _check(a, b, kernel)
   case = (jnp.asarray(a.accepted, jnp.int32) +
           2 * jnp.asarray(b.accepted, jnp.int32))
+  return (case, a.codes, b.codes, a.recip.astype(jnp.float32),
+          b.recip.astype(jnp.float32), a.x, b.x)
+
+
+def _per_shard(a: Operand, b: Operand, out_dtype,
+               config: GemmConfig | None) -> jax.Array:
   op = _Gemm(jnp.dtype(out_dtype), config, (a.transposed, b.transposed))
-  return sharding.per_shard(op)(
-      case, a.codes, b.codes, a.recip.astype(jnp.float32),
-      b.recip.astype(jnp.float32), a.x, b.x)[0]
+  return sharding.per_shard(op)(*_flat(a, b, config is not None))[0]
 
 
 def gemm(a: Operand, b: Operand, *, out_dtype, config: GemmConfig
@@ -632,10 +658,6 @@ def gemm_reference(a: Operand, b: Operand, *, out_dtype,
 
   The reference of the GPU tests, and what runs under ``vmap``.
   """
-  _check(a, b, False)
-  case = (jnp.asarray(a.accepted, jnp.int32) +
-          2 * jnp.asarray(b.accepted, jnp.int32))
-  return _reference(case, a.codes, b.codes, a.recip.astype(jnp.float32),
-                    b.recip.astype(jnp.float32), a.x, b.x,
+  return _reference(*_flat(a, b, False),
                     transposed=(a.transposed, b.transposed),
                     out_dtype=out_dtype, precision=precision)
