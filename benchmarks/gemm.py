@@ -106,16 +106,19 @@ def gemm_config(text: str) -> kernels.GemmConfig:
 
 def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
-                gemm_configs=("default",), **note) -> None:
+                gemm_configs=("default",),
+                dual_configs=(kernels.DualConfig(),), **note) -> None:
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
-    runs = [(kind, g) for kind in kinds
-            for g in (gemm_configs if kind.startswith("mor") else (None,))]
-    for kind, g in runs:
+    runs = [(kind, g, d) for kind in kinds
+            for g in (gemm_configs if kind.startswith("mor") else (None,))
+            for d in (dual_configs if kind.startswith("mor") else (None,))]
+    for kind, g, d in runs:
       layer = dense_layer(kind, n)
       v, step = dense_step(layer, x)
-      config = kernels.KernelConfig(gemm=gemm_config(g or "default"))
+      config = kernels.KernelConfig(gemm=gemm_config(g or "default"),
+                                    dual=d or kernels.DualConfig())
       with mor_jax.use_implementation("auto", config):
         t = timed(step, v, x, iters=iters)
       if kind == "bf16":
@@ -125,6 +128,8 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                  tflops=round(6 * m * n * k / t / 1e12, 1), **note)
       if g is not None:
         row["gemm"] = g
+      if d is not None and d != kernels.DualConfig():
+        row["dual"] = dataclasses.asdict(d)
       if kind.startswith("mor"):
         _, state = layer.apply(v, x, mutable=["mor_stats"])
         fprop = state["mor_stats"]["fprop"]
@@ -267,10 +272,9 @@ def bench_dual(iters: int) -> None:
     say(bench="dual", case=dataclasses.asdict(tiling), ms=round(t * 1e3, 3),
         gbps_at_6B=round(6 * x.size / t / 1e9), stats_ms=round(t1 * 1e3, 3))
     best = min(best or (t, cfg), (t, cfg), key=lambda p: p[0])
-  for cfg in dict.fromkeys((kernels.DualConfig(), best[1])):
-    with mor_jax.use_implementation("pallas", kernels.KernelConfig(dual=cfg)):
-      bench_dense([(m, k, k)], iters, kinds=("mor_fp8",),
-                  note=dataclasses.asdict(cfg))
+  bench_dense([(m, k, k)], iters, kinds=("mor_fp8",),
+              dual_configs=tuple(dict.fromkeys((kernels.DualConfig(),
+                                                best[1]))))
 
 
 def bench_chain(iters: int) -> None:

@@ -218,10 +218,13 @@ GEMM_VARIANTS = (
     dict(cluster="n"),
     dict(grid_tile_width=16),
     dict(grid_tile_width=4),
+    dict(delay_release=0),
 )
 
 
-def sweep_gemm(shape, calls: int) -> None:
+def sweep_gemm(shape, calls: int, variants=None) -> None:
+  """cuBLAS's GEMMs and ``GEMM_VARIANTS`` (those at the indices
+  ``variants``, or all) on both of the kernel's paths."""
   m, k, n = shape
   a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
   b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
@@ -236,6 +239,9 @@ def sweep_gemm(shape, calls: int) -> None:
           a, b, TN, preferred_element_type=jnp.bfloat16),
       "cublas_fp8_with_scales": lambda: kernels.gemm.fp8_dot(
           a8, b8, ra, rb, out_dtype=jnp.bfloat16),
+      # The ceiling: cuBLAS's FP8 GEMM alone, no scales to apply.
+      "cublas_fp8_no_scales": lambda: jax.lax.dot_general(
+          a8, b8, TN, preferred_element_type=jnp.bfloat16),
   }
   refs = {}
   for name, fn in peers.items():
@@ -246,7 +252,9 @@ def sweep_gemm(shape, calls: int) -> None:
       return
     refs[name] = fn()
     say(name, per_call_ms(got[0], calls))
-  for variant in GEMM_VARIANTS:
+  for i, variant in enumerate(GEMM_VARIANTS):
+    if variants is not None and i not in variants:
+      continue
     cfg = kernels.GemmConfig(**variant)
     fn = jax.jit(lambda fp8, cfg=cfg: kernels.gemm.gemm(
         *(kernels.gemm.Operand(x, q, r, fp8, False)
@@ -309,6 +317,9 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--top", type=int, default=25)
   ap.add_argument("--sweep", choices=("gemm", "dual"), default=None)
+  ap.add_argument("--variants", default=None,
+                  help="with --sweep gemm: indices into GEMM_VARIANTS, "
+                  "e.g. 0,5")
   ap.add_argument("--trace", default=None,
                   help="sum an existing trace instead, e.g. train_lm.py "
                   "--profile-steps N's <out>/<recipe>_profile (--steps: N)")
@@ -327,7 +338,8 @@ def main() -> None:
                      args.top)
   shape = tuple(int(d) for d in args.shape.split("x"))
   if args.sweep == "gemm":
-    return sweep_gemm(shape, args.steps)
+    return sweep_gemm(shape, args.steps, args.variants and
+                      {int(i) for i in args.variants.split(",")})
   if args.sweep == "dual":
     return sweep_dual(shape, args.steps)
   for kind in args.layers.split(","):
