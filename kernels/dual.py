@@ -166,7 +166,7 @@ def _stats_kernel(x_ref, *refs, shape, cfg: PassTiling):
 
 def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
                   row_err_ref, col_err_ref, *, shape, cfg: PassTiling,
-                  fmt: _formats.Representation):
+                  fmt: _formats.Representation, compiled: bool):
   col_scale = col_scale_ref[...][None, :]
 
   def step(rows, mask, col_err):
@@ -180,7 +180,8 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
       # even onto the grid and saturates, as the XLA path rounds and clips.
       y = jnp.where(counted, x * scale, zero)
       q8 = y.astype(fmt.dtype)
-      errs.append(tile.error_terms(y, q8.astype(jnp.float32), counted))
+      errs.append(tile.error_terms(y, q8.astype(jnp.float32), counted,
+                                   compiled=compiled))
       codes = jax.lax.bitcast_convert_type(q8, jnp.uint8)
       if transposed:
         tile.store(out_ref, codes.T, None if mask is None else mask.T)
@@ -245,7 +246,8 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
   r, c = x.shape
   tr, tc = cfg.band, cfg.tile_cols
   codes, codes_t, row_err, col_err = pl.pallas_call(
-      functools.partial(_codes_kernel, shape=x.shape, cfg=cfg, fmt=fmt),
+      functools.partial(_codes_kernel, shape=x.shape, cfg=cfg, fmt=fmt,
+                        compiled=not interpret),
       grid=_grid(x.shape, cfg),
       in_specs=[pl.BlockSpec((tr, tc), lambda i, j: (i, j)),
                 pl.BlockSpec((tr,), lambda i, j: (i,)),

@@ -219,7 +219,8 @@ def _stats_kernel(x_ref, amax_ref, nonfinite_ref, count_ref, min_ref, *,
 
 
 def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
-                     fmt: _formats.Representation, output: str):
+                     fmt: _formats.Representation, output: str,
+                     compiled: bool):
   # refs: [recip_ref] (values only), [out_ref] (codes and values), err_ref.
   recip_ref = refs[0] if output == "values" else None
   out_ref = refs[-2] if output != "none" else None
@@ -240,7 +241,8 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
   y = jnp.where(counted, x * scale, tile.as_float(bits & tile.SIGN_BIT))
   q8 = y.astype(fmt.dtype)
   q = q8.astype(jnp.float32)
-  err_ref[...] = _reduce(tile.error_terms(y, q, counted), jnp.sum, t)
+  err_ref[...] = _reduce(tile.error_terms(y, q, counted, compiled=compiled),
+                         jnp.sum, t)
   if output == "codes":
     out = jax.lax.bitcast_convert_type(q8, jnp.uint8)
   elif output == "values":
@@ -407,7 +409,7 @@ class _QuantizePass:
     out_specs.append(_partial_spec(t))
     *out, err = pl.pallas_call(
         functools.partial(_quantize_kernel, t=t, fmt=self.fmt,
-                          output=self.output),
+                          output=self.output, compiled=not self.interpret),
         grid=t.grid,
         in_specs=in_specs,
         out_specs=out_specs,

@@ -354,6 +354,22 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6)
 
 
+def test_dual_passes_lower_for_cuda():
+  """The compiled passes (their error terms' PTX reciprocal, which interpret
+  mode does not run) lower to Triton on any machine: ``jax.export`` for
+  CUDA, with Triton's calls allowed in the export."""
+  dual = kernels.dual.PallasDual(kernels.DualConfig(), interpret=False)
+  sd = jax.ShapeDtypeStruct
+  x = sd((200, 300), jnp.bfloat16)
+  allow = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  for fn, args in ((dual.stats, (x,)),
+                   (functools.partial(dual.codes, fmt=mor_jax.E4M3),
+                    (x, sd((200,), jnp.float32), sd((300,), jnp.float32)))):
+    exported = jax.export.export(jax.jit(fn), platforms=["cuda"],
+                                 disabled_checks=allow)(*args)
+    assert "triton" in exported.mlir_module()
+
+
 def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):
   """(kernels.gemm.Operand, what the BF16 path must take for it, NumPy)."""
   rng = np.random.default_rng(seed)
