@@ -355,19 +355,21 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
 
 
 def test_dual_passes_lower_for_cuda():
-  """The compiled passes (their error terms' PTX reciprocal, which interpret
-  mode does not run) lower to Triton on any machine: ``jax.export`` for
-  CUDA, with Triton's calls allowed in the export."""
+  """The compiled passes lower to Triton on any machine (``jax.export`` for
+  CUDA, with Triton's calls allowed), the codes pass with its error terms'
+  PTX reciprocal, which interpret mode does not run."""
   dual = kernels.dual.PallasDual(kernels.DualConfig(), interpret=False)
   sd = jax.ShapeDtypeStruct
   x = sd((200, 300), jnp.bfloat16)
   allow = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-  for fn, args in ((dual.stats, (x,)),
-                   (functools.partial(dual.codes, fmt=mor_jax.E4M3),
-                    (x, sd((200,), jnp.float32), sd((300,), jnp.float32)))):
-    exported = jax.export.export(jax.jit(fn), platforms=["cuda"],
-                                 disabled_checks=allow)(*args)
-    assert "triton" in exported.mlir_module()
+  for fn, args, rcp in (
+      (dual.stats, (x,), False),
+      (functools.partial(dual.codes, fmt=mor_jax.E4M3),
+       (x, sd((200,), jnp.float32), sd((300,), jnp.float32)), True)):
+    module = jax.export.export(jax.jit(fn), platforms=["cuda"],
+                               disabled_checks=allow)(*args).mlir_module()
+    assert "triton" in module
+    assert ("rcp.approx.ftz.f32" in module) == rcp
 
 
 def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):

@@ -2,9 +2,11 @@
 
 Their numerics against the NumPy reference are the shared suites
 (tests/test_quantize.py, tests/test_mor.py), which run every check under
-XLA and under Pallas: off a GPU in interpret mode, so CI checks exactly the
-kernel bodies the GPU compiles; on a GPU the compiled Triton kernels (and
-tests/test_gpu.py adds more).
+XLA and under Pallas: off a GPU in interpret mode, so CI checks the kernel
+bodies the GPU compiles, all but the error terms' reciprocal (one PTX
+instruction, which interpret mode cannot run: the lowering test below
+checks that the compiled kernels hold it); on a GPU the compiled Triton
+kernels (and tests/test_gpu.py adds more).
 """
 
 from __future__ import annotations
@@ -139,3 +141,29 @@ def test_kernel_doctests(name):
   assert result.failed == 0, f"{result.failed} doctest(s) of {name} failed"
   if name == "mor_jax.kernels":  # KernelConfig's example: they are found
     assert result.attempted > 0
+
+
+RCP = "rcp.approx.ftz.f32"  # kernels/tile.py's error terms, compiled
+
+
+def _lowered_for_cuda(fn, *args) -> str:
+  """``fn``'s module exported for CUDA, with Triton's calls allowed."""
+  allow = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  return jax.export.export(jax.jit(fn), platforms=["cuda"],
+                           disabled_checks=allow)(*args).mlir_module()
+
+
+@pytest.mark.parametrize("interpret", [False, True])
+def test_compiled_quantize_pass_takes_the_ptx_reciprocal(interpret):
+  """Compiled, the quantize pass's error terms multiply by the PTX
+  reciprocal; in interpret mode (which runs no PTX) they divide in jnp."""
+  part = _partition.Partition.build((200, 300), (1, None))
+  passes = kq.passes(part, kernels.KernelConfig().quantize,
+                     interpret=interpret)
+  sd = jax.ShapeDtypeStruct
+  module = _lowered_for_cuda(
+      lambda x, s, n: passes.quantize_with_scales(x, s, n, mor_jax.E4M3,
+                                                  "codes"),
+      sd((200, 300), jnp.bfloat16), sd(part.grid, jnp.float32),
+      sd(part.grid, jnp.bool_))
+  assert (RCP in module) == (not interpret)
