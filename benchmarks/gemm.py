@@ -107,7 +107,7 @@ def gemm_config(text: str) -> kernels.GemmConfig:
 def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
                 gemm_configs=("default",),
-                dual_configs=(kernels.DualConfig(),), **note) -> None:
+                dual_configs=(kernels.DualConfig(),)) -> None:
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
@@ -125,7 +125,7 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
         base = t
       row = dict(bench="dense", shape=[m, k, n], layer=kind,
                  ms=round(t * 1e3, 3), speedup_vs_bf16=round(base / t, 3) if base else None,
-                 tflops=round(6 * m * n * k / t / 1e12, 1), **note)
+                 tflops=round(6 * m * n * k / t / 1e12, 1))
       if g is not None:
         row["gemm"] = g
       if d is not None and d != kernels.DualConfig():

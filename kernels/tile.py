@@ -77,16 +77,20 @@ def as_float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
+# The reciprocal ``error_terms`` takes where compiled (PTX; within 1 ulp).
+RECIPROCAL_PTX = "rcp.approx.ftz.f32"
+
+
 def error_terms(y: jax.Array, q: jax.Array, counted: jax.Array, *,
                 compiled: bool) -> jax.Array:
   """|y - q| / |y| where counted, else 0; an element rounded to 0 has error 1.
 
   Not correctly rounded on a GPU: error sums may differ from XLA's in the
   last bits, as summation order makes them anyway. ``compiled`` (a GPU, not
-  interpret mode, which runs no PTX) multiplies by ``rcp.approx.ftz``
-  (within 1 ulp). That is the core of Triton's division (div.full.f32,
-  within 2 ulp) without its fixes for divisors above 2**126 or subnormal:
-  16 of the 60 instructions per element of the dual codes pass (Nsight
+  interpret mode, which runs no PTX) multiplies by ``RECIPROCAL_PTX``.
+  That is the core of Triton's division (div.full.f32, within 2 ulp)
+  without its fixes for divisors above 2**126 or subnormal: 16 of the 60
+  instructions per element of the dual codes pass (Nsight
   Compute; the pass took 0.311 ms instead of 0.344 at (16384, 8192),
   docs/benchmarks.md). Neither kind of divisor reaches a term: scales from
   the amax keep |y| <= F (1 + 2**-23), and a |y| below float32's normals
@@ -94,7 +98,7 @@ def error_terms(y: jax.Array, q: jax.Array, counted: jax.Array, *,
   """
   if compiled:
     [inv] = pltriton.elementwise_inline_asm(
-        "rcp.approx.ftz.f32 $0, $1;", args=[jnp.abs(y)], constraints="=r,r",
+        f"{RECIPROCAL_PTX} $0, $1;", args=[jnp.abs(y)], constraints="=r,r",
         pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(y.shape,
                                                           jnp.float32)])
     ratio = jnp.abs(y - q) * inv

@@ -92,6 +92,14 @@ IMPLS = [pytest.param(XLA, id="xla"), pytest.param(PALLAS, id="pallas")]
 
 
 
+def lowered_for_cuda(fn, *args) -> str:
+  """The module of jitted ``fn`` exported for CUDA on any machine, with
+  Triton's calls allowed (their kernels carry no compatibility promise)."""
+  allow = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  return jax.export.export(jax.jit(fn), platforms=["cuda"],
+                           disabled_checks=allow)(*args).mlir_module()
+
+
 def dot_with_stats(x, w, g, dims, policy):
   """Y, dX, dW for dL/dY = g, and the six NamedMoRStats by (GEMM, role), of
   ``mor_jax.dot_general_with_stats`` under jit and grad."""

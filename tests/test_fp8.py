@@ -24,6 +24,8 @@ import mor_jax
 from mor_jax import _dispatch
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
+from mor_jax.kernels import tile
+from tests import cases
 from tests import data
 from tests import reference
 
@@ -361,15 +363,13 @@ def test_dual_passes_lower_for_cuda():
   dual = kernels.dual.PallasDual(kernels.DualConfig(), interpret=False)
   sd = jax.ShapeDtypeStruct
   x = sd((200, 300), jnp.bfloat16)
-  allow = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
   for fn, args, rcp in (
       (dual.stats, (x,), False),
       (functools.partial(dual.codes, fmt=mor_jax.E4M3),
        (x, sd((200,), jnp.float32), sd((300,), jnp.float32)), True)):
-    module = jax.export.export(jax.jit(fn), platforms=["cuda"],
-                               disabled_checks=allow)(*args).mlir_module()
+    module = cases.lowered_for_cuda(fn, *args)
     assert "triton" in module
-    assert ("rcp.approx.ftz.f32" in module) == rcp
+    assert (tile.RECIPROCAL_PTX in module) == rcp
 
 
 def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):

@@ -28,6 +28,7 @@ import mor_jax
 from mor_jax import _partition
 from mor_jax import kernels
 from mor_jax.kernels import quantize as kq
+from mor_jax.kernels import tile
 from mor_jax.dense import flatten_stats
 from tests import cases
 from tests import data
@@ -143,16 +144,6 @@ def test_kernel_doctests(name):
     assert result.attempted > 0
 
 
-RCP = "rcp.approx.ftz.f32"  # kernels/tile.py's error terms, compiled
-
-
-def _lowered_for_cuda(fn, *args) -> str:
-  """``fn``'s module exported for CUDA, with Triton's calls allowed."""
-  allow = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-  return jax.export.export(jax.jit(fn), platforms=["cuda"],
-                           disabled_checks=allow)(*args).mlir_module()
-
-
 @pytest.mark.parametrize("interpret", [False, True])
 def test_compiled_quantize_pass_takes_the_ptx_reciprocal(interpret):
   """Compiled, the quantize pass's error terms multiply by the PTX
@@ -161,9 +152,9 @@ def test_compiled_quantize_pass_takes_the_ptx_reciprocal(interpret):
   passes = kq.passes(part, kernels.KernelConfig().quantize,
                      interpret=interpret)
   sd = jax.ShapeDtypeStruct
-  module = _lowered_for_cuda(
+  module = cases.lowered_for_cuda(
       lambda x, s, n: passes.quantize_with_scales(x, s, n, mor_jax.E4M3,
                                                   "codes"),
       sd((200, 300), jnp.bfloat16), sd(part.grid, jnp.float32),
       sd(part.grid, jnp.bool_))
-  assert (RCP in module) == (not interpret)
+  assert (tile.RECIPROCAL_PTX in module) == (not interpret)
