@@ -248,8 +248,9 @@ DUAL_VARIANTS = ((16, 128, 16, 4, 2), (64, 128, 1, 4, 1), (8, 128, 32, 4, 2),
 
 def dual_passes(v, dual):
   """Both dual passes of v; fp32 scaling (F / amax) is enough to time them."""
-  rows, cols = (mor_jax.E4M3.max / jnp.maximum(st.amax[:, 0], 1e-30)
-                for st in dual.stats(v))
+  st = dual.stats(v)
+  rows, cols = (mor_jax.E4M3.max / jnp.maximum(a[:, 0], 1e-30)
+                for a in (st.row_amax, st.cols.amax))
   return dual.codes(v, rows, cols, mor_jax.E4M3)
 
 

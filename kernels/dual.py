@@ -6,21 +6,26 @@ row (the orientation whose GEMM contracts C) and once with one scale per
 column (the one that contracts R, which wants T^T K-major). With per-row or
 per-tensor scales, both come from one pass over T:
 
-- pass 1 (``dual_stats``) reads T once and gives the statistics of every row
-  and of every column (amax, non-finite flag, count of finite nonzero
-  elements, min |x|);
+- pass 1 (``dual_stats``) reads T once and gives every row's amax and every
+  column's statistics (amax, non-finite flag, count of finite nonzero
+  elements, min |x|), whose reductions are the whole tensor's;
 - pass 2 (``dual_codes``), with the scales of both orientations, reads T
   again and writes the codes of T [R, C] with the row scales and the codes
-  of T^T [C, R] with the column scales, and per-row and per-column sums of
-  the relative-error terms.
+  of T^T [C, R] with the column scales, and both orientations' sums of the
+  relative-error terms, per column of T.
+
+With one decision per tensor, nothing per row but the amax is used: pass 1
+reduces each tile across threads once (the row amaxes), where it did four
+times, and pass 2 not at all, where it did once (the row error sums); the
+column accumulators are reduced once per program.
 
 Codes at NaN or +-inf positions are not specified: a tensor holding one is
 never represented in FP8 (docs/numerics.md section 5). ``PallasDual``
 implements ``mor_jax._passes.DualPasses``, as ``mor_jax._xla.XlaDual`` does
 in jnp, and ``mor_jax._dispatch`` chooses. Under ``jit`` with
-sharded operands both passes run per shard: the statistics of a row are
-combined across the mesh axes of the columns and vice versa, and the
-transposed codes are sharded transposed.
+sharded operands both passes run per shard: a row's amax is combined across
+the mesh axes of the columns, a column's statistics and error sums across
+those of the rows, and the transposed codes are sharded transposed.
 
 Backend: Triton, as for the quantization passes (kernels/quantize.py says
 why); the transposed store goes through shared memory, which Triton lays out
@@ -134,21 +139,17 @@ def _steps(shape, cfg: PassTiling, body, init):
   return jax.lax.fori_loop(0, cfg.row_steps, step, init)
 
 
-def _stats_kernel(x_ref, *refs, shape, cfg: PassTiling):
-  # refs: amax, nonfinite, count, min of the rows, then of the columns.
-  amax, nonfinite, count, low = refs[:4]
+def _stats_kernel(x_ref, row_amax, *col_refs, shape, cfg: PassTiling):
+  # col_refs: amax, nonfinite, count, min of the columns.
 
   def step(rows, mask, acc):
     _, _, abs_bits, counted = tile.load(x_ref.at[rows, :], mask)
     tile_acc = (jnp.where(counted, abs_bits, 0), abs_bits,
                 counted.astype(jnp.int32),
                 jnp.where(counted, abs_bits, tile.EXP_FIELD))
-    amax[rows] = tile.as_float(jnp.max(tile_acc[0], axis=1))
-    # NaN and +-inf have the largest magnitude bits of all.
-    nonfinite[rows] = (jnp.max(abs_bits, axis=1) >= tile.EXP_FIELD).astype(
-        jnp.int32)
-    count[rows] = jnp.sum(tile_acc[2], axis=1)
-    low[rows] = tile.as_float(jnp.min(tile_acc[3], axis=1))
+    # The one reduction across threads per tile: a row needs its amax only
+    # (mor_jax._passes.DualStats), the columns get theirs once, below.
+    row_amax[rows] = tile.as_float(jnp.max(tile_acc[0], axis=1))
     return (jnp.maximum(acc[0], tile_acc[0]), jnp.maximum(acc[1], tile_acc[1]),
             acc[2] + tile_acc[2], jnp.minimum(acc[3], tile_acc[3]))
 
@@ -156,8 +157,9 @@ def _stats_kernel(x_ref, *refs, shape, cfg: PassTiling):
   zeros = jnp.zeros(tile_shape, jnp.int32)
   acc = _steps(shape, cfg, step, (zeros, zeros, zeros,
                            jnp.full(tile_shape, tile.EXP_FIELD, jnp.int32)))
-  amax, nonfinite, count, low = refs[4:]
+  amax, nonfinite, count, low = col_refs
   amax[...] = tile.as_float(jnp.max(acc[0], axis=0))
+  # NaN and +-inf have the largest magnitude bits of all.
   nonfinite[...] = (jnp.max(acc[1], axis=0) >= tile.EXP_FIELD).astype(
       jnp.int32)
   count[...] = jnp.sum(acc[2], axis=0)
@@ -169,7 +171,7 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
                   fmt: _formats.Representation, compiled: bool):
   col_scale = col_scale_ref[...][None, :]
 
-  def step(rows, mask, col_err):
+  def step(rows, mask, acc):
     x, bits, _, counted = tile.load(x_ref.at[rows, :], mask)
     zero = tile.as_float(bits & tile.SIGN_BIT)
     errs = []
@@ -187,12 +189,15 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
         tile.store(out_ref, codes.T, None if mask is None else mask.T)
       else:
         tile.store(out_ref, codes, mask)
-    row_err_ref[rows] = jnp.sum(errs[0], axis=1)
-    return col_err + errs[1]
+    # Both orientations' terms add up element by element: only their totals
+    # are used (mor_jax._passes.DualPasses), so no tile is reduced across
+    # threads inside the loop.
+    return acc[0] + errs[0], acc[1] + errs[1]
 
-  col_err = _steps(shape, cfg, step, jnp.zeros((cfg.tile_rows, cfg.tile_cols),
-                                        jnp.float32))
-  col_err_ref[...] = jnp.sum(col_err, axis=0)
+  zeros = jnp.zeros((cfg.tile_rows, cfg.tile_cols), jnp.float32)
+  acc = _steps(shape, cfg, step, (zeros, zeros))
+  row_err_ref[...] = jnp.sum(acc[0], axis=0)
+  col_err_ref[...] = jnp.sum(acc[1], axis=0)
 
 
 def _partials_spec(axis: int, n: int) -> pl.BlockSpec:
@@ -215,13 +220,12 @@ def _compiler_params(cfg: PassTiling):
 
 
 def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
-  """Per-row and per-column (amax, nonfinite, count, min) of one [R, C]."""
+  """Per-row amax and per-column (amax, nonfinite, count, min) of one [R, C]."""
   r, c = x.shape
-  specs, shapes = [], []
-  for axis, n in ((1, cfg.band), (0, cfg.tile_cols)):
-    for dtype in (jnp.float32, jnp.int32, jnp.int32, jnp.float32):
-      specs.append(_partials_spec(axis, n))
-      shapes.append(_partials_shape(x.shape, cfg, axis, dtype))
+  specs = [_partials_spec(1, cfg.band)] + [_partials_spec(0, cfg.tile_cols)] * 4
+  shapes = [_partials_shape(x.shape, cfg, 1, jnp.float32)] + [
+      _partials_shape(x.shape, cfg, 0, dtype)
+      for dtype in (jnp.float32, jnp.int32, jnp.int32, jnp.float32)]
   parts = pl.pallas_call(
       functools.partial(_stats_kernel, shape=x.shape, cfg=cfg),
       grid=_grid(x.shape, cfg),
@@ -233,16 +237,16 @@ def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
       interpret=interpret,
       name="mor_dual_stats",
   )(x)
-  reduce = (jnp.max, jnp.max, jnp.sum, jnp.min)
-  rows = [op(p, axis=0)[:r] for op, p in zip(reduce, parts[:4])]
-  cols = [op(p, axis=0)[:c] for op, p in zip(reduce, parts[4:])]
-  return (*rows, *cols)
+  cols = [op(p, axis=0)[:c] for op, p in zip(
+      (jnp.max, jnp.max, jnp.sum, jnp.min), parts[1:])]
+  return (jnp.max(parts[0], axis=0)[:r], *cols)
 
 
 def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
                  cfg: PassTiling, fmt: _formats.Representation,
                  interpret: bool):
-  """(codes [R, C], codes of x^T [C, R], row error sums, column error sums)."""
+  """(codes [R, C], codes of x^T [C, R], error sums of each orientation
+  per column of x)."""
   r, c = x.shape
   tr, tc = cfg.band, cfg.tile_cols
   codes, codes_t, row_err, col_err = pl.pallas_call(
@@ -254,17 +258,17 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
                 pl.BlockSpec((tc,), lambda i, j: (j,))],
       out_specs=[pl.BlockSpec((tr, tc), lambda i, j: (i, j)),
                  pl.BlockSpec((tc, tr), lambda i, j: (j, i)),
-                 _partials_spec(1, tr), _partials_spec(0, tc)],
+                 _partials_spec(0, tc), _partials_spec(0, tc)],
       out_shape=[jax.ShapeDtypeStruct((r, c), jnp.uint8),
                  jax.ShapeDtypeStruct((c, r), jnp.uint8),
-                 _partials_shape(x.shape, cfg, 1, jnp.float32),
+                 _partials_shape(x.shape, cfg, 0, jnp.float32),
                  _partials_shape(x.shape, cfg, 0, jnp.float32)],
       compiler_params=_compiler_params(cfg),
       interpret=interpret,
       name="mor_dual_codes",
   )(x, row_scale, col_scale)
   as_fp8 = lambda u: jax.lax.bitcast_convert_type(u, fmt.dtype)  # noqa: E731
-  return (as_fp8(codes), as_fp8(codes_t), jnp.sum(row_err, axis=0)[:r],
+  return (as_fp8(codes), as_fp8(codes_t), jnp.sum(row_err, axis=0)[:c],
           jnp.sum(col_err, axis=0)[:c])
 
 
@@ -279,7 +283,7 @@ _STATS_COMBINE = ("max", "max", "sum", "min")
 class _Stats:
   cfg: DualConfig
   interpret: bool
-  rule = "r c -> r, r, r, r, c, c, c, c"
+  rule = "r c -> r, c, c, c, c"
 
   def local(self, x):
     return _local_stats(x, self.cfg.stats, self.interpret)
@@ -287,13 +291,12 @@ class _Stats:
   def plan(self, arg_shapes):
     mesh, (ra, ca) = sharding.layout(arg_shapes[0])
     r, c = sharding.entry(ra), sharding.entry(ca)
-    results = sharding.named(mesh, *(P(r),) * 4, *(P(c),) * 4)
+    results = sharding.named(mesh, P(r), *(P(c),) * 4)
 
     def combine(outs):
-      return (*(sharding.combine(op, v, ca)
-                for op, v in zip(_STATS_COMBINE, outs[:4])),
+      return (sharding.combine("max", outs[0], ca),
               *(sharding.combine(op, v, ra)
-                for op, v in zip(_STATS_COMBINE, outs[4:])))
+                for op, v in zip(_STATS_COMBINE, outs[1:])))
 
     return mesh, results, sharding.named(mesh, P(r, c)), combine
 
@@ -303,7 +306,7 @@ class _Codes:
   cfg: DualConfig
   fmt: _formats.Representation
   interpret: bool
-  rule = "r c, r, c -> r c, c r, r, c"
+  rule = "r c, r, c -> r c, c r, c, c"
 
   def local(self, x, row_scale, col_scale):
     return _local_codes(x, row_scale, col_scale, self.cfg.codes, self.fmt,
@@ -314,11 +317,10 @@ class _Codes:
     r, c = sharding.entry(ra), sharding.entry(ca)
 
     def combine(outs):
-      codes, codes_t, row_err, col_err = outs
-      return (codes, codes_t, sharding.combine("sum", row_err, ca),
-              sharding.combine("sum", col_err, ra))
+      codes, codes_t, *errs = outs
+      return (codes, codes_t, *(sharding.combine("sum", e, ra) for e in errs))
 
-    return (mesh, sharding.named(mesh, P(r, c), P(c, r), P(r), P(c)),
+    return (mesh, sharding.named(mesh, P(r, c), P(c, r), P(c), P(c)),
             sharding.named(mesh, P(r, c), P(r), P(c)), combine)
 
 
@@ -329,13 +331,14 @@ class PallasDual:
   cfg: DualConfig
   interpret: bool
 
-  def stats(self, x: jax.Array
-            ) -> tuple[_passes.BlockStats, _passes.BlockStats]:
-    outs = sharding.per_shard(_Stats(self.cfg, self.interpret))(x)
-    return tuple(
-        _passes.BlockStats(amax=a[:, None], nonfinite=(n > 0)[:, None],
-                           count=k[:, None], min_nonzero=m[:, None])
-        for a, n, k, m in (outs[:4], outs[4:]))
+  def stats(self, x: jax.Array) -> _passes.DualStats:
+    row_amax, amax, nonfinite, count, low = sharding.per_shard(
+        _Stats(self.cfg, self.interpret))(x)
+    return _passes.DualStats(
+        row_amax[:, None],
+        _passes.BlockStats(amax=amax[:, None],
+                           nonfinite=(nonfinite > 0)[:, None],
+                           count=count[:, None], min_nonzero=low[:, None]))
 
   def codes(self, x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
             fmt: _formats.Representation):

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mor_jax import _dispatch
+from mor_jax import _formats
 from mor_jax import _mor
 from mor_jax import _numerics
 from mor_jax import _passes
@@ -123,20 +124,25 @@ class Side:
 
 @dataclasses.dataclass(frozen=True)
 class _Known:
-  """Passes whose results for one format are known (from the dual passes)."""
+  """Passes whose results are known from the dual passes: the statistics,
+  and the codes and error sum of the recipe's one FP8 format
+  (``dual_capable``), the only format its decision quantizes to."""
 
   stats: _passes.BlockStats
-  known: tuple  # (fmt, (codes, error sums))
-  other: _passes.Passes
+  fmt: _formats.Representation
+  result: tuple  # (codes, error sum)
 
   def block_stats(self, x):
     del x
     return self.stats
 
   def quantize_with_scales(self, x, scale, nonfinite, fmt, output):
-    if fmt == self.known[0]:
-      return self.known[1]
-    return self.other.quantize_with_scales(x, scale, nonfinite, fmt, output)
+    del x, scale, nonfinite, output
+    if fmt != self.fmt:
+      raise ValueError(f"The dual passes quantized to {self.fmt.name}, not "
+                       f"{fmt.name}: a dual-capable recipe has one FP8 "
+                       "candidate.")
+    return self.result
 
 
 def quantize(t: jax.Array, recipe: _recipes.Recipe,
@@ -157,32 +163,33 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
   dual = _dispatch.dual(impl)
   per_tensor = recipe.block_shape == (None, None)
   stats = dual.stats(t)
-  # Each orientation's statistics reduced once, for the scales and the
-  # decision (``_mor.whole``: one reduction).
-  wholes = [_mor.whole(st) for st in stats]
-  if per_tensor:  # Per-row grids [R, 1] reduced to one block [1, 1].
-    stats = [_passes.BlockStats(*(a.reshape(1, 1) for a in w))
-             for w in wholes]
+  # The whole tensor's statistics, the same bits for both orientations
+  # (``_mor.whole``: one reduction); the decision reads no other count,
+  # minimum or flag.
+  w = _mor.whole(stats.cols)
+  amaxes = ([w.amax[None]] * 2 if per_tensor else
+            [stats.row_amax[:, 0], stats.cols.amax[:, 0]])
   fmt = recipe.formats[0]
   # The scales of both orientations from one computation: it is elementwise,
   # and the two whole amaxes are the matrix's, the same bits.
-  amaxes = [st.amax[:, 0] for st in stats]
   scales = jnp.split(
       _scaling.scales_from_amax(jnp.concatenate(amaxes), fmt, recipe.scaling,
-                                None, wholes[0].amax),
+                                None, w.amax),
       [amaxes[0].shape[0]])
   rows = [jnp.broadcast_to(s, (v.shape[0],)) for s, v in zip(scales, views)]
   # One division for the reciprocals of both orientations (div_rn is large).
   recips = jnp.split(_scaling.reciprocal(jnp.concatenate(rows)),
                      [rows[0].shape[0]])
   codes, codes_t, *errs = dual.codes(t, *rows, fmt)
+  # Per-tensor scaling decides on a grid of one block; per-row scaling on
+  # the tensor, whose 0-d statistics broadcast against the rows' amaxes.
+  unit = (1, 1) if per_tensor else ()
   sides = []
-  for i, (view, st, w, recip, q, err) in enumerate(
-      zip(views, stats, wholes, recips, (codes, codes_t), errs)):
-    if per_tensor:
-      err = jnp.sum(err, keepdims=True)
+  for i, (view, amax, recip, q, err) in enumerate(
+      zip(views, amaxes, recips, (codes, codes_t), errs)):
+    st = _passes.BlockStats(amax[:, None], *(a.reshape(unit) for a in w[1:]))
     part = _mor.partition(view.shape, recipe)
-    passes = _Known(st, (fmt, (q, err)), _dispatch.passes(part, impl))
+    passes = _Known(st, fmt, (q, jnp.sum(err, keepdims=True)))
     _, choice, s = _mor.select(view, passes, recipe, "codes", part, w)
     # One decision unit: the tensor (a 0-d choice, or a grid of one block).
     accepted = jnp.reshape(choice == 0, ())

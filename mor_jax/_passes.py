@@ -63,17 +63,39 @@ class Passes(Protocol):
     """
 
 
+class DualStats(NamedTuple):
+  """Pass 1 of ``DualPasses`` on x [R, C].
+
+  Attributes:
+    row_amax: [R, 1] max |x| over each row's finite elements.
+    cols: the ``BlockStats`` of every column, [C, 1] each.
+
+  Rows carry their amax alone. With one decision for the whole tensor, the
+  counts, minima and non-finite flags enter only through their reductions
+  over the whole tensor, which max, min, or and integer sums make the same
+  bits from the rows as from the columns (``mor_jax._mor.whole``); per-row
+  ones would cost the kernel three more reductions across threads per row.
+  """
+
+  row_amax: jax.Array
+  cols: BlockStats
+
+
 class DualPasses(Protocol):
   """Both GEMM orientations of a matrix x [R, C]: per-row scales on x and
   on x^T (kernels/dual.py says why one pass serves both)."""
 
-  def stats(self, x: jax.Array) -> tuple[BlockStats, BlockStats]:
-    """Pass 1: the statistics of every row ([R, 1]) and column ([C, 1])."""
+  def stats(self, x: jax.Array) -> DualStats:
+    """Pass 1: every row's amax and every column's statistics."""
 
   def codes(self, x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
             fmt: _formats.Representation
             ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Pass 2: codes of x [R, C] and of x^T [C, R], error sums [R, 1], [C, 1].
+    """Pass 2: codes of x [R, C] and of x^T [C, R], and the error terms of
+    each orientation as partial sums ([n, 1]), whose sum is that
+    orientation's error sum.
 
-    Codes at NaN or +-inf positions are unspecified.
+    The jnp passes sum each orientation per row of its view, as the
+    per-row quantization of that view does; the kernels sum both per
+    column of x. Codes at NaN or +-inf positions are unspecified.
     """

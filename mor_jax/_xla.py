@@ -141,8 +141,9 @@ class XlaDual:
   """``mor_jax._passes.DualPasses`` in jnp: the passes on x and on x^T."""
 
   def stats(self, x):
-    return (XlaPasses(_rows(x.shape)).block_stats(x),
-            XlaPasses(_rows(x.T.shape)).block_stats(x.T))
+    # Under jit the rows' other statistics are never computed.
+    return _passes.DualStats(XlaPasses(_rows(x.shape)).block_stats(x).amax,
+                             XlaPasses(_rows(x.T.shape)).block_stats(x.T))
 
   def codes(self, x, row_scale, col_scale, fmt):
     codes, row_err = XlaPasses(_rows(x.shape)).quantize_with_scales(
