@@ -173,16 +173,17 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
 
   def step(rows, mask, acc):
     x, bits, _, counted = tile.load(x_ref.at[rows, :], mask)
-    zero = tile.as_float(bits & tile.SIGN_BIT)
+    x = tile.flushed(x, bits, counted)
+    if_zero = counted.astype(jnp.float32)
     errs = []
     for scale, out_ref, transposed in (
         (row_scale_ref[rows][:, None], codes_ref.at[rows, :], False),
         (col_scale, codes_t_ref.at[:, rows], True)):
       # As in kernels/quantize.py: the hardware conversion rounds to nearest
       # even onto the grid and saturates, as the XLA path rounds and clips.
-      y = jnp.where(counted, x * scale, zero)
+      y = x * scale
       q8 = y.astype(fmt.dtype)
-      errs.append(tile.error_terms(y, q8.astype(jnp.float32), counted,
+      errs.append(tile.error_terms(y, q8.astype(jnp.float32), if_zero,
                                    compiled=compiled))
       codes = jax.lax.bitcast_convert_type(q8, jnp.uint8)
       if transposed:
@@ -249,6 +250,11 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
   per column of x)."""
   r, c = x.shape
   tr, tc = cfg.band, cfg.tile_cols
+  gr, gc = _grid(x.shape, cfg)
+  # Elements outside x are zeros, and a zero times a finite scale is zero
+  # (tile.flushed): the scales' tails are read, so they are padded with 1s.
+  row_scale = jnp.pad(row_scale, (0, gr * tr - r), constant_values=1.0)
+  col_scale = jnp.pad(col_scale, (0, gc * tc - c), constant_values=1.0)
   codes, codes_t, row_err, col_err = pl.pallas_call(
       functools.partial(_codes_kernel, shape=x.shape, cfg=cfg, fmt=fmt,
                         compiled=not interpret),

@@ -238,11 +238,11 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
   # which also rounds to F in interpret mode's ml_dtypes cast. Inside a
   # Triton kernel the FP8 round trip is explicit and nothing deletes it,
   # unlike an XLA fusion on the GPU (docs/numerics.md section 7).
-  y = jnp.where(counted, x * scale, tile.as_float(bits & tile.SIGN_BIT))
+  y = tile.flushed(x, bits, counted) * scale
   q8 = y.astype(fmt.dtype)
   q = q8.astype(jnp.float32)
-  err_ref[...] = _reduce(tile.error_terms(y, q, counted, compiled=compiled),
-                         jnp.sum, t)
+  err_ref[...] = _reduce(tile.error_terms(y, q, counted.astype(jnp.float32),
+                                          compiled=compiled), jnp.sum, t)
   if output == "codes":
     out = jax.lax.bitcast_convert_type(q8, jnp.uint8)
   elif output == "values":

@@ -81,9 +81,24 @@ def as_float(bits: jax.Array) -> jax.Array:
 RECIPROCAL_PTX = "rcp.approx.ftz.f32"
 
 
-def error_terms(y: jax.Array, q: jax.Array, counted: jax.Array, *,
+def flushed(x: jax.Array, bits: jax.Array, counted: jax.Array) -> jax.Array:
+  """x where counted, else a zero of x's sign: what the scales multiply.
+
+  Zeros, float32 subnormals (zeros in the XLA path too) and non-finite
+  elements (whose codes are unspecified) scale to that zero, whose code is
+  a zero and whose term in ``error_terms`` is 0. One select per element
+  serves every scale a pass applies.
+  """
+  return jnp.where(counted, x, as_float(bits & SIGN_BIT))
+
+
+def error_terms(y: jax.Array, q: jax.Array, if_zero: jax.Array, *,
                 compiled: bool) -> jax.Array:
-  """|y - q| / |y| where counted, else 0; an element rounded to 0 has error 1.
+  """|y - q| / |y|, and ``if_zero`` where q is 0.
+
+  ``if_zero`` is 1 for counted elements, whose term is 1 when they round to
+  0, and 0 for the rest, which ``flushed`` made a zero: so y = 0 needs no
+  select of its own, and one ``if_zero`` serves every scale.
 
   Not correctly rounded on a GPU: error sums may differ from XLA's in the
   last bits, as summation order makes them anyway. ``compiled`` (a GPU, not
@@ -94,7 +109,7 @@ def error_terms(y: jax.Array, q: jax.Array, counted: jax.Array, *,
   Compute; the pass took 0.311 ms instead of 0.344 at (16384, 8192),
   docs/benchmarks.md). Neither kind of divisor reaches a term: scales from
   the amax keep |y| <= F (1 + 2**-23), and a |y| below float32's normals
-  rounds to q = 0, whose term is 1.
+  rounds to q = 0, whose term is ``if_zero``.
   """
   if compiled:
     [inv] = pltriton.elementwise_inline_asm(
@@ -104,5 +119,4 @@ def error_terms(y: jax.Array, q: jax.Array, counted: jax.Array, *,
     ratio = jnp.abs(y - q) * inv
   else:
     ratio = jnp.abs(y - q) / jnp.abs(y)
-  term = jnp.where(q == 0, 1.0, ratio)
-  return jnp.where(counted, term, 0.0)
+  return jnp.where(q == 0, if_zero, ratio)
