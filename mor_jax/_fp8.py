@@ -124,25 +124,30 @@ class Side:
 
 @dataclasses.dataclass(frozen=True)
 class _Known:
-  """Passes whose results are known from the dual passes: the statistics,
-  and the codes and error sum of the recipe's one FP8 format
-  (``dual_capable``), the only format its decision quantizes to."""
+  """Passes whose results for one format are known from the dual passes.
+
+  A predicate may measure another format, a yardstick (``ErrorNotAbove``),
+  which writes nothing but error sums: ``other`` quantizes x to it with the
+  same per-row scales.
+  """
 
   stats: _passes.BlockStats
   fmt: _formats.Representation
   result: tuple  # (codes, error sum)
+  other: _passes.Passes
 
   def block_stats(self, x):
     del x
     return self.stats
 
   def quantize_with_scales(self, x, scale, nonfinite, fmt, output):
-    del x, scale, nonfinite, output
-    if fmt != self.fmt:
-      raise ValueError(f"The dual passes quantized to {self.fmt.name}, not "
-                       f"{fmt.name}: a dual-capable recipe has one FP8 "
-                       "candidate.")
-    return self.result
+    if fmt == self.fmt:
+      return self.result
+    # Only the candidate's codes are written (``dual_capable``: one FP8
+    # candidate), so no output needs per-row flags; the whole tensor's
+    # flag stands in for them.
+    return self.other.quantize_with_scales(
+        x, scale, jnp.broadcast_to(nonfinite, scale.shape), fmt, output)
 
 
 def quantize(t: jax.Array, recipe: _recipes.Recipe,
@@ -189,7 +194,8 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
       zip(views, amaxes, recips, (codes, codes_t), errs)):
     st = _passes.BlockStats(amax[:, None], *(a.reshape(unit) for a in w[1:]))
     part = _mor.partition(view.shape, recipe)
-    passes = _Known(st, fmt, (q, jnp.sum(err, keepdims=True)))
+    passes = _Known(st, fmt, (q, jnp.sum(err, keepdims=True)),
+                    _dispatch.passes(part, impl))
     _, choice, s = _mor.select(view, passes, recipe, "codes", part, w)
     # One decision unit: the tensor (a 0-d choice, or a grid of one block).
     accepted = jnp.reshape(choice == 0, ())

@@ -112,6 +112,33 @@ def test_fp8_equals_emulation(policy, dtype, tol):
     assert _rel(got, want) <= tol
 
 
+def test_per_row_recipe_with_a_yardstick():
+  """A per-row recipe whose predicate also measures E5M2, no candidate: the
+  dual passes give E4M3's codes and errors, the single-orientation passes
+  E5M2's error. Every operand's statistics equal mor_quantize's of its
+  view, in both modes (with the kernels, in interpret mode on a CPU)."""
+  recipe = mor_jax.Recipe(
+      candidates=((mor_jax.E4M3, mor_jax.ErrorNotAbove(mor_jax.E5M2)),
+                  (mor_jax.BF16, None)),
+      granularity="tensor", block_shape=(1, None))
+  policy = mor_jax.Policy.uniform(recipe)
+  x, w = _operands((48, 96), (96, 40), jnp.float32)
+  x = x.at[5, :3].set(jnp.asarray([1e4, -3e-3, 0.0]))
+  for impl in ("xla", "pallas"):
+    runs = [_run(x, w, DENSE, _with(policy, e), impl=impl)
+            for e in ("emulate", "fp8")]
+    _assert_same_stats(runs[0][3], runs[1][3])
+    fwd = runs[1][3][0]
+    for role, view in (("activation", x), ("weight", w.T)):
+      with mor_jax.use_implementation(impl):
+        want = mor_jax.mor_quantize(view, recipe).stats
+      got = fwd["fprop"][role]
+      np.testing.assert_allclose(np.asarray(got.error),
+                                 np.asarray(want.error), rtol=1e-6)
+      assert np.array_equal(np.asarray(got.fraction_blocks),
+                            np.asarray(want.fraction_blocks))
+
+
 def _with(policy, execution):
   return mor_jax.Policy(activation=policy.activation, weight=policy.weight,
                         gradient=policy.gradient, execution=execution)
