@@ -86,6 +86,9 @@ class DualConfig:
   statistics 0.150 ms, codes 0.339 ms (0.416 with 2 warps, 0.437 with one
   16 x 128 x 16 tiling for both passes). Pass 2 is bound by instructions
   (kernels/tile.py): 4 warps of the same tile hide more of their latency.
+  Once the passes had lost their per-row reductions, a sweep of 22 tilings
+  kept both within 1% of its best: statistics 0.130 ms (best 0.129), codes
+  0.305 (best 0.302).
 
   Examples:
     >>> import mor_jax
