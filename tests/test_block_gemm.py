@@ -73,6 +73,12 @@ CASES = [
     (256, 384, 128, 0.0, TWO_WAY, TWO_WAY),
     # DeepSeek's 1x128 tiles for X.
     (200, 300, 130, 0.5, mor_jax.SubTensorMoR(block_shape=(1, 128)), TWO_WAY),
+    # 1x128 tiles for W (as a wgrad GEMM's B may come), with X's 128x128
+    # blocks or 1x128 tiles: the kernel's scale factors per column of the
+    # output, or per row and per column.
+    (200, 300, 130, 0.5, TWO_WAY, mor_jax.SubTensorMoR(block_shape=(1, 128))),
+    (200, 300, 130, 0.1, mor_jax.SubTensorMoR(block_shape=(1, 128)),
+     mor_jax.SubTensorMoR(block_shape=(1, 128))),
     # E4M3 x E5M2 pairs on the FP8 path.
     (200, 300, 130, 0.1, TWO_WAY,
      mor_jax.Static(mor_jax.E5M2, block_shape=(128, 128), scaling="gam")),
