@@ -51,8 +51,8 @@ class Policy:
     XLA's FP8 dot, or the block GEMM's jnp twin;
   - "auto" (the default): "fp8" on GPUs with FP8 tensor cores (sm_89 and
     newer), "emulate" elsewhere; 128x128-block and sub-tensor policies run
-    as "emulate" under "auto" until the block GEMM's path is timed on a
-    GPU and can be sharded.
+    as "emulate" under "auto": they still train faster emulated than
+    through the block GEMM (docs/benchmarks.md).
 
   Attributes:
     activation: recipe for the left operand (X).
