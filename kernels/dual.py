@@ -171,7 +171,7 @@ def _stats_kernel(x_ref, row_amax, *col_refs, shape, cfg: PassTiling):
 
 def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
                   row_err_ref, col_err_ref, *, shape, cfg: PassTiling,
-                  fmt: _formats.Representation, compiled: bool):
+                  fmt: _formats.Representation, ptx: bool):
   col_scale = col_scale_ref[...][None, :]
 
   def step(rows, mask, acc):
@@ -187,7 +187,7 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
       y = x * scale
       q8 = y.astype(fmt.dtype)
       errs.append(tile.error_terms(y, q8.astype(jnp.float32), if_zero,
-                                   compiled=compiled))
+                                   ptx=ptx))
       codes = jax.lax.bitcast_convert_type(q8, jnp.uint8)
       if transposed:
         tile.store(out_ref, codes.T, None if mask is None else mask.T)
@@ -248,7 +248,7 @@ def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
 
 def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
                  cfg: PassTiling, fmt: _formats.Representation,
-                 interpret: bool):
+                 interpret: bool, ptx: bool):
   """(codes [R, C], codes of x^T [C, R], error sums of each orientation
   per column of x)."""
   r, c = x.shape
@@ -260,7 +260,7 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
   col_scale = jnp.pad(col_scale, (0, gc * tc - c), constant_values=1.0)
   codes, codes_t, row_err, col_err = pl.pallas_call(
       functools.partial(_codes_kernel, shape=x.shape, cfg=cfg, fmt=fmt,
-                        compiled=not interpret),
+                        ptx=ptx and not interpret),
       grid=_grid(x.shape, cfg),
       in_specs=[pl.BlockSpec((tr, tc), lambda i, j: (i, j)),
                 pl.BlockSpec((tr,), lambda i, j: (i,)),
@@ -315,11 +315,12 @@ class _Codes:
   cfg: DualConfig
   fmt: _formats.Representation
   interpret: bool
+  ptx: bool
   rule = "r c, r, c -> r c, c r, c, c"
 
   def local(self, x, row_scale, col_scale):
     return _local_codes(x, row_scale, col_scale, self.cfg.codes, self.fmt,
-                        self.interpret)
+                        self.interpret, self.ptx)
 
   def plan(self, arg_shapes):
     mesh, (ra, ca) = sharding.layout(arg_shapes[0])
@@ -335,10 +336,18 @@ class _Codes:
 
 @dataclasses.dataclass(frozen=True)
 class PallasDual:
-  """``mor_jax._passes.DualPasses`` with the kernels."""
+  """``mor_jax._passes.DualPasses`` with the kernels.
+
+  Attributes:
+    cfg: the passes' tilings.
+    interpret: run in Pallas' interpret mode (off a GPU).
+    ptx: where compiled, the error terms take PTX's reciprocal
+      (``tile.error_terms``); False for GPUs that run no PTX.
+  """
 
   cfg: DualConfig
   interpret: bool
+  ptx: bool = True
 
   def stats(self, x: jax.Array) -> _passes.DualStats:
     row_amax, amax, nonfinite, count, low = sharding.per_shard(
@@ -352,5 +361,6 @@ class PallasDual:
   def codes(self, x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
             fmt: _formats.Representation):
     codes, codes_t, row_err, col_err = sharding.per_shard(
-        _Codes(self.cfg, fmt, self.interpret))(x, row_scale, col_scale)
+        _Codes(self.cfg, fmt, self.interpret, self.ptx))(x, row_scale,
+                                                          col_scale)
     return codes, codes_t, row_err[:, None], col_err[:, None]

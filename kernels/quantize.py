@@ -220,7 +220,7 @@ def _stats_kernel(x_ref, amax_ref, nonfinite_ref, count_ref, min_ref, *,
 
 def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
                      fmt: _formats.Representation, output: str,
-                     compiled: bool):
+                     ptx: bool):
   # refs: [recip_ref] (values only), [out_ref] (codes and values), err_ref.
   recip_ref = refs[0] if output == "values" else None
   out_ref = refs[-2] if output != "none" else None
@@ -242,7 +242,7 @@ def _quantize_kernel(x_ref, scale_ref, *refs, t: Tiling,
   q8 = y.astype(fmt.dtype)
   q = q8.astype(jnp.float32)
   err_ref[...] = _reduce(tile.error_terms(y, q, counted.astype(jnp.float32),
-                                          compiled=compiled), jnp.sum, t)
+                                          ptx=ptx), jnp.sum, t)
   if output == "codes":
     out = jax.lax.bitcast_convert_type(q8, jnp.uint8)
   elif output == "values":
@@ -389,6 +389,7 @@ class _QuantizePass:
   output: _passes.Output
   interpret: bool
   tiles: TileConfig
+  ptx: bool
 
   def __call__(self, block, x, scale, nonfinite):
     t = _plan_2d(x.shape, block, self.tiles)
@@ -409,7 +410,8 @@ class _QuantizePass:
     out_specs.append(_partial_spec(t))
     *out, err = pl.pallas_call(
         functools.partial(_quantize_kernel, t=t, fmt=self.fmt,
-                          output=self.output, compiled=not self.interpret),
+                          output=self.output,
+                          ptx=self.ptx and not self.interpret),
         grid=t.grid,
         in_specs=in_specs,
         out_specs=out_specs,
@@ -447,12 +449,17 @@ class _QuantizePass:
 
 @dataclasses.dataclass(frozen=True)
 class PallasPasses:
-  """``mor_jax._passes.Passes`` with the kernels, for one tileable partition."""
+  """``mor_jax._passes.Passes`` with the kernels, for one tileable partition.
+
+  ``ptx``: where compiled, the error terms take PTX's reciprocal
+  (``tile.error_terms``); False for GPUs that run no PTX.
+  """
 
   part: _partition.Partition
   t: Tiling
   tiles: TileConfig
   interpret: bool
+  ptx: bool = True
 
   @property
   def _block(self) -> tuple[int, int]:
@@ -472,7 +479,8 @@ class PallasPasses:
   def quantize_with_scales(self, x, scale, nonfinite, fmt, output):
     t = self.t
     op = sharding.BlockwiseOp(
-        _QuantizePass(fmt, output, self.interpret, self.tiles), self._block,
+        _QuantizePass(fmt, output, self.interpret, self.tiles, self.ptx),
+        self._block,
         n_like_x=int(output != "none"), combine=("sum",))
     grid_2d = (-(-t.rows // t.block_rows), -(-t.cols // t.block_cols))
     *out, err_sum = sharding.blockwise(op)(
@@ -488,7 +496,7 @@ class PallasPasses:
 
 
 def passes(part: _partition.Partition, tiles: TileConfig, *,
-           interpret: bool) -> PallasPasses | None:
+           interpret: bool, ptx: bool = True) -> PallasPasses | None:
   """The kernels bound to ``part``, or None if ``plan`` cannot tile it."""
   t = plan(part, tiles)
-  return None if t is None else PallasPasses(part, t, tiles, interpret)
+  return None if t is None else PallasPasses(part, t, tiles, interpret, ptx)

@@ -77,7 +77,7 @@ def as_float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-# The reciprocal ``error_terms`` takes where compiled (PTX; within 1 ulp).
+# The reciprocal ``error_terms`` takes on NVIDIA GPUs (PTX; within 1 ulp).
 RECIPROCAL_PTX = "rcp.approx.ftz.f32"
 
 
@@ -93,7 +93,7 @@ def flushed(x: jax.Array, bits: jax.Array, counted: jax.Array) -> jax.Array:
 
 
 def error_terms(y: jax.Array, q: jax.Array, if_zero: jax.Array, *,
-                compiled: bool) -> jax.Array:
+                ptx: bool) -> jax.Array:
   """|y - q| / |y|, and ``if_zero`` where q is 0.
 
   ``if_zero`` is 1 for counted elements, whose term is 1 when they round to
@@ -101,8 +101,9 @@ def error_terms(y: jax.Array, q: jax.Array, if_zero: jax.Array, *,
   select of its own, and one ``if_zero`` serves every scale.
 
   Not correctly rounded on a GPU: error sums may differ from XLA's in the
-  last bits, as summation order makes them anyway. ``compiled`` (a GPU, not
-  interpret mode, which runs no PTX) multiplies by ``RECIPROCAL_PTX``.
+  last bits, as summation order makes them anyway. ``ptx`` (compiled for
+  an NVIDIA GPU: not interpret mode, which runs no PTX, nor another GPU's
+  Triton) multiplies by ``RECIPROCAL_PTX``.
   That is the core of Triton's division (div.full.f32, within 2 ulp)
   without its fixes for divisors above 2**126 or subnormal: 16 of the 60
   instructions per element of the dual codes pass (Nsight
@@ -111,7 +112,7 @@ def error_terms(y: jax.Array, q: jax.Array, if_zero: jax.Array, *,
   the amax keep |y| <= F (1 + 2**-23), and a |y| below float32's normals
   rounds to q = 0, whose term is ``if_zero``.
   """
-  if compiled:
+  if ptx:
     [inv] = pltriton.elementwise_inline_asm(
         f"{RECIPROCAL_PTX} $0, $1;", args=[jnp.abs(y)], constraints="=r,r",
         pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(y.shape,

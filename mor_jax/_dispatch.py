@@ -3,8 +3,9 @@
 The table ``PASSES`` maps each implementation to a factory that binds it to
 a partition: "xla" (``mor_jax._xla``, the reference, for every partition)
 and "pallas" (``mor_jax.kernels.quantize``; it declines the partitions it
-cannot tile, which then use XLA). The setting is "auto" (Pallas on GPUs, XLA
-elsewhere), "pallas" (in interpret mode off a GPU) or "xla", together with
+cannot tile, which then use XLA). The setting is "auto" (Pallas on NVIDIA
+GPUs, where the kernels are tested, XLA elsewhere), "pallas" (in interpret
+mode off a GPU) or "xla", together with
 the kernels' tuning (``mor_jax.kernels.KernelConfig``). Both implementations
 give identical codes, scales and decisions.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import jax
@@ -48,7 +50,7 @@ class Implementation:
                       f"{self.config!r}.")
 
   def uses_pallas(self) -> bool:
-    return self.name == "pallas" or (self.name == "auto" and on_gpu())
+    return self.name == "pallas" or (self.name == "auto" and nvidia_gpu())
 
   @property
   def interpret(self) -> bool:
@@ -58,6 +60,12 @@ class Implementation:
 
 def on_gpu() -> bool:
   return jax.default_backend() == "gpu"
+
+
+def nvidia_gpu() -> bool:
+  """Whether the default device is an NVIDIA GPU (it has a CUDA compute
+  capability): the kernels' error terms take PTX's reciprocal there."""
+  return on_gpu() and _capability() != (0, 0)
 
 
 def _from_env() -> Implementation:
@@ -93,9 +101,9 @@ def set_implementation(name: str,
   """Sets the implementation of the quantizers (and its tuning) for later traces.
 
   Args:
-    name: "auto" (Pallas on GPUs, XLA elsewhere), "pallas" (the kernels; in
-      interpret mode off a GPU, slow, for testing) or "xla". The environment
-      variable ``MOR_JAX_IMPL`` sets the initial value.
+    name: "auto" (Pallas on NVIDIA GPUs, XLA elsewhere), "pallas" (the
+      kernels; in interpret mode off a GPU, slow, for testing) or "xla". The
+      environment variable ``MOR_JAX_IMPL`` sets the initial value.
     config: the kernels' tile sizes; default ``mor_jax.kernels.KernelConfig()``.
 
   Examples:
@@ -128,15 +136,18 @@ def fp8_tensor_cores() -> bool:
 
 
 def _capability() -> tuple[int, int]:
-  cc = getattr(jax.devices()[0], "compute_capability", "0.0")
-  major, minor = str(cc).split(".")[:2]
-  return int(major), int(minor)
+  """The default device's CUDA compute capability; (0, 0) for the others
+  (ROCm GPUs report their gfx name, CPUs nothing)."""
+  cc = str(getattr(jax.devices()[0], "compute_capability", ""))
+  found = re.match(r"(\d+)\.(\d+)", cc)
+  return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
 def dual(impl: Implementation) -> _passes.DualPasses:
   """Both orientations' passes of a matrix (kernels/dual.py)."""
   if impl.uses_pallas():
-    return kernels.dual.PallasDual(impl.config.dual, impl.interpret)
+    return kernels.dual.PallasDual(impl.config.dual, impl.interpret,
+                                   ptx=nvidia_gpu())
   return _xla.XlaDual()
 
 
@@ -160,7 +171,7 @@ def gemm_backend(impl: Implementation, dtype, codes_dtypes=()) -> str:
 def _pallas_passes(part: _partition.Partition,
                    impl: Implementation) -> _passes.Passes | None:
   return kernels.quantize.passes(part, impl.config.quantize,
-                                 interpret=impl.interpret)
+                                 interpret=impl.interpret, ptx=nvidia_gpu())
 
 
 def _xla_passes(part: _partition.Partition,

@@ -386,17 +386,19 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
                                np.sum(np.asarray(b, np.float64)), rtol=2e-6)
 
 
-def test_dual_passes_lower_for_cuda():
+@pytest.mark.parametrize("ptx", [True, False])
+def test_dual_passes_lower_for_cuda(ptx):
   """The compiled passes lower to Triton on any machine (``jax.export`` for
   CUDA, with Triton's calls allowed), the codes pass with its error terms'
-  PTX reciprocal, which interpret mode does not run."""
-  dual = kernels.dual.PallasDual(kernels.DualConfig(), interpret=False)
+  PTX reciprocal (which interpret mode does not run) where ``ptx`` says."""
+  dual = kernels.dual.PallasDual(kernels.DualConfig(), interpret=False,
+                                 ptx=ptx)
   sd = jax.ShapeDtypeStruct
   x = sd((200, 300), jnp.bfloat16)
   for fn, args, rcp in (
       (dual.stats, (x,), False),
       (functools.partial(dual.codes, fmt=mor_jax.E4M3),
-       (x, sd((200,), jnp.float32), sd((300,), jnp.float32)), True)):
+       (x, sd((200,), jnp.float32), sd((300,), jnp.float32)), ptx)):
     module = cases.lowered_for_cuda(fn, *args)
     assert "triton" in module
     assert (tile.RECIPROCAL_PTX in module) == rcp
@@ -510,6 +512,35 @@ def test_dispatch_keeps_untaken_fp8_pairs_on_xla(monkeypatch, takes):
   assert _dispatch.gemm_backend(impl, jnp.float32, (e4, e4)) == "xla"
   assert _dispatch.gemm_backend(_dispatch.Implementation("xla"),
                                 jnp.bfloat16, (e4, e4)) == "xla"
+
+
+@pytest.mark.parametrize("capability,nvidia", [
+    ("9.0", True), ("8.9", True), ("gfx942", False), ("", False)])
+def test_dispatch_by_gpu_vendor(monkeypatch, capability, nvidia):
+  """On a GPU (pretended) with a CUDA compute capability, "auto" runs the
+  kernels, their error terms with PTX's reciprocal, and real FP8 from
+  sm_89. On one that reports a gfx name (ROCm) "auto" quantizes through XLA
+  and executes as "emulate", and "pallas" compiles the passes without PTX:
+  the kernels are tested on NVIDIA GPUs only."""
+  from mor_jax import _fp8  # pylint: disable=g-import-not-at-top
+  from mor_jax import _partition  # pylint: disable=g-import-not-at-top
+
+  class Device:
+    compute_capability = capability
+
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *_, **__: [Device()])
+  assert _dispatch.nvidia_gpu() == nvidia
+  assert _dispatch.Implementation("auto").uses_pallas() == nvidia
+  pallas = _dispatch.Implementation("pallas")
+  assert pallas.uses_pallas() and not pallas.interpret
+  assert _dispatch.dual(pallas).ptx == nvidia
+  part = _partition.Partition.build((256, 256), (1, None))
+  assert _dispatch.passes(part, pallas).ptx == nvidia
+  assert _fp8.resolve("auto", DENSE, mor_jax.Policy()) == (
+      "fp8" if nvidia else "emulate")
+  assert _dispatch.gemm_backend(pallas, jnp.bfloat16) == (
+      "pallas" if capability == "9.0" else "xla")
 
 
 def test_gemm_rejects_mismatched_operands():

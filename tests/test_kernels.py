@@ -144,17 +144,19 @@ def test_kernel_doctests(name):
     assert result.attempted > 0
 
 
-@pytest.mark.parametrize("interpret", [False, True])
-def test_compiled_quantize_pass_takes_the_ptx_reciprocal(interpret):
-  """Compiled, the quantize pass's error terms multiply by the PTX
-  reciprocal; in interpret mode (which runs no PTX) they divide in jnp."""
+@pytest.mark.parametrize("interpret,ptx", [(False, True), (True, True),
+                                           (False, False)])
+def test_compiled_quantize_pass_takes_the_ptx_reciprocal(interpret, ptx):
+  """Compiled for an NVIDIA GPU, the quantize pass's error terms multiply
+  by the PTX reciprocal; in interpret mode (which runs no PTX) and for
+  other GPUs (``ptx`` False) they divide in jnp."""
   part = _partition.Partition.build((200, 300), (1, None))
   passes = kq.passes(part, kernels.KernelConfig().quantize,
-                     interpret=interpret)
+                     interpret=interpret, ptx=ptx)
   sd = jax.ShapeDtypeStruct
   module = cases.lowered_for_cuda(
       lambda x, s, n: passes.quantize_with_scales(x, s, n, mor_jax.E4M3,
                                                   "codes"),
       sd((200, 300), jnp.bfloat16), sd(part.grid, jnp.float32),
       sd(part.grid, jnp.bool_))
-  assert (tile.RECIPROCAL_PTX in module) == (not interpret)
+  assert (tile.RECIPROCAL_PTX in module) == (ptx and not interpret)
