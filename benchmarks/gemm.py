@@ -23,7 +23,10 @@ Three measurements, each against its ceiling and peers in the same process:
    and 100% of X's blocks in BF16 (so as many block pairs run wide), for
    each configuration in ``BLOCK_VARIANTS``, against cuBLAS BF16 and the per-channel FP8 kernel (kernels/gemm.py) in
    the same run: ms, ratio to BF16, and the relative Frobenius difference
-   from the twin ``block_gemm_reference`` (float32, precision HIGHEST).
+   from the twin ``block_gemm_reference`` (float32, precision HIGHEST); the
+   default configuration again with X's wide values stored [K, M] (a
+   transposed view's operand); and the transpose of X's codes (XLA's, and
+   kernels/transpose.py's) against a copy of the same bytes.
 5. ``chain``: 72 GEMMs of 4096^3 in a chain (a scan), each on the codes of
    the previous output (the cost of choosing at run time): XLA's FP8 dot
    unconditionally, inside ``lax.cond``, and the kernel with its device-side
@@ -201,7 +204,7 @@ BLOCK_VARIANTS = (
 )
 
 
-def bench_block(iters: int) -> None:
+def bench_block(iters: int, variants=BLOCK_VARIANTS) -> None:
   m, k, n = 16384, 8192, 8192
   a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
   b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
@@ -215,12 +218,22 @@ def bench_block(iters: int) -> None:
   for case, t in (("cublas_bf16", t_bf16), ("per_channel_fp8", t_chan)):
     say(bench="block", case=case, ms=round(t * 1e3, 3),
         vs_bf16=round(t / t_bf16, 3), tflops=round(2 * m * n * k / t / 1e12, 1))
+  interpret = jax.default_backend() != "gpu"
+  flip = lambda c: jax.lax.bitcast_convert_type(  # noqa: E731
+      jax.lax.bitcast_convert_type(c, jnp.uint8) ^ 1, c.dtype)
+  for case, fn in (("codes_copy", flip), ("codes_xla_transpose", lambda c: c.T),
+                   ("codes_kernel_transpose", functools.partial(
+                       kernels.transpose.transpose_codes,
+                       interpret=interpret))):
+    t = timed(jax.jit(fn), a8, iters=iters)
+    say(bench="block", case=case, shape=list(a8.shape), ms=round(t * 1e3, 3),
+        gbps=round(2 * a8.size / t / 1e9))
   wb = jax.jit(_blocks, static_argnums=(1, 2))(b, 0.0, 2)
   for share in (0.0, 0.1, 0.5, 1.0):
     wa = jax.jit(_blocks, static_argnums=(1, 2))(a, share, 3)
     want = block_gemm.block_gemm_reference(
         wa, wb, out_dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
-    for variant in BLOCK_VARIANTS:
+    for variant in variants:
       cfg = block_gemm.BlockGemmConfig(**variant)
       fn = functools.partial(block_gemm.block_gemm, out_dtype=jnp.bfloat16,
                              config=cfg)
@@ -237,6 +250,12 @@ def bench_block(iters: int) -> None:
           ms=round(t * 1e3, 3), vs_bf16=round(t / t_bf16, 3),
           tflops=round(2 * m * n * k / t / 1e12, 1),
           rel_frobenius=rel(fn(wa, wb), want))
+    wa_t = block_gemm.BlockOperand(wa.codes, wa.recip, wa.rep, wa.wide.T, True)
+    fn = functools.partial(block_gemm.block_gemm, out_dtype=jnp.bfloat16)
+    t = timed(fn, wa_t, wb, iters=iters)
+    say(bench="block", case="block_kernel_x_wide_stored_transposed",
+        bf16_blocks=share, ms=round(t * 1e3, 3), vs_bf16=round(t / t_bf16, 3),
+        rel_frobenius=rel(fn(wa_t, wb), want))
 
 
 # Tilings of the dual passes: (tile_rows, tile_cols, row_steps, warps,
@@ -328,6 +347,9 @@ def main() -> None:
                   choices=("dense", "gemm", "dual", "block", "chain"),
                   default=None)
   ap.add_argument("--iters", type=int, default=10)
+  ap.add_argument("--block-variants", default=None,
+                  help="with block: indices into BLOCK_VARIANTS, e.g. 0 "
+                  "(the default configuration); all if not given")
   ap.add_argument("--dense-shapes", default="16384x8192x8192,16384x8192x28672")
   ap.add_argument("--dense-layers",
                   default="bf16,flax_fp8,mor_fp8,mor_rejected,mor_emulate")
@@ -347,7 +369,9 @@ def main() -> None:
   if args.only in (None, "dual"):
     bench_dual(args.iters)
   if args.only in (None, "block"):
-    bench_block(args.iters)
+    bench_block(args.iters, BLOCK_VARIANTS if args.block_variants is None else
+                [BLOCK_VARIANTS[int(i)]
+                 for i in args.block_variants.split(",")])
   if args.only in (None, "chain"):
     bench_chain(args.iters)
   if args.only in (None, "dense"):

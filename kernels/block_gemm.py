@@ -122,7 +122,7 @@ class BlockGemmConfig:
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["codes", "recip", "rep", "wide"],
-                   meta_fields=[])
+                   meta_fields=["transposed"])
 @dataclasses.dataclass(frozen=True)
 class BlockOperand:
   """One operand on its K-major view [rows, K], in blocks along K of 128.
@@ -133,16 +133,26 @@ class BlockOperand:
       by): [cdiv(rows, 128), cdiv(K, 128)] for 128x128 blocks, or
       [rows, cdiv(K, 128)] for 1x128 tiles.
     rep: int32 representation per block (``REP_*``), shaped like ``recip``.
-    wide: [rows, K] the values of the emulated path in a 16-bit dtype (the
-      kernel) or any float dtype (the reference): codes dequantized for FP8
-      blocks, the original values for BF16 ones (as kernels/wide.py writes
-      them for the per-channel GEMM).
+    wide: [rows, K], or [K, rows] if ``transposed``, the values of the
+      emulated path in a 16-bit dtype (the kernel) or any float dtype (the
+      reference): codes dequantized for FP8 blocks, the original values for
+      BF16 ones (as kernels/wide.py writes them for the per-channel GEMM).
+    transposed: ``wide`` is stored [K, rows] (static). The BF16 loop reads
+      16-bit tiles in either layout, so the operand of a transposed view
+      needs only its one-byte codes transposed (FP8 tensor cores read
+      K-major tiles only).
   """
 
   codes: jax.Array
   recip: jax.Array
   rep: jax.Array
   wide: jax.Array
+  transposed: bool = False
+
+  @property
+  def wide_rows(self) -> jax.Array:
+    """``wide`` on the [rows, K] view (a transpose if stored [K, rows])."""
+    return self.wide.T if self.transposed else self.wide
 
 
 def representation_codes(choice: jax.Array, names) -> jax.Array:
@@ -184,9 +194,11 @@ def _check(a: BlockOperand, b: BlockOperand) -> None:
     if op.codes.dtype not in (jnp.float8_e4m3fn, jnp.float8_e5m2):
       raise TypeError(f"{name}.codes must be float8_e4m3fn or float8_e5m2, "
                       f"got {op.codes.dtype}.")
-    if op.wide.shape != op.codes.shape:
-      raise ValueError(f"{name}.wide {op.wide.shape} must match "
-                       f"{name}.codes {op.codes.shape}.")
+    if op.wide.shape != (op.codes.shape[::-1] if op.transposed else
+                         op.codes.shape):
+      raise ValueError(f"{name}.wide {op.wide.shape} (transposed="
+                       f"{op.transposed}) must hold "
+                       f"{name}.codes' [rows, K] {op.codes.shape}.")
     if (op.recip.shape != op.rep.shape or op.recip.shape[1] != kb or
         op.recip.shape[0] not in (rows, -(-rows // BLOCK))):
       raise ValueError(
@@ -201,9 +213,9 @@ def _check(a: BlockOperand, b: BlockOperand) -> None:
 def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
             out_ref, out_smem, sum_smem, order_smem, order_barrier, *,
             cfg: BlockGemmConfig, stages: tuple[int, int],
-            blocked: tuple[bool, bool]):
-  mp, kp = a_ref.shape
-  np_ = b_ref.shape[0]
+            blocked: tuple[bool, bool], transposed: tuple[bool, bool]):
+  mp, kp = a8_ref.shape
+  np_ = b8_ref.shape[0]
   m_iters, n_iters, kb = mp // BLOCK, np_ // BLOCK, kp // BLOCK
   wr = _WG_ROWS
 
@@ -234,11 +246,13 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
 
   def wide_specs(n8):
     # Two K tiles of 64 per K block: step s is half s % 2 of the block. One
-    # wgmma stays in flight while the next is issued (delay_release=1).
+    # wgmma stays in flight while the next is issued (delay_release=1). A
+    # transposed operand's tiles are [64 of K, 128 rows].
     halves = BLOCK // _WIDE_K
     kk = lambda s: order_smem[n8 + s // halves] * halves + s % halves  # noqa: E731
-    return [spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), a_ref.dtype, 1),
-            spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), b_ref.dtype, 1)]
+    return [spec((_WIDE_K, BLOCK), lambda s: (kk(s), 0), ref.dtype, 1) if t
+            else spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), ref.dtype, 1)
+            for ref, t in ((a_ref, transposed[0]), (b_ref, transposed[1]))]
 
   # Each loop allocates its buffers when it runs (pl.run_scoped inside the
   # pipeline), so the two take turns in the same shared memory.
@@ -307,13 +321,18 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
                         out_ref.at[rows, cols].at[my_rows])
 
     def wide_step(_, a, b, acc_ref):
-      plgpu.wgmma(acc_ref, a.at[my_rows], b.T)
+      # wgmma takes A as [64 rows, tk] and B as [tk, 128]; 16-bit tiles
+      # stored either way.
+      a = a.at[:, my_rows].T if transposed[0] else a.at[my_rows]
+      plgpu.wgmma(acc_ref, a, b if transposed[1] else b.T)
       plgpu.wgmma_wait(1)
       return acc_ref
 
+    a_tiles, b_tiles = (ref.at[:, r] if t else ref.at[r, :]
+                        for ref, r, t in ((a_ref, rows, transposed[0]),
+                                          (b_ref, cols, transposed[1])))
     pipeline(wide_step, wide_context, wide_specs(n8),
-             (BLOCK // _WIDE_K) * (kb - n8), stages[1])(
-                 a_ref.at[rows, :], b_ref.at[cols, :])
+             (BLOCK // _WIDE_K) * (kb - n8), stages[1])(a_tiles, b_tiles)
 
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -355,12 +374,14 @@ def _plan(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int):
 
 
 def _padded(op: BlockOperand, rows_p: int, kp: int):
-  """codes, wide [rows_p, kp]; recip^T [kp / 128, rows_p] per row."""
+  """codes [rows_p, kp]; wide in its layout, [rows_p, kp] or [kp, rows_p];
+  recip^T [kp / 128, rows_p] per row."""
   rows, k = op.codes.shape
-  pad2 = lambda x: jnp.pad(x, ((0, rows_p - rows), (0, kp - k)))  # noqa: E731
+  widths = ((0, rows_p - rows), (0, kp - k))
   recip = _per_row(op.recip.astype(jnp.float32), rows)
   recip = jnp.pad(recip, ((0, rows_p - rows), (0, kp // BLOCK - recip.shape[1])))
-  return pad2(op.codes), pad2(op.wide), recip.T
+  return (jnp.pad(op.codes, widths),
+          jnp.pad(op.wide, widths[::-1] if op.transposed else widths), recip.T)
 
 
 def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
@@ -379,7 +400,8 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   call = plgpu.kernel(
       functools.partial(_kernel, cfg=config, stages=_stages(config, kp // BLOCK),
                         blocked=(_rows_per_block(a.codes, a.recip) == BLOCK,
-                                 _rows_per_block(b.codes, b.recip) == BLOCK)),
+                                 _rows_per_block(b.codes, b.recip) == BLOCK),
+                        transposed=(a.transposed, b.transposed)),
       out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
       grid=(cores,),
       grid_names=("grid",),
@@ -425,12 +447,22 @@ class _BlockGemm:
 
   out_dtype: jnp.dtype
   config: BlockGemmConfig | None
-  # Per operand: codes, recip, rep, wide. The grids have their own factors
-  # (as in sharding.BlockwiseOp): ``plan`` ties them to the codes' axes.
-  rule = "m k, i j, i j, m k, n k, u v, u v, n k -> m n"
+  transposed: tuple[bool, bool]  # each operand's wide, as stored
+
+  @property
+  def rule(self) -> str:
+    # Per operand: codes, recip, rep, wide. The grids have their own factors
+    # (as in sharding.BlockwiseOp): ``plan`` ties them to the codes' axes.
+    a = "k m" if self.transposed[0] else "m k"
+    b = "k n" if self.transposed[1] else "n k"
+    return f"m k, i j, i j, {a}, n k, u v, u v, {b} -> m n"
+
+  def _operands(self, args) -> tuple[BlockOperand, BlockOperand]:
+    return (BlockOperand(*args[:4], transposed=self.transposed[0]),
+            BlockOperand(*args[4:], transposed=self.transposed[1]))
 
   def local(self, *args, out_dtype=None):
-    a, b = BlockOperand(*args[:4]), BlockOperand(*args[4:])
+    a, b = self._operands(args)
     out_dtype = self.out_dtype if out_dtype is None else out_dtype
     if self.config is None:
       return (block_gemm_reference(a, b, out_dtype=out_dtype),)
@@ -438,8 +470,7 @@ class _BlockGemm:
                               config=self.config),)
 
   def batchable_local(self, *args):
-    return (block_gemm_reference(BlockOperand(*args[:4]),
-                                 BlockOperand(*args[4:]),
+    return (block_gemm_reference(*self._operands(args),
                                  out_dtype=self.out_dtype),)
 
   def plan(self, arg_shapes):
@@ -455,14 +486,17 @@ class _BlockGemm:
     ks = ka if ka == kb and not set(ka) & set(ma + na) else ()
     ks = _whole_blocks(mesh, ks, k, BLOCK)
     m_, n_, k_ = (sharding.entry(x) for x in (ma, na, ks))
-    args = sharding.named(mesh, *(P(m_, k_),) * 4, *(P(n_, k_),) * 4)
+    wide = [P(k_, r) if t else P(r, k_)
+            for r, t in zip((m_, n_), self.transposed)]
+    args = sharding.named(mesh, *(P(m_, k_),) * 3, wide[0],
+                          *(P(n_, k_),) * 3, wide[1])
     results = sharding.named(mesh, P(m_, n_))
     return sharding.k_summed_plan(self, mesh, results, args, ks)
 
 
 def _per_shard(a: BlockOperand, b: BlockOperand, out_dtype,
                config: BlockGemmConfig | None) -> jax.Array:
-  op = _BlockGemm(jnp.dtype(out_dtype), config)
+  op = _BlockGemm(jnp.dtype(out_dtype), config, (a.transposed, b.transposed))
   args = [(x.codes, x.recip.astype(jnp.float32), x.rep.astype(jnp.int32),
            x.wide) for x in (a, b)]
   return sharding.per_shard(op)(*args[0], *args[1])[0]
@@ -525,6 +559,7 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   on = jnp.moveaxis(_pairs(a, b, mp, np_, kb), 2, 0)  # [kb, Mb, Nb]
   a8, aw, ra = _padded(a, mp, kp)
   b8, bw, rb = _padded(b, np_, kp)
+  aw, bw = (w.T if op.transposed else w for w, op in ((aw, a), (bw, b)))
   blocks = lambda x: x.reshape(x.shape[0], kb, BLOCK).swapaxes(0, 1)  # noqa: E731
   dot = functools.partial(lax.dot_general, dimension_numbers=gemm.TN,
                           precision=precision,

@@ -17,6 +17,8 @@ are the bits of "emulate"; the wide operand of a block is the value
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -85,15 +87,24 @@ def quantize(x: jax.Array, recipe: _recipes.Recipe,
   return bg.BlockOperand(codes, _scaling.reciprocal(scale), rep, wide), stats
 
 
-def transpose(op: bg.BlockOperand | jax.Array) -> bg.BlockOperand | jax.Array:
+def transpose(op: bg.BlockOperand | jax.Array,
+              impl: _dispatch.Implementation) -> bg.BlockOperand | jax.Array:
   """``quantize``'s operand for the transposed view, from one quantization.
 
   Exact for square blocks (``mor_jax._dot.symmetric`` recipes): the blocks
   of x^T are those of x transposed, with the same scales, codes and choices.
+  Only the one-byte codes (and the per-block grids) are transposed, by
+  ``kernels/transpose.py`` where the kernels run: the block GEMM reads the
+  wide values in either layout, so they stay where they are
+  (``BlockOperand.transposed`` says which).
   """
-  if isinstance(op, bg.BlockOperand):
-    return bg.BlockOperand(op.codes.T, op.recip.T, op.rep.T, op.wide.T)
-  return op.T
+  if not isinstance(op, bg.BlockOperand):
+    return op.T
+  codes = (kernels.transpose.transpose_codes(op.codes,
+                                             interpret=impl.interpret)
+           if impl.uses_pallas() else op.codes.T)
+  return bg.BlockOperand(codes, op.recip.T, op.rep.T, op.wide,
+                         not op.transposed)
 
 
 def gemm(a, b, out_dtype, precision,
@@ -104,15 +115,15 @@ def gemm(a, b, out_dtype, precision,
   ``_dispatch.gemm_backend`` picks the per-channel GEMM), its jnp twin
   elsewhere; with a BF16-only operand, XLA's dot.
   """
-  wide = [op.wide if isinstance(op, bg.BlockOperand) else op for op in (a, b)]
+  wide = [op.wide_rows if isinstance(op, bg.BlockOperand) else op
+          for op in (a, b)]
   dtype = jnp.result_type(*wide)
   if not all(isinstance(op, bg.BlockOperand) for op in (a, b)):
     return jax.lax.dot_general(
         wide[0].astype(dtype), wide[1].astype(dtype), _fp8.TN,
         precision=precision, preferred_element_type=jnp.float32
     ).astype(out_dtype)
-  a, b = (bg.BlockOperand(op.codes, op.recip, op.rep, w.astype(dtype))
-          for op, w in zip((a, b), wide))
+  a, b = (dataclasses.replace(op, wide=op.wide.astype(dtype)) for op in (a, b))
   if _dispatch.gemm_backend(impl, dtype,
                            (a.codes.dtype, b.codes.dtype)) == "pallas":
     return bg.block_gemm(a, b, out_dtype=out_dtype)

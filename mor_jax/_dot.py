@@ -354,7 +354,7 @@ def _backward_blocks(dims, views, policy, precision, saved, g):
   q = _backward_quantizations(
       dims, views, policy, saved, g,
       lambda x, recipe, view: _block.quantize(_matrix(x, view), recipe, impl),
-      _block.transpose)
+      functools.partial(_block.transpose, impl=impl))
   dx = _block.gemm(q["dgrad", "gradient"][0], q["dgrad", "weight"][0],
                    lhs.dtype, precision, impl)
   dw = _block.gemm(q["wgrad", "activation"][0], q["wgrad", "gradient"][0],

@@ -48,6 +48,12 @@ def operand(x, recipe):
   return bg.BlockOperand(qa.data, 1 / qa.scale, rep, r.value), rep
 
 
+def stored_transposed(op: bg.BlockOperand) -> bg.BlockOperand:
+  """op with its wide values stored [K, rows], as ``_block.transpose``
+  leaves a transposed view's."""
+  return bg.BlockOperand(op.codes, op.recip, op.rep, op.wide.T, True)
+
+
 def data(m, k, n, share, lo=1e-9):
   """X [m, k] and W [k, n], ``share`` of the blocks of X and of W^T spoiled."""
   rng = np.random.default_rng(0)

@@ -22,9 +22,12 @@ from jax.sharding import PartitionSpec as P
 
 import mor_jax
 from mor_jax.kernels import block_gemm as bg
+from mor_jax.kernels import transpose
+from tests import cases
 from tests.blocks import TWO_WAY
 from tests.blocks import data as _data
 from tests.blocks import operand as _operand
+from tests.blocks import stored_transposed
 
 B = 128
 DIMS = (((1,), (0,)), ((), ()))
@@ -191,13 +194,70 @@ def test_bad_operands_are_rejected():
                             a, out_dtype=jnp.float32)
 
 
-def test_kernel_lowers_for_cuda():
+# Which operands' wide values are stored [K, rows].
+TRANSPOSED = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def _stored(a, b, transposed):
+  return tuple(stored_transposed(op) if t else op
+               for op, t in zip((a, b), transposed))
+
+
+@pytest.mark.parametrize("transposed", TRANSPOSED[1:], ids=str)
+def test_wide_values_stored_transposed_give_the_same_product(transposed):
+  """A transposed view's operand keeps its wide values where they are
+  (``_block.transpose``): the same product, bit for bit, on ragged shapes
+  with half of the blocks BF16."""
+  x, w = _data(300, 520, 260, 0.5)
+  a, _ = _operand(jnp.asarray(x), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T), TWO_WAY)
+  np.testing.assert_array_equal(
+      bg.block_gemm_reference(*_stored(a, b, transposed),
+                              out_dtype=jnp.float32),
+      bg.block_gemm_reference(a, b, out_dtype=jnp.float32))
+
+
+@pytest.mark.parametrize("shape", [(256, 384), (300, 130), (1, 200)])
+@pytest.mark.parametrize("dtype", [jnp.float8_e4m3fn, jnp.float8_e5m2])
+def test_transpose_codes_moves_every_byte(shape, dtype):
+  """kernels/transpose.py (compiled on a GPU, in interpret mode elsewhere):
+  the codes' bytes transposed, NaN codes and ragged edges included."""
+  bits = np.random.default_rng(7).integers(0, 256, shape, np.uint8)
+  x = jnp.asarray(bits).view(dtype)
+  got = transpose.transpose_codes(x,
+                                  interpret=jax.default_backend() != "gpu")
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(got).view(np.uint8), bits.T)
+
+
+def test_transpose_codes_rejects_wider_elements():
+  with pytest.raises(TypeError, match="one-byte"):
+    transpose.transpose_codes(jnp.ones((4, 4), jnp.bfloat16), interpret=True)
+
+
+def test_transpose_codes_lowers_for_cuda():
+  x = jnp.zeros((300, 130), jnp.float8_e4m3fn)
+  text = cases.lowered_for_cuda(
+      functools.partial(transpose.transpose_codes, interpret=False), x)
+  assert "mor_transpose_codes" in text
+
+
+def test_wide_values_must_be_in_their_stated_layout():
+  a, _ = _operand(jnp.ones((256, 384)), TWO_WAY)
+  with pytest.raises(ValueError, match=r"transposed=True"):
+    bg.block_gemm_reference(bg.BlockOperand(a.codes, a.recip, a.rep, a.wide,
+                                            True), a, out_dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("transposed", TRANSPOSED, ids=str)
+def test_kernel_lowers_for_cuda(transposed):
   """The kernel lowers to Mosaic GPU on any machine (``jax.export`` for
-  CUDA), ragged, half of the blocks BF16: a CPU finds what does not lower
-  before a GPU runs it."""
+  CUDA), ragged, half of the blocks BF16, wide values in either layout: a
+  CPU finds what does not lower before a GPU runs it."""
   x, w = _data(200, 300, 130, 0.5)
   a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
   b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  a, b = _stored(a, b, transposed)
   exported = jax.export.export(
       jax.jit(functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16)),
       platforms=["cuda"])(a, b)
@@ -226,6 +286,25 @@ def test_kernel_equals_reference(m, k, n, share, rx, rw):
                                  precision=jax.lax.Precision.HIGHEST)
   assert got.shape == (m, n)
   assert _rel(got, want) <= 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("transposed", TRANSPOSED[1:], ids=str)
+@pytest.mark.parametrize("m,k,n,share", [(300, 520, 260, 0.5),
+                                         (1024, 1024, 512, 0.1)])
+def test_kernel_reads_wide_values_stored_transposed(m, k, n, share,
+                                                    transposed):
+  x, w = _data(m, k, n, share)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
+                                 precision=jax.lax.Precision.HIGHEST)
+  got = bg.block_gemm(*_stored(a, b, transposed), out_dtype=jnp.float32)
+  assert _rel(got, want) <= 1e-3
+  # The BF16 loop's products of either layout are the same products.
+  np.testing.assert_array_equal(
+      got, bg.block_gemm(a, b, out_dtype=jnp.float32))
 
 
 @pytest.mark.gpu

@@ -303,12 +303,26 @@ def _count_block_gemms(monkeypatch):
     (MOR_SUB2, {"E4M3", "BF16"}),
     (MOR_SUB3, {"E4M3", "E5M2", "BF16"}),
 ], ids=["mor_block", "mor_sub2", "mor_sub3"])
-def test_block_fp8_equals_emulation(policy, reps, monkeypatch):
+# "pallas": the passes and the codes' transposes (kernels/transpose.py) in
+# interpret mode.
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_block_fp8_equals_emulation(policy, reps, impl, monkeypatch):
   x, w = _spoiled((300, 260), (260, 136), jnp.float32)
-  em = _run(x, w, DENSE, _with(policy, "emulate"))
+  em = _run(x, w, DENSE, _with(policy, "emulate"), impl=impl)
   calls = _count_block_gemms(monkeypatch)
-  f8 = _run(x, w, DENSE, _with(policy, "fp8"))
+  transposed = []
+  kernel = kernels.transpose.transpose_codes
+
+  def counted(codes, **kwargs):
+    transposed.append(codes.shape)
+    return kernel(codes, **kwargs)
+
+  monkeypatch.setattr(kernels.transpose, "transpose_codes", counted)
+  f8 = _run(x, w, DENSE, _with(policy, "fp8"), impl=impl)
   assert calls == [jnp.float32] * 3  # fprop, dgrad, wgrad
+  # X's, W's and dY's codes for their second GEMMs: X^T, W, dY^T.
+  assert transposed == ([(300, 260), (136, 260), (300, 136)]
+                        if impl == "pallas" else [])
   _assert_same_stats(em[3], f8[3])
   x_stats = f8[3][0]["fprop"]["activation"]
   assert {n for n, f in zip(x_stats.names, x_stats.fraction_blocks)

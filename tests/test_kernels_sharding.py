@@ -29,6 +29,7 @@ import mor_jax
 from mor_jax.kernels import block_gemm as bg
 from mor_jax.kernels import gemm
 from mor_jax.kernels import sharding
+from mor_jax.kernels import transpose
 from tests import data
 from tests import blocks
 
@@ -223,22 +224,29 @@ def _block_operands(m, k, n, tiles):
 
 
 def _put_operand(op, mesh, spec):
-  """op with its codes and wide values on ``spec``, and its grids too
-  where the mesh divides them."""
-  def put(v):
+  """op with its codes and wide values on ``spec`` (wide values stored
+  [K, rows] on its transpose), and its grids too where the mesh divides
+  them."""
+  def put(v, spec):
     entries = tuple(spec) + (None,) * (2 - len(spec))
     ok = all(v.shape[i] % math.prod(mesh.shape[ax] for ax in
                                     sharding.axes_of(e)) == 0
              for i, e in enumerate(entries))
     return jax.device_put(v, NamedSharding(mesh, spec if ok else P()))
-  return type(op)(*(put(v) for v in (op.codes, op.recip, op.rep, op.wide)))
+  entries = tuple(spec) + (None,) * (2 - len(spec))
+  wide_spec = P(*entries[::-1]) if op.transposed else spec
+  return type(op)(*(put(v, spec) for v in (op.codes, op.recip, op.rep)),
+                  put(op.wide, wide_spec), op.transposed)
 
 
-def _block_gemm_sharded(layout, out_dtype, fn):
+def _block_gemm_sharded(layout, out_dtype, fn, transposed=False):
   """(fn on one device, fn on the layout's shards, the sharded program's
-  text, A's codes on their shards, the mesh)."""
+  text, A's codes on their shards, the mesh); ``transposed``: both
+  operands' wide values stored [K, rows]."""
   (m, k, n), mesh_shape, axes, sa, sb, tiles, _ = BLOCK_LAYOUTS[layout]
   a, b = _block_operands(m, k, n, tiles)
+  if transposed:
+    a, b = blocks.stored_transposed(a), blocks.stored_transposed(b)
   mesh = _mesh(mesh_shape, axes)
   want = jax.jit(lambda a, b: fn(a, b, out_dtype=out_dtype))(a, b)
   a_s, b_s = _put_operand(a, mesh, sa), _put_operand(b, mesh, sb)
@@ -257,10 +265,14 @@ def _rel64(a, b) -> float:
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("layout", list(BLOCK_LAYOUTS))
-def test_sharded_block_gemm_equals_one_device(layout):
+@pytest.mark.parametrize("layout,transposed", [
+    *((layout, False) for layout in BLOCK_LAYOUTS),
+    # Wide values stored [K, rows] (a transposed view's) shard along the
+    # codes' axes, transposed.
+    ("data_k", True), ("tensor", True)])
+def test_sharded_block_gemm_equals_one_device(layout, transposed):
   want, got, text, a_codes, mesh = _block_gemm_sharded(
-      layout, jnp.float32, _block_gemm_fn())
+      layout, jnp.float32, _block_gemm_fn(), transposed)
   # Equal up to the order of float32 additions (K's partials are summed
   # across devices).
   assert _rel64(got, want) <= 1e-6
@@ -276,6 +288,24 @@ def test_sharded_block_gemm_equals_one_device(layout):
     moved = [s for s in _collective_sizes(text) if s != partial]
     assert not moved, f"transfers of {moved} elements: operands gathered"
     assert "all-gather" not in text
+
+
+@pytest.mark.parametrize("spec,want", [(P("d", None), P(None, "d")),
+                                       (P(None, "d"), P("d", None))],
+                         ids=["rows", "cols"])
+def test_sharded_transpose_codes_stays_on_its_shards(spec, want):
+  """kernels/transpose.py per shard: each device transposes its own codes."""
+  mesh = _mesh((N_DEV,), ("d",))
+  bits = np.random.default_rng(3).integers(0, 256, (64 * N_DEV, 384),
+                                           np.uint8)
+  x = jax.device_put(jnp.asarray(bits).view(jnp.float8_e4m3fn),
+                     NamedSharding(mesh, spec))
+  fn = jax.jit(lambda x: transpose.transpose_codes(
+      x, interpret=jax.default_backend() != "gpu"))
+  got = fn(x)
+  np.testing.assert_array_equal(np.asarray(got).view(np.uint8), bits.T)
+  assert got.sharding.is_equivalent_to(NamedSharding(mesh, want), 2)
+  assert not _collective_sizes(fn.lower(x).compile().as_text())
 
 
 def test_sharded_block_gemm_sums_bf16_outputs_in_float32():
