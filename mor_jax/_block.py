@@ -1,8 +1,9 @@
 """FP8 execution of 128x128-block recipes: the block GEMM (docs/numerics.md 6.1).
 
-Under execution "fp8" (not "auto"), a dot_general without batch dimensions
-whose roles' recipes are each ``block_capable`` or BF16 only (at least one
-of them quantized) runs each of its three GEMMs through ``kernels/block_gemm.py``:
+Under execution "fp8" (and "auto" where the kernel runs: ``applies``), a
+dot_general without batch dimensions whose roles' recipes are each
+``block_capable`` or BF16 only (at least one of them quantized) runs each
+of its three GEMMs through ``kernels/block_gemm.py``:
 every pair of 128x128 blocks in FP8 from the codes, with the blocks' scales
 applied every 128 of K, or in the compute dtype on the emulated values.
 
@@ -47,15 +48,25 @@ def block_capable(recipe: _recipes.Recipe) -> bool:
           all(f in (_formats.E4M3, _formats.E5M2) for f in fp8))
 
 
-def applies(execution: _fp8.Execution, dims, policy) -> bool:
-  """Whether this dot_general's GEMMs run through the block GEMM."""
+def applies(execution: _fp8.Execution, dims, policy, dtype) -> bool:
+  """Whether this dot_general's GEMMs run through the block GEMM.
+
+  "fp8" asks for it by name (the kernel where it runs, its jnp twin
+  elsewhere); "auto" takes it where the kernel itself runs (Hopper, a
+  16-bit compute ``dtype``, the codes' pairs this jax's Mosaic GPU takes:
+  ``_dispatch.gemm_backend``), as on an H200 it trained the ~1B preset
+  1.14x faster than emulation (docs/benchmarks.md); the twin would not.
+  """
   (_, _), (lb, _) = dims
   recipes = (policy.activation, policy.weight, policy.gradient)
-  # Asked for by name only: "auto" keeps these policies emulated, which
-  # trained the ~1B preset as fast on an H200 (docs/benchmarks.md).
-  return (not lb and execution == "fp8" and
-          all(block_capable(r) or _fp8.bf16_only(r) for r in recipes) and
-          any(block_capable(r) for r in recipes))
+  if (lb or not all(block_capable(r) or _fp8.bf16_only(r) for r in recipes)
+      or not any(block_capable(r) for r in recipes)):
+    return False
+  if execution == "auto":
+    codes = [r.formats[0].dtype for r in recipes if block_capable(r)]
+    return (_dispatch.fp8_tensor_cores() and _dispatch.gemm_backend(
+        _dispatch.current(), dtype, codes) == "pallas")
+  return execution == "fp8"
 
 
 def quantize(x: jax.Array, recipe: _recipes.Recipe,

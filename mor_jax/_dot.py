@@ -329,7 +329,8 @@ def _backward_matrices(policy, precision, residuals, g):
 def _uses_blocks(dims, policy, lhs, rhs) -> bool:
   """Whether the GEMMs run through the block GEMM (``mor_jax._block``)."""
   return bool(lhs.size and rhs.size and
-              _block.applies(policy.execution, dims, policy))
+              _block.applies(policy.execution, dims, policy,
+                             jnp.result_type(lhs.dtype, rhs.dtype)))
 
 
 def _forward_blocks(lhs, rhs, dims, views, policy, precision, pet):

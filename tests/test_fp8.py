@@ -333,13 +333,28 @@ def test_block_fp8_equals_emulation(policy, reps, impl, monkeypatch):
     assert _rel(got, want) <= 1e-5
 
 
-def test_auto_keeps_block_recipes_emulated(monkeypatch):
-  """Only execution="fp8" asks for the block GEMM, even on FP8 tensor cores."""
-  from mor_jax import _block, _dispatch  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(_dispatch, "fp8_tensor_cores", lambda: True)
-  assert _block.applies("fp8", DENSE, MOR_SUB2)
-  assert not _block.applies("auto", DENSE, MOR_SUB2)
-  assert not _block.applies("emulate", DENSE, MOR_SUB2)
+@pytest.mark.parametrize("capability,dtype,impl,want", [
+    ((9, 0), jnp.bfloat16, "auto", True),    # Hopper: the kernel runs
+    ((9, 0), jnp.float16, "auto", True),
+    ((9, 0), jnp.float32, "auto", False),    # the kernel takes 16-bit values
+    ((9, 0), jnp.bfloat16, "xla", False),    # kernels switched off
+    ((8, 9), jnp.bfloat16, "auto", False),   # FP8 cores, no block GEMM
+    (None, jnp.bfloat16, "auto", False),     # no GPU
+])
+def test_auto_runs_block_recipes_where_the_kernel_runs(capability, dtype, impl,
+                                                       want, monkeypatch):
+  """"auto" takes the block GEMM where its kernel runs, else emulates
+  (its jnp twin would be slower than emulation); "fp8" asks for it always."""
+  from mor_jax import _block  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(_dispatch, "on_gpu", lambda: capability is not None)
+  monkeypatch.setattr(_dispatch, "nvidia_gpu", lambda: capability is not None)
+  monkeypatch.setattr(_dispatch, "_capability", lambda: capability or (0, 0))
+  with mor_jax.use_implementation(impl):
+    for policy in (MOR_BLOCK, MOR_SUB2, MOR_SUB3):
+      assert _block.applies("auto", DENSE, policy, dtype) is want
+      assert _block.applies("fp8", DENSE, policy, dtype)
+      assert not _block.applies("emulate", DENSE, policy, dtype)
+    assert not _block.applies("fp8", DENSE, mor_jax.Policy(), dtype)
 
 
 @pytest.mark.skipif(ON_GPU, reason="the jnp twin")
@@ -724,10 +739,12 @@ def test_block_fp8_on_gpu_equals_emulation(policy):
   _assert_same_stats(em[3], f8[3])
   for got, want in zip(f8[:3], em[:3]):
     assert _rel(got, want) <= 1e-2
-  text = jax.jit(functools.partial(
-      _run, dims=DENSE, policy=_with(policy, "fp8"), impl="auto")).lower(
-          x, w).as_text()
-  assert "mosaic" in text.lower()
+  # "auto" takes the kernel on Hopper too, as "fp8" does.
+  for execution in ("fp8", "auto"):
+    text = jax.jit(functools.partial(
+        _run, dims=DENSE, policy=_with(policy, execution), impl="auto")).lower(
+            x, w).as_text()
+    assert "mosaic" in text.lower()
 
 
 @pytest.mark.gpu
