@@ -64,8 +64,9 @@ def applies(execution: _fp8.Execution, dims, policy, dtype) -> bool:
     return False
   if execution == "auto":
     codes = [r.formats[0].dtype for r in recipes if block_capable(r)]
-    return (_dispatch.fp8_tensor_cores() and _dispatch.gemm_backend(
-        _dispatch.current(), dtype, codes) == "pallas")
+    # The kernel runs on Hopper only, so FP8 tensor cores come with it.
+    return _dispatch.gemm_backend(_dispatch.current(), dtype,
+                                  codes) == "pallas"
   return execution == "fp8"
 
 
