@@ -102,6 +102,8 @@ def gemm_config(text: str) -> kernels.GemmConfig:
     return kernels.GemmConfig()
   kw = dict(kv.split("=") for kv in text.split(","))
   def value(v: str):
+    if v in ("True", "False"):
+      return v == "True"
     return int(v) if v.isdigit() else None if v == "None" else v
 
   return kernels.GemmConfig(**{k: value(v) for k, v in kw.items()})

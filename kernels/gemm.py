@@ -108,6 +108,15 @@ class GemmConfig:
   # 1.501x, 1.471x and 1.518x BF16 against 1.471x, 1.447x and 1.480x without
   # clusters (benchmarks/gemm.py --gemm-configs, docs/benchmarks.md).
   cluster: str | None = "m"
+  # One pipeline across each block's tiles (Mosaic GPU's pipeline of
+  # pipelines), so that the next tile's first K steps load while this one
+  # ends, where a loop's K steps divide its stages (the FP8 and the BF16
+  # loops; a dequantizing loop keeps its own). The compute warpgroups then
+  # release each slot themselves, ``delay_release`` steps late. Off by
+  # default: the layer at (16384, 8192, 8192) on the H200 ran at 1.566x
+  # BF16 with it against 1.553x without, in one process, and its GPU tests
+  # have not all run (docs/results/gpu-2026-12-02-fp8o).
+  chain_tiles: bool = False
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -116,6 +125,10 @@ class GemmConfig:
         if v not in (None, "m", "n"):
           raise ValueError(f"GemmConfig.cluster must be None, 'm' or 'n', "
                            f"got {v!r}.")
+      elif f.name == "chain_tiles":
+        if not isinstance(v, bool):
+          raise ValueError(f"GemmConfig.chain_tiles must be a bool, got "
+                           f"{v!r}.")
       elif f.name == "delay_release":
         if isinstance(v, bool) or v not in (0, 1):
           raise ValueError(f"GemmConfig.delay_release must be 0 or 1, got "
@@ -206,6 +219,37 @@ def _stages(cfg: GemmConfig, room: int, step_bytes: int) -> int:
   return max(2, min(cfg.stages, room // step_bytes))
 
 
+def _release(step, steps: int, stages: int, consumed, delay: int) -> None:
+  """Releases the shared-memory slots of a chained pipeline's K steps.
+
+  ``consumed``: this step's slot's consumed barriers (one per input). With
+  ``delay`` 1 a step releases the previous step's slot once that step's
+  wgmma has finished, so that the next wgmma is issued while one runs (a
+  chained pipeline cannot delay its releases itself); the tile's last step
+  waits for its own and releases both.
+  """
+  if not delay:
+    plgpu.wgmma_wait(0)
+    for barrier in consumed:
+      plgpu.barrier_arrive(barrier)
+    return
+  plgpu.wgmma_wait(1)
+  last = step == steps - 1
+  prev = lax.rem(step + stages - 1, stages)
+
+  @pl.when(step > 0)
+  def _():
+    for barrier in consumed:
+      # The step's barrier is a view of the slots' array (``.ref``).
+      plgpu.barrier_arrive(barrier.ref.at[prev])
+
+  @pl.when(last)
+  def _():
+    plgpu.wgmma_wait(0)
+    for barrier in consumed:
+      plgpu.barrier_arrive(barrier)
+
+
 # The kernel's four K loops, indexed by a.accepted + 2 * b.accepted.
 _WIDE, _DEQUANT_A, _DEQUANT_B, _FP8 = range(4)
 
@@ -248,16 +292,6 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     a_gmem, a_kr = (a8_ref, False) if fp8 or deq_a else (a_ref, a_t)
     b_gmem, b_kr = (b8_ref, False) if fp8 or deq_b else (b_ref, b_t)
 
-    def spec(rows, gmem, k_rows, shared):
-      # A tile both blocks of a cluster read arrives in both through one
-      # multicast load.
-      shape, index = (((tile_k, rows), lambda kk: (kk, 0)) if k_rows else
-                      ((rows, tile_k), lambda kk: (0, kk)))
-      return plgpu.BlockSpec(
-          shape, index, transforms=smem_transforms(shape[1], gmem.dtype),
-          memory_space=plgpu.SMEM, delay_release=cfg.delay_release,
-          collective_axes=("cluster",) if shared else ())
-
     # A dequantized operand's tiles pass through a compute-dtype copy per
     # warpgroup: A's whole tile (both warpgroups read it), B's half.
     stage_rows = tm if deq_a else tn if deq_b else 0
@@ -266,17 +300,35 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
                   bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
 
-    def pipeline(body, compute_context):
+    stages = _stages(cfg, room - stage_bytes, step_bytes)
+    steps = k // tile_k
+    chained = (cfg.chain_tiles and not (deq_a or deq_b) and
+               steps % stages == 0)
+
+    def spec(rows, gmem, k_rows, shared):
+      # A tile both blocks of a cluster read arrives in both through one
+      # multicast load.
+      shape, index = (((tile_k, rows), lambda kk: (kk, 0)) if k_rows else
+                      ((rows, tile_k), lambda kk: (0, kk)))
+      return plgpu.BlockSpec(
+          shape, index, transforms=smem_transforms(shape[1], gmem.dtype),
+          memory_space=plgpu.SMEM,
+          delay_release=0 if chained else cfg.delay_release,
+          collective_axes=("cluster",) if shared else ())
+
+    def pipeline(body, compute_context, state=None):
       return plgpu.emit_pipeline_warp_specialized(
           body,
-          grid=(k // tile_k,),
+          grid=(steps,),
           memory_registers=40,
           in_specs=[spec(tm, a_gmem, a_kr, cfg.cluster == "n"),
                     spec(bn, b_gmem, b_kr, cfg.cluster == "m")],
           wg_axis="wg",
           num_compute_wgs=_COMPUTE_WGS,
-          max_concurrent_steps=_stages(cfg, room - stage_bytes, step_bytes),
+          max_concurrent_steps=stages,
           compute_context=compute_context,
+          manual_consumed_barriers=chained,
+          pipeline_state=state,
       )
 
     ignore = lambda *_, **__: None  # noqa: E731
@@ -336,7 +388,8 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
             write_tile(acc.astype(out_ref.dtype), out_smem, wg,
                        out_ref.at[rows, cols])
 
-        def mma(_, a_smem, b_smem, acc_ref):
+        def mma(indices, a_smem, b_smem, *rest):
+          *consumed, acc_ref = rest
           # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
           # stored either way (FP8 ones K-major only).
           if deq_a:
@@ -353,14 +406,24 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
               b = stage.at[wg]
             b = b.T
           plgpu.wgmma(acc_ref, a, b)
-          # A dequantizing loop rewrites its stage at the next step.
-          plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
+          if chained:
+            _release(indices[0], steps, stages, consumed, cfg.delay_release)
+          else:
+            # A dequantizing loop rewrites its stage at the next step.
+            plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
           return acc_ref
 
         a_tiles = a_gmem.at[:, rows] if a_kr else a_gmem.at[rows, :]
         b_cols = pl.ds(jn * bn, bn)
         b_tiles = b_gmem.at[:, b_cols] if b_kr else b_gmem.at[b_cols, :]
-        pipeline(mma, compute_context)(a_tiles, b_tiles, allocations=allocs)
+        # A block's first tile fills the pipeline; its last leaves the
+        # slots loaded (the kernel ends: nothing waits for them).
+        state = jnp.where(info.local_index == 0,
+                          int(plgpu.PipelinePipeline.START),
+                          int(plgpu.PipelinePipeline.STEADY)
+                          ) if chained else None
+        pipeline(mma, compute_context, state)(a_tiles, b_tiles,
+                                              allocations=allocs)
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 

@@ -216,6 +216,7 @@ def test_policy_execution_is_checked():
     (lambda: kernels.GemmConfig(delay_release=True), "delay_release must be 0"),
     (lambda: kernels.GemmConfig(tile_m=0), "tile_m must be a positive int"),
     (lambda: kernels.GemmConfig(cluster="k"), "cluster must be None, 'm'"),
+    (lambda: kernels.GemmConfig(chain_tiles=1), "chain_tiles must be a bool"),
     (lambda: kernels.PassTiling(tile_rows=12), "tile_rows must be a positive "
      "power of two"),
     (lambda: kernels.DualConfig(stats=(8, 256)), "stats must be a "),
@@ -496,16 +497,24 @@ def test_gemm_bf16_path_takes_emulated_operands(gemm, accepted, eye_accepted,
 
 
 @pytest.mark.parametrize("transposed", [(False, True), (True, False)])
-def test_gemm_kernel_lowers_for_cuda(transposed):
+@pytest.mark.parametrize("k,config", [
+    (256, {}),
+    # One pipeline across a block's tiles, for the FP8 and BF16 loops (K
+    # 1024: their steps divide the stages), releasing a step late or not.
+    (1024, dict(chain_tiles=True)),
+    (1024, dict(chain_tiles=True, delay_release=0))], ids=str)
+def test_gemm_kernel_lowers_for_cuda(transposed, k, config):
   """Its four K loops lower to Mosaic GPU on any machine (``jax.export``
   for CUDA): a CPU finds what does not lower (a layout, a transform, an
   op) before a GPU runs it. E4M3 pairs: jax 0.10's wgmma takes no mixed
   FP8 pair."""
-  ops = [_gemm_operand(r, 256, True, t, ml_dtypes.bfloat16,
+  ops = [_gemm_operand(r, k, True, t, ml_dtypes.bfloat16,
                        ml_dtypes.float8_e4m3fn, seed=r)[0]
          for r, t in zip((200, 130), transposed)]
   exported = jax.export.export(
-      jax.jit(functools.partial(_gemm_kernel, out_dtype=jnp.bfloat16)),
+      jax.jit(lambda a, b: kernels.gemm.gemm(
+          a, b, out_dtype=jnp.bfloat16,
+          config=kernels.GemmConfig(**config))),
       platforms=["cuda"])(*ops)
   assert "mosaic_gpu" in exported.mlir_module()
 
@@ -680,7 +689,12 @@ def _assert_same_decisions(a, b):
     # One block per cluster, or two with B's tiles multicast (the default)
     # or A's; rejected operands stored [K, rows] read as they are.
     (("E4M3", "E4M3"), dict(cluster=None), (True, True)),
-    (("E4M3", "E5M2"), dict(cluster="n"), (True, True))], ids=str)
+    (("E4M3", "E5M2"), dict(cluster="n"), (True, True)),
+    # One pipeline across a block's tiles (at K 512: a multiple of the
+    # stages), releasing its slots a step late or at once.
+    (("E4M3", "E4M3"), dict(chain_tiles=True), (False, True)),
+    (("E4M3", "E4M3"), dict(chain_tiles=True, delay_release=0),
+     (False, True))], ids=str)
 def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
