@@ -219,20 +219,15 @@ def _stages(cfg: GemmConfig, room: int, step_bytes: int) -> int:
   return max(2, min(cfg.stages, room // step_bytes))
 
 
-def _release(step, steps: int, stages: int, consumed, delay: int) -> None:
-  """Releases the shared-memory slots of a chained pipeline's K steps.
+def _release_late(step, steps: int, stages: int, consumed) -> None:
+  """Releases a chained pipeline's shared-memory slots a step late.
 
-  ``consumed``: this step's slot's consumed barriers (one per input). With
-  ``delay`` 1 a step releases the previous step's slot once that step's
-  wgmma has finished, so that the next wgmma is issued while one runs (a
-  chained pipeline cannot delay its releases itself); the tile's last step
-  waits for its own and releases both.
+  ``consumed``: this step's slot's consumed barriers (one per input). A step
+  releases the previous step's slot once that step's wgmma has finished, so
+  that the next wgmma is issued while one runs (a chained pipeline cannot
+  delay its releases itself); the tile's last step waits for its own and
+  releases both.
   """
-  if not delay:
-    plgpu.wgmma_wait(0)
-    for barrier in consumed:
-      plgpu.barrier_arrive(barrier)
-    return
   plgpu.wgmma_wait(1)
   last = step == steps - 1
   prev = lax.rem(step + stages - 1, stages)
@@ -304,6 +299,9 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     steps = k // tile_k
     chained = (cfg.chain_tiles and not (deq_a or deq_b) and
                steps % stages == 0)
+    # A chained pipeline releases each step's slot itself (delay_release
+    # 0 in its specs); releasing late takes the steps doing it themselves.
+    manual = chained and cfg.delay_release > 0
 
     def spec(rows, gmem, k_rows, shared):
       # A tile both blocks of a cluster read arrives in both through one
@@ -327,7 +325,7 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
           num_compute_wgs=_COMPUTE_WGS,
           max_concurrent_steps=stages,
           compute_context=compute_context,
-          manual_consumed_barriers=chained,
+          manual_consumed_barriers=manual,
           pipeline_state=state,
       )
 
@@ -406,8 +404,8 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
               b = stage.at[wg]
             b = b.T
           plgpu.wgmma(acc_ref, a, b)
-          if chained:
-            _release(indices[0], steps, stages, consumed, cfg.delay_release)
+          if manual:
+            _release_late(indices[0], steps, stages, consumed)
           else:
             # A dequantizing loop rewrites its stage at the next step.
             plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
