@@ -219,7 +219,7 @@ GEMM_VARIANTS = (
     dict(grid_tile_width=16),
     dict(grid_tile_width=4),
     dict(delay_release=0),
-    dict(chain_tiles=True),
+    dict(chain_fp8=True, chain_wide=True),
 )
 
 

@@ -108,15 +108,14 @@ class GemmConfig:
   # 1.501x, 1.471x and 1.518x BF16 against 1.471x, 1.447x and 1.480x without
   # clusters (benchmarks/gemm.py --gemm-configs, docs/benchmarks.md).
   cluster: str | None = "m"
-  # One pipeline across each block's tiles (Mosaic GPU's pipeline of
-  # pipelines), so that the next tile's first K steps load while this one
-  # ends, where a loop's K steps divide its stages (the FP8 and the BF16
-  # loops; a dequantizing loop keeps its own). The compute warpgroups then
-  # release each slot themselves, ``delay_release`` steps late. Off by
-  # default: the layer at (16384, 8192, 8192) on the H200 ran at 1.566x
-  # BF16 with it against 1.553x without, in one process, and its GPU tests
-  # have not all run (docs/results/gpu-2026-12-02-fp8o).
-  chain_tiles: bool = False
+  # Off by default. On the H200, chaining the FP8 loop took its kernel from
+  # 0.3667 to 0.3625 ms at 16384 x 4096 x 4096, but the layer at (16384,
+  # 8192, 8192) gained 0.7% (in turns, both orders), less than it moves
+  # between runs, and gpu1b_wide's training none (161.9 ms/step against
+  # 161.3); the all-rejected layer with both loops chained took 1% longer
+  # (docs/benchmarks.md, seventeenth session).
+  chain_fp8: bool = False
+  chain_wide: bool = False
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -125,9 +124,9 @@ class GemmConfig:
         if v not in (None, "m", "n"):
           raise ValueError(f"GemmConfig.cluster must be None, 'm' or 'n', "
                            f"got {v!r}.")
-      elif f.name == "chain_tiles":
+      elif f.name in ("chain_fp8", "chain_wide"):
         if not isinstance(v, bool):
-          raise ValueError(f"GemmConfig.chain_tiles must be a bool, got "
+          raise ValueError(f"GemmConfig.{f.name} must be a bool, got "
                            f"{v!r}.")
       elif f.name == "delay_release":
         if isinstance(v, bool) or v not in (0, 1):
@@ -297,8 +296,8 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
 
     stages = _stages(cfg, room - stage_bytes, step_bytes)
     steps = k // tile_k
-    chained = (cfg.chain_tiles and not (deq_a or deq_b) and
-               steps % stages == 0)
+    chained = ((cfg.chain_fp8 if fp8 else cfg.chain_wide and loop == _WIDE)
+               and steps % stages == 0)
     # A chained pipeline releases each step's slot itself (delay_release
     # 0 in its specs); releasing late takes the steps doing it themselves.
     manual = chained and cfg.delay_release > 0

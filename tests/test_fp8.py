@@ -216,7 +216,8 @@ def test_policy_execution_is_checked():
     (lambda: kernels.GemmConfig(delay_release=True), "delay_release must be 0"),
     (lambda: kernels.GemmConfig(tile_m=0), "tile_m must be a positive int"),
     (lambda: kernels.GemmConfig(cluster="k"), "cluster must be None, 'm'"),
-    (lambda: kernels.GemmConfig(chain_tiles=1), "chain_tiles must be a bool"),
+    (lambda: kernels.GemmConfig(chain_fp8=1), "chain_fp8 must be a bool"),
+    (lambda: kernels.GemmConfig(chain_wide="yes"), "chain_wide must be a bool"),
     (lambda: kernels.PassTiling(tile_rows=12), "tile_rows must be a positive "
      "power of two"),
     (lambda: kernels.DualConfig(stats=(8, 256)), "stats must be a "),
@@ -501,8 +502,8 @@ def test_gemm_bf16_path_takes_emulated_operands(gemm, accepted, eye_accepted,
     (256, {}),
     # One pipeline across a block's tiles, for the FP8 and BF16 loops (K
     # 1024: their steps divide the stages), releasing a step late or not.
-    (1024, dict(chain_tiles=True)),
-    (1024, dict(chain_tiles=True, delay_release=0))], ids=str)
+    (1024, dict(chain_fp8=True, chain_wide=True)),
+    (1024, dict(chain_fp8=True, chain_wide=True, delay_release=0))], ids=str)
 def test_gemm_kernel_lowers_for_cuda(transposed, k, config):
   """Its four K loops lower to Mosaic GPU on any machine (``jax.export``
   for CUDA): a CPU finds what does not lower (a layout, a transform, an
@@ -692,8 +693,8 @@ def _assert_same_decisions(a, b):
     (("E4M3", "E5M2"), dict(cluster="n"), (True, True)),
     # One pipeline across a block's tiles (at K 512: a multiple of the
     # stages), releasing its slots a step late or at once.
-    (("E4M3", "E4M3"), dict(chain_tiles=True), (False, True)),
-    (("E4M3", "E4M3"), dict(chain_tiles=True, delay_release=0),
+    (("E4M3", "E4M3"), dict(chain_fp8=True, chain_wide=True), (False, True)),
+    (("E4M3", "E4M3"), dict(chain_fp8=True, chain_wide=True, delay_release=0),
      (False, True))], ids=str)
 def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
   rng = np.random.default_rng(1)
@@ -721,6 +722,41 @@ def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
         precision=jax.lax.Precision.HIGHEST)
     assert got.shape == (m, n)
     assert _rel(got, want) <= 1e-3, acc
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
+@pytest.mark.parametrize("delay_release", [1, 0])
+def test_chained_tiles_equal_a_pipeline_per_tile(delay_release):
+  # More output tiles than blocks, so that blocks carry one pipeline from
+  # tile to tile (test_gemm_kernel_equals_reference's shapes give each
+  # block one tile at most). Each tile's wgmmas run in the same order
+  # either way: the outputs are equal bit for bit, in every K loop.
+  chained = kernels.GemmConfig(chain_fp8=True, chain_wide=True,
+                               delay_release=delay_release)
+  per_tile = dataclasses.replace(chained, chain_fp8=False, chain_wide=False)
+  m, k, n = 16 * chained.m_multiple, 512, 8 * chained.n_multiple
+  tiles = (m // chained.m_multiple) * (n // chained.n_multiple)
+  assert tiles > jax.devices()[0].core_count // chained.cluster_size
+  rng = np.random.default_rng(3)
+  a = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
+  b = jnp.asarray(rng.standard_normal((n, k)), jnp.bfloat16)
+  a8, b8 = (jnp.asarray(v * 8, jnp.float8_e4m3fn) for v in (a, b))
+  ra = jnp.asarray(rng.uniform(0.5, 2, m), jnp.float32)
+  rb = jnp.asarray(rng.uniform(0.5, 2, n), jnp.float32)
+  for transposed in (False, True):
+    def run(config, acc_a, acc_b, transposed=transposed):
+      ops = [kernels.gemm.Operand(x.T if transposed else x, q, r, acc,
+                                  transposed)
+             for x, q, r, acc in ((a, a8, ra, acc_a), (b, b8, rb, acc_b))]
+      return kernels.gemm.gemm(*ops, out_dtype=jnp.float32, config=config)
+
+    fns = [jax.jit(functools.partial(run, c)) for c in (chained, per_tile)]
+    for acc in ((True, True), (False, False), (True, False), (False, True)):
+      got, want = (np.asarray(f(*map(jnp.bool_, acc))) for f in fns)
+      np.testing.assert_array_equal(got.view(np.uint32),
+                                    want.view(np.uint32),
+                                    err_msg=f"{acc}, {transposed}")
 
 
 @pytest.mark.gpu
