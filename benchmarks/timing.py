@@ -33,16 +33,21 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
   """Per case (name: (jitted fn, args)): (seconds per call, its ratio to the
   first case), both medians over ``rounds`` rounds.
 
-  Each round times every case once, ``iters`` queued calls each, so drift of
-  the device (clocks, temperature) between cases cancels in the per-round
-  ratios: differences of a few percent, which separate runs of ``timed``
-  do not resolve, are measured side by side.
+  Each round runs every case in turns, ``iters`` queued calls untimed and
+  then ``iters`` timed, so drift of the device (clocks, temperature)
+  between cases cancels in the per-round ratios: differences of a few
+  percent, which separate runs of ``timed`` do not resolve, are measured
+  side by side. The untimed calls let the clocks settle to the case's own
+  load: on the H200, without them, the case timed right after nn.Dense's
+  BF16 step ran 2-4% slower, whichever case it was (docs/benchmarks.md,
+  seventeenth session).
   """
   for fn, args in cases.values():
     jax.block_until_ready(fn(*args))  # compile and warm up
   times = {name: [] for name in cases}
   for _ in range(rounds):
     for name, (fn, args) in cases.items():
+      _per_call(fn, args, iters)
       times[name].append(_per_call(fn, args, iters))
   first = times[next(iter(cases))]
   return {name: (statistics.median(t),
