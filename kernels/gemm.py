@@ -116,6 +116,8 @@ class GemmConfig:
   # (docs/benchmarks.md, seventeenth session).
   chain_fp8: bool = False
   chain_wide: bool = False
+  # Not measured yet (no device time was left in the seventeenth session).
+  lead: int = 0
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -127,6 +129,10 @@ class GemmConfig:
       elif f.name in ("chain_fp8", "chain_wide"):
         if not isinstance(v, bool):
           raise ValueError(f"GemmConfig.{f.name} must be a bool, got "
+                           f"{v!r}.")
+      elif f.name == "lead":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+          raise ValueError(f"GemmConfig.lead must be a non-negative int, got "
                            f"{v!r}.")
       elif f.name == "delay_release":
         if isinstance(v, bool) or v not in (0, 1):
@@ -244,6 +250,10 @@ def _release_late(step, steps: int, stages: int, consumed) -> None:
       plgpu.barrier_arrive(barrier)
 
 
+# The kernel's barriers: one per warpgroup and operand for its tile's row
+# factors, then the one that staggers the warpgroups (GemmConfig.lead).
+_LEAD_BARRIER = 2 * _COMPUTE_WGS
+
 # The kernel's four K loops, indexed by a.accepted + 2 * b.accepted.
 _WIDE, _DEQUANT_A, _DEQUANT_B, _FP8 = range(4)
 
@@ -301,6 +311,11 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     # A chained pipeline releases each step's slot itself (delay_release
     # 0 in its specs); releasing late takes the steps doing it themselves.
     manual = chained and cfg.delay_release > 0
+    lead = cfg.lead if fp8 and chained else 0
+    if lead > stages:
+      raise ValueError(f"GemmConfig.lead ({lead}) exceeds the FP8 loop's "
+                       f"{stages} stages: the second warpgroup would never "
+                       f"start.")
 
     def spec(rows, gmem, k_rows, shared):
       # A tile both blocks of a cluster read arrives in both through one
@@ -387,6 +402,14 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
 
         def mma(indices, a_smem, b_smem, *rest):
           *consumed, acc_ref = rest
+          if lead:
+            # The block's first tile staggers the warpgroups: the second
+            # starts once the first has issued ``lead`` steps.
+            first_tile = info.local_index == 0
+
+            @pl.when(first_tile & (indices[0] == 0) & (wg == 1))
+            def _():
+              plgpu.barrier_wait(barriers.at[_LEAD_BARRIER])
           # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
           # stored either way (FP8 ones K-major only).
           if deq_a:
@@ -403,6 +426,10 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
               b = stage.at[wg]
             b = b.T
           plgpu.wgmma(acc_ref, a, b)
+          if lead:
+            @pl.when(first_tile & (indices[0] == lead - 1) & (wg == 0))
+            def _():
+              plgpu.barrier_arrive(barriers.at[_LEAD_BARRIER])
           if manual:
             _release_late(indices[0], steps, stages, consumed)
           else:
@@ -484,7 +511,7 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
                               transforms=smem_transforms(et, out_dtype)),
           ra_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_m), jnp.float32),
           rb_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_n), jnp.float32),
-          barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS)),
+          barriers=plgpu.Barrier(num_barriers=_LEAD_BARRIER + 1)),
   )
   y = call(case, a8, b8, ra, rb, a, b)
   return y[:m, :n] if (mp, np_) != (m, n) else y
