@@ -299,15 +299,15 @@ def bench_dual(iters: int) -> None:
                                                 best[1]))))
 
 
-def bench_chain(iters: int) -> None:
-  """72 GEMMs of 4096^3, each on the codes of the previous output."""
+def bench_chain(iters: int, gemm_configs=("default",)) -> None:
+  """72 GEMMs of 4096^3, each on the codes of the previous output; the
+  kernel once per GemmConfig."""
   m = 4096
   w = jax.random.normal(jax.random.key(1), (m, m), jnp.bfloat16) * 0.02
   w8, rw = jax.jit(_codes)(w)
-  cfg = kernels.KernelConfig()
   ones = jnp.ones((m,), jnp.float32)
 
-  def step(kind, h, pred):
+  def step(kind, h, pred, config=None):
     h8 = h.astype(jnp.float8_e4m3fn)
     if kind == "xla_fp8":
       return kernels.gemm.fp8_dot(h8, w8, ones, rw, out_dtype=jnp.bfloat16)
@@ -320,27 +320,33 @@ def bench_chain(iters: int) -> None:
     # The kernel as a layer runs it: its BF16 path reads the operands as
     # they came.
     return kernels.gemm.gemm(*_operands(h, h8, ones, w, w8, rw, pred),
-                             out_dtype=jnp.bfloat16, config=cfg.gemm)
+                             out_dtype=jnp.bfloat16, config=config)
 
-  def chain(kind, preds, h):
+  def chain(kind, preds, h, config=None):
     # A scan with a known trip count compiles each variant once and adds no
     # host synchronisation of its own.
-    return jax.lax.scan(lambda h, p: (step(kind, h, p) * 1e-2, None), h,
-                        preds)[0]
+    return jax.lax.scan(lambda h, p: (step(kind, h, p, config) * 1e-2, None),
+                        h, preds)[0]
 
   h0 = jax.random.normal(jax.random.key(0), (m, m), jnp.bfloat16)
   # Timed in turns (timed_interleaved): the targets are a few percent, about
   # what the device drifts between runs timed one after the other.
   cases = {}
-  for kind, preds in (("xla_fp8", (True,)), ("xla_cond", (True, False)),
-                      ("kernel", (True, False))):
+  for kind, preds in (("xla_fp8", (True,)), ("xla_cond", (True, False))):
     for p in preds:
-      cases[kind, p] = (jax.jit(functools.partial(chain, kind)),
-                        (jnp.full((72,), p), h0))
+      cases[kind, p, None] = (jax.jit(functools.partial(chain, kind)),
+                              (jnp.full((72,), p), h0))
+  for g in gemm_configs:
+    for p in (True, False):
+      cases["kernel", p, g] = (jax.jit(functools.partial(
+          chain, "kernel", config=gemm_config(g))), (jnp.full((72,), p), h0))
   got = timed_interleaved(cases, iters=max(1, iters // 3))
-  for (kind, p), (t, ratio) in got.items():
-    say(bench="chain", case=kind, fp8=p, ms=round(t * 1e3, 3),
-        vs_xla_fp8=round(ratio, 4))
+  for (kind, p, g), (t, ratio) in got.items():
+    row = dict(bench="chain", case=kind, fp8=p, ms=round(t * 1e3, 3),
+               vs_xla_fp8=round(ratio, 4))
+    if g is not None:
+      row["gemm"] = g
+    say(**row)
 
 
 def main() -> None:
@@ -356,8 +362,9 @@ def main() -> None:
   ap.add_argument("--dense-layers",
                   default="bf16,flax_fp8,mor_fp8,mor_rejected,mor_emulate")
   ap.add_argument("--gemm-configs", default="default",
-                  help="GemmConfigs the MoR layers run with, each timed in "
-                       "the same run: 'default;cluster=m;...'")
+                  help="GemmConfigs the MoR layers (dense) and the kernel's "
+                       "chains (chain) run with, each timed in the same run: "
+                       "'default;cluster=m;...'")
   args = ap.parse_args()
   dev = jax.devices()[0]
   say(date=str(datetime.date.today()), device=dev.device_kind,
@@ -375,7 +382,7 @@ def main() -> None:
                 [BLOCK_VARIANTS[int(i)]
                  for i in args.block_variants.split(",")])
   if args.only in (None, "chain"):
-    bench_chain(args.iters)
+    bench_chain(args.iters, gemm_configs=args.gemm_configs.split(";"))
   if args.only in (None, "dense"):
     bench_dense(shapes, args.iters, kinds=args.dense_layers.split(","),
                 gemm_configs=args.gemm_configs.split(";"))
