@@ -92,6 +92,34 @@ class GemmConfig:
       multicast TMA load: "m" pairs blocks of the same columns (B's tile is
       shared), "n" blocks of the same rows (A's). Halves the shared
       operand's reads from L2.
+    chain_fp8, chain_wide: one pipeline across each block's tiles (Mosaic
+      GPU's pipeline of pipelines) for the FP8 loop, and for the 16-bit one
+      on two rejected operands, where the loop's K steps divide its stages,
+      so that the next tile's first K steps load while this one ends (a
+      dequantizing loop keeps a pipeline per tile). The compute warpgroups
+      then release each slot themselves, ``delay_release`` steps late.
+    lead: K steps by which the first compute warpgroup starts the chained
+      FP8 loop ahead of the second (0: together). A chained pipeline has
+      no barrier between tiles, so the lead stays: one warpgroup runs its
+      tile's last steps on the tensor cores while the other writes its
+      output, as a ping-pong schedule does, but the two still share each
+      step's loads. It costs the leading warpgroup ``lead`` steps of its
+      prefetch. At most the FP8 loop's stages (a larger lead would wait
+      for slots that only the second warpgroup frees); ignored where that
+      loop is not chained.
+
+  Examples:
+    The FP8 loop chained across tiles, its first warpgroup two steps ahead
+    (options to measure; both are off by default):
+
+    >>> from mor_jax import kernels
+    >>> cfg = kernels.GemmConfig(chain_fp8=True, lead=2)
+    >>> cfg.block_n, cfg.m_multiple  # a cluster's tile: 256 x 256 outputs
+    (256, 256)
+    >>> kernels.GemmConfig(lead=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: GemmConfig.lead must be a non-negative int, got -1.
   """
 
   tile_m: int = 128

@@ -528,8 +528,7 @@ def test_gemm_lead_beyond_the_stages_is_refused():
   # first holds every slot, and only both free one.
   ops = [_gemm_operand(r, 1024, True, False, ml_dtypes.bfloat16,
                        ml_dtypes.float8_e4m3fn, seed=r)[0] for r in (200, 130)]
-  config = kernels.GemmConfig(chain_fp8=True, lead=kernels.GemmConfig().stages
-                              + 1)
+  config = kernels.GemmConfig(chain_fp8=True, lead=5)  # the loop has 4 stages
   with pytest.raises(ValueError, match="lead \\(5\\) exceeds the FP8 loop's 4"):
     jax.export.export(jax.jit(lambda a, b: kernels.gemm.gemm(
         a, b, out_dtype=jnp.bfloat16, config=config)),
