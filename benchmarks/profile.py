@@ -219,9 +219,8 @@ GEMM_VARIANTS = (
     dict(grid_tile_width=16),
     dict(grid_tile_width=4),
     dict(delay_release=0),
-    dict(chain_fp8=True, chain_wide=True),
-    dict(chain_fp8=True, lead=1),
-    dict(chain_fp8=True, lead=2),
+    dict(chain_fp8=False),
+    dict(chain_wide=True),
 )
 
 

@@ -98,28 +98,18 @@ class GemmConfig:
       so that the next tile's first K steps load while this one ends (a
       dequantizing loop keeps a pipeline per tile). The compute warpgroups
       then release each slot themselves, ``delay_release`` steps late.
-    lead: K steps by which the first compute warpgroup starts the chained
-      FP8 loop ahead of the second (0: together). A chained pipeline has
-      no barrier between tiles, so the lead stays: one warpgroup runs its
-      tile's last steps on the tensor cores while the other writes its
-      output, as a ping-pong schedule does, but the two still share each
-      step's loads. It costs the leading warpgroup ``lead`` steps of its
-      prefetch. At most the FP8 loop's stages (a larger lead would wait
-      for slots that only the second warpgroup frees); ignored where that
-      loop is not chained.
 
   Examples:
-    The FP8 loop chained across tiles, its first warpgroup two steps ahead
-    (options to measure; both are off by default):
+    The default chains the FP8 loop; a pipeline per tile is an option:
 
     >>> from mor_jax import kernels
-    >>> cfg = kernels.GemmConfig(chain_fp8=True, lead=2)
+    >>> cfg = kernels.GemmConfig(chain_fp8=False)
     >>> cfg.block_n, cfg.m_multiple  # a cluster's tile: 256 x 256 outputs
     (256, 256)
-    >>> kernels.GemmConfig(lead=-1)
+    >>> kernels.GemmConfig(chain_wide=1)
     Traceback (most recent call last):
     ...
-    ValueError: GemmConfig.lead must be a non-negative int, got -1.
+    ValueError: GemmConfig.chain_wide must be a bool, got 1.
   """
 
   tile_m: int = 128
@@ -136,16 +126,15 @@ class GemmConfig:
   # 1.501x, 1.471x and 1.518x BF16 against 1.471x, 1.447x and 1.480x without
   # clusters (benchmarks/gemm.py --gemm-configs, docs/benchmarks.md).
   cluster: str | None = "m"
-  # Off by default. On the H200, chaining the FP8 loop took its kernel from
-  # 0.3667 to 0.3625 ms at 16384 x 4096 x 4096, but the layer at (16384,
-  # 8192, 8192) gained 0.7% (in turns, both orders), less than it moves
-  # between runs, and gpu1b_wide's training none (161.9 ms/step against
-  # 161.3); the all-rejected layer with both loops chained took 1% longer
-  # (docs/benchmarks.md, seventeenth session).
-  chain_fp8: bool = False
+  # On the H200 a chained FP8 loop was faster in all six kernel timings of
+  # two sessions, by 0.5-1.5% (M x K x N = 16384 x 4096 x 4096, and 16128,
+  # 16384 and 16896 x 8192 x 8192), with the same bits; the layer at
+  # (16384, 8192, 8192) gained 0.7-0.9% and gpu1b_wide's training step
+  # moved within its noise (161.9 ms against 161.3). The 16-bit loop gained
+  # nothing, and the all-rejected layer with it chained took 1% longer
+  # (docs/benchmarks.md, seventeenth and eighteenth sessions).
+  chain_fp8: bool = True
   chain_wide: bool = False
-  # Not measured yet (no device time was left in the seventeenth session).
-  lead: int = 0
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -157,10 +146,6 @@ class GemmConfig:
       elif f.name in ("chain_fp8", "chain_wide"):
         if not isinstance(v, bool):
           raise ValueError(f"GemmConfig.{f.name} must be a bool, got "
-                           f"{v!r}.")
-      elif f.name == "lead":
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-          raise ValueError(f"GemmConfig.lead must be a non-negative int, got "
                            f"{v!r}.")
       elif f.name == "delay_release":
         if isinstance(v, bool) or v not in (0, 1):
@@ -278,10 +263,6 @@ def _release_late(step, steps: int, stages: int, consumed) -> None:
       plgpu.barrier_arrive(barrier)
 
 
-# The kernel's barriers: one per warpgroup and operand for its tile's row
-# factors, then the one that staggers the warpgroups (GemmConfig.lead).
-_LEAD_BARRIER = 2 * _COMPUTE_WGS
-
 # The kernel's four K loops, indexed by a.accepted + 2 * b.accepted.
 _WIDE, _DEQUANT_A, _DEQUANT_B, _FP8 = range(4)
 
@@ -339,11 +320,6 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     # A chained pipeline releases each step's slot itself (delay_release
     # 0 in its specs); releasing late takes the steps doing it themselves.
     manual = chained and cfg.delay_release > 0
-    lead = cfg.lead if fp8 and chained else 0
-    if lead > stages:
-      raise ValueError(f"GemmConfig.lead ({lead}) exceeds the FP8 loop's "
-                       f"{stages} stages: the second warpgroup would never "
-                       f"start.")
 
     def spec(rows, gmem, k_rows, shared):
       # A tile both blocks of a cluster read arrives in both through one
@@ -430,14 +406,6 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
 
         def mma(indices, a_smem, b_smem, *rest):
           *consumed, acc_ref = rest
-          if lead:
-            # The block's first tile staggers the warpgroups: the second
-            # starts once the first has issued ``lead`` steps.
-            first_tile = info.local_index == 0
-
-            @pl.when(first_tile & (indices[0] == 0) & (wg == 1))
-            def _():
-              plgpu.barrier_wait(barriers.at[_LEAD_BARRIER])
           # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
           # stored either way (FP8 ones K-major only).
           if deq_a:
@@ -454,10 +422,6 @@ def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
               b = stage.at[wg]
             b = b.T
           plgpu.wgmma(acc_ref, a, b)
-          if lead:
-            @pl.when(first_tile & (indices[0] == lead - 1) & (wg == 0))
-            def _():
-              plgpu.barrier_arrive(barriers.at[_LEAD_BARRIER])
           if manual:
             _release_late(indices[0], steps, stages, consumed)
           else:
@@ -539,7 +503,7 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
                               transforms=smem_transforms(et, out_dtype)),
           ra_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_m), jnp.float32),
           rb_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_n), jnp.float32),
-          barriers=plgpu.Barrier(num_barriers=_LEAD_BARRIER + 1)),
+          barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS)),
   )
   y = call(case, a8, b8, ra, rb, a, b)
   return y[:m, :n] if (mp, np_) != (m, n) else y

@@ -218,7 +218,6 @@ def test_policy_execution_is_checked():
     (lambda: kernels.GemmConfig(cluster="k"), "cluster must be None, 'm'"),
     (lambda: kernels.GemmConfig(chain_fp8=1), "chain_fp8 must be a bool"),
     (lambda: kernels.GemmConfig(chain_wide="yes"), "chain_wide must be a bool"),
-    (lambda: kernels.GemmConfig(lead=-1), "lead must be a non-negative int"),
     (lambda: kernels.PassTiling(tile_rows=12), "tile_rows must be a positive "
      "power of two"),
     (lambda: kernels.DualConfig(stats=(8, 256)), "stats must be a "),
@@ -501,12 +500,13 @@ def test_gemm_bf16_path_takes_emulated_operands(gemm, accepted, eye_accepted,
 @pytest.mark.parametrize("transposed", [(False, True), (True, False)])
 @pytest.mark.parametrize("k,config", [
     (256, {}),
-    # One pipeline across a block's tiles, for the FP8 and BF16 loops (K
-    # 1024: their steps divide the stages), releasing a step late or not.
-    (1024, dict(chain_fp8=True, chain_wide=True)),
-    (1024, dict(chain_fp8=True, chain_wide=True, delay_release=0)),
-    # The first compute warpgroup two steps ahead of the second.
-    (1024, dict(chain_fp8=True, lead=2))], ids=str)
+    # One pipeline across a block's tiles, for the FP8 loop (the default)
+    # and the BF16 one (K 1024: their steps divide the stages), releasing a
+    # step late or not; or a pipeline per tile.
+    (1024, {}),
+    (1024, dict(chain_wide=True)),
+    (1024, dict(chain_wide=True, delay_release=0)),
+    (1024, dict(chain_fp8=False))], ids=str)
 def test_gemm_kernel_lowers_for_cuda(transposed, k, config):
   """Its four K loops lower to Mosaic GPU on any machine (``jax.export``
   for CUDA): a CPU finds what does not lower (a layout, a transform, an
@@ -521,18 +521,6 @@ def test_gemm_kernel_lowers_for_cuda(transposed, k, config):
           config=kernels.GemmConfig(**config))),
       platforms=["cuda"])(*ops)
   assert "mosaic_gpu" in exported.mlir_module()
-
-
-def test_gemm_lead_beyond_the_stages_is_refused():
-  # The second warpgroup would wait for a step the first cannot reach: the
-  # first holds every slot, and only both free one.
-  ops = [_gemm_operand(r, 1024, True, False, ml_dtypes.bfloat16,
-                       ml_dtypes.float8_e4m3fn, seed=r)[0] for r in (200, 130)]
-  config = kernels.GemmConfig(chain_fp8=True, lead=5)  # the loop has 4 stages
-  with pytest.raises(ValueError, match="lead \\(5\\) exceeds the FP8 loop's 4"):
-    jax.export.export(jax.jit(lambda a, b: kernels.gemm.gemm(
-        a, b, out_dtype=jnp.bfloat16, config=config)),
-                      platforms=["cuda"])(*ops)
 
 
 def test_mixed_fp8_pair_lowers_where_the_kernel_takes_it():
@@ -707,10 +695,11 @@ def _assert_same_decisions(a, b):
     (("E4M3", "E4M3"), dict(cluster=None), (True, True)),
     (("E4M3", "E5M2"), dict(cluster="n"), (True, True)),
     # One pipeline across a block's tiles (at K 512: a multiple of the
-    # stages), releasing its slots a step late or at once.
-    (("E4M3", "E4M3"), dict(chain_fp8=True, chain_wide=True), (False, True)),
-    (("E4M3", "E4M3"), dict(chain_fp8=True, chain_wide=True, delay_release=0),
-     (False, True))], ids=str)
+    # stages) for both loops, releasing its slots a step late or at once;
+    # a pipeline per tile.
+    (("E4M3", "E4M3"), dict(chain_wide=True), (False, True)),
+    (("E4M3", "E4M3"), dict(chain_wide=True, delay_release=0), (False, True)),
+    (("E4M3", "E4M3"), dict(chain_fp8=False), (False, True))], ids=str)
 def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
@@ -741,17 +730,15 @@ def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
-@pytest.mark.parametrize("delay_release,lead", [(1, 0), (0, 0), (1, 2)])
-def test_chained_tiles_equal_a_pipeline_per_tile(delay_release, lead):
+@pytest.mark.parametrize("delay_release", [1, 0])
+def test_chained_tiles_equal_a_pipeline_per_tile(delay_release):
   # More output tiles than blocks, so that blocks carry one pipeline from
   # tile to tile (test_gemm_kernel_equals_reference's shapes give each
   # block one tile at most). Each tile's wgmmas run in the same order
-  # either way, staggered or not: the outputs are equal bit for bit, in
-  # every K loop.
+  # either way: the outputs are equal bit for bit, in every K loop.
   chained = kernels.GemmConfig(chain_fp8=True, chain_wide=True,
-                               delay_release=delay_release, lead=lead)
-  per_tile = dataclasses.replace(chained, chain_fp8=False, chain_wide=False,
-                                 lead=0)
+                               delay_release=delay_release)
+  per_tile = dataclasses.replace(chained, chain_fp8=False, chain_wide=False)
   m, k, n = 16 * chained.m_multiple, 512, 8 * chained.n_multiple
   tiles = (m // chained.m_multiple) * (n // chained.n_multiple)
   assert tiles > jax.devices()[0].core_count // chained.cluster_size
