@@ -40,13 +40,18 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
   side by side. The untimed calls let the clocks settle to the case's own
   load: on the H200, without them, the case timed right after nn.Dense's
   BF16 step ran 2-4% slower, whichever case it was (docs/benchmarks.md,
-  seventeenth session).
+  seventeenth session). With them the case timed last in each round still
+  ran 1.7-3% slower than the same code timed earlier (eighteenth session),
+  so each round starts one case further on: over a multiple of the cases'
+  number of rounds, every case takes every place equally often.
   """
   for fn, args in cases.values():
     jax.block_until_ready(fn(*args))  # compile and warm up
   times = {name: [] for name in cases}
-  for _ in range(rounds):
-    for name, (fn, args) in cases.items():
+  names = list(cases)
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      fn, args = cases[name]
       _per_call(fn, args, iters)
       times[name].append(_per_call(fn, args, iters))
   first = times[next(iter(cases))]

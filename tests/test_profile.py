@@ -93,8 +93,10 @@ def test_timed_interleaved_reports_medians_and_ratios_to_the_first_case(
       iters=2, rounds=3)
   assert got == {"base": (1.0, 1.0), "slow": (2.0, 2.0)}
   # A warm-up call each, then rounds that take every case in turn, its
-  # untimed calls and then its timed ones.
-  assert calls == ["base", "slow"] + (["base"] * 4 + ["slow"] * 4) * 3
+  # untimed calls and then its timed ones, each round starting one case
+  # further on.
+  base_first = ["base"] * 4 + ["slow"] * 4
+  assert calls == ["base", "slow"] + base_first + base_first[::-1] + base_first
 
 
 def test_gemm_configs_parse_as_the_benchmark_takes_them():
