@@ -112,25 +112,23 @@ def gemm_config(text: str) -> kernels.GemmConfig:
 def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
                 gemm_configs=("default",),
-                dual_configs=(kernels.DualConfig(),)) -> None:
+                dual_configs=(kernels.DualConfig(),),
+                in_turns: bool = False) -> None:
+  """Each layer timed on its own as it is built (``timing.timed``), or a
+  shape's layers all built, then timed in turns (``in_turns``:
+  ``timing.timed_interleaved``, each row with its per-round time ratio to
+  the first run, ``kinds[0]``'s)."""
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
-    runs = [(kind, g, d) for kind in kinds
-            for g in (gemm_configs if kind.startswith("mor") else (None,))
-            for d in (dual_configs if kind.startswith("mor") else (None,))]
-    for kind, g, d in runs:
-      layer = dense_layer(kind, n)
-      v, step = dense_step(layer, x)
-      config = kernels.KernelConfig(gemm=gemm_config(g or "default"),
-                                    dual=d or kernels.DualConfig())
-      with mor_jax.use_implementation("auto", config):
-        t = timed(step, v, x, iters=iters)
-      if kind == "bf16":
-        base = t
+
+    def say_run(kind, g, d, layer, v, t, ratio=None):
       row = dict(bench="dense", shape=[m, k, n], layer=kind,
-                 ms=round(t * 1e3, 3), speedup_vs_bf16=round(base / t, 3) if base else None,
+                 ms=round(t * 1e3, 3),
+                 speedup_vs_bf16=round(base / t, 3) if base else None,
                  tflops=round(6 * m * n * k / t / 1e12, 1))
+      if ratio is not None:
+        row["time_ratio_to_first_per_round"] = round(ratio, 4)
       if g is not None:
         row["gemm"] = g
       if d is not None and d != kernels.DualConfig():
@@ -141,6 +139,34 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
         row["fprop_e4m3"] = [float(fprop[r].fraction_blocks[0])
                              for r in ("activation", "weight")]
       say(**row)
+
+    runs = [(kind, g, d) for kind in kinds
+            for g in (gemm_configs if kind.startswith("mor") else (None,))
+            for d in (dual_configs if kind.startswith("mor") else (None,))]
+    cases, built = {}, {}  # per run: (step, its args), (layer, variables)
+    for kind, g, d in runs:
+      layer = dense_layer(kind, n)
+      v, step = dense_step(layer, x)
+      config = kernels.KernelConfig(gemm=gemm_config(g or "default"),
+                                    dual=d or kernels.DualConfig())
+      with mor_jax.use_implementation("auto", config):
+        if in_turns:
+          # Compiled here, under this run's configuration; the calls in
+          # turns, outside it, reuse this step's executable.
+          jax.block_until_ready(step(v, x))
+          cases[kind, g, d], built[kind, g, d] = (step, (v, x)), (layer, v)
+          continue
+        t = timed(step, v, x, iters=iters)
+      if kind == "bf16":
+        base = t
+      say_run(kind, g, d, layer, v, t)
+    if in_turns:
+      # Every run takes every place in the turn three times.
+      got = timed_interleaved(cases, iters=iters, rounds=3 * len(cases))
+      base = next((t for (kind, _, _), (t, _) in got.items()
+                   if kind == "bf16"), None)
+      for run, (t, ratio) in got.items():
+        say_run(*run, *built[run], t, ratio)
 
 
 def _codes(x):
@@ -361,6 +387,9 @@ def main() -> None:
   ap.add_argument("--dense-shapes", default="16384x8192x8192,16384x8192x28672")
   ap.add_argument("--dense-layers",
                   default="bf16,flax_fp8,mor_fp8,mor_rejected,mor_emulate")
+  ap.add_argument("--in-turns", action="store_true",
+                  help="with dense: time a shape's layers in turns in each "
+                  "round (timing.timed_interleaved), not one after another")
   ap.add_argument("--gemm-configs", default="default",
                   help="GemmConfigs the MoR layers (dense) and the kernel's "
                        "chains (chain) run with, each timed in the same run: "
@@ -385,7 +414,8 @@ def main() -> None:
     bench_chain(args.iters, gemm_configs=args.gemm_configs.split(";"))
   if args.only in (None, "dense"):
     bench_dense(shapes, args.iters, kinds=args.dense_layers.split(","),
-                gemm_configs=args.gemm_configs.split(";"))
+                gemm_configs=args.gemm_configs.split(";"),
+                in_turns=args.in_turns)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmarks' own logic off a GPU: profile.py's attribution of device
 kernels to HLO ops on synthetic events (a GPU trace's reading is exercised on
-the GPU only), timing.py's turns on a fake clock, gemm.py's --gemm-configs."""
+the GPU only), timing.py's turns on a fake clock, gemm.py's --gemm-configs
+and its layers timed in turns."""
 
 import importlib.util
 import pathlib
@@ -109,3 +110,21 @@ def test_gemm_configs_parse_as_the_benchmark_takes_them():
     gemm.gemm_config("cluster=k")
   with pytest.raises(TypeError, match="tile_q"):
     gemm.gemm_config("tile_q=4")
+
+
+def test_dense_layers_timed_in_turns_report_each_run(capsys):
+  # A small shape on any machine: every run's row, with its ratio to the
+  # first run's time per round (the first's own is 1), and MoR's decisions.
+  import json
+
+  import gemm  # benchmarks/gemm.py, on the path above
+  gemm.bench_dense([(32, 64, 32)], iters=1, kinds=("bf16", "mor_fp8"),
+                   gemm_configs=("default", "chain_fp8=False"),
+                   in_turns=True)
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["layer"], r.get("gemm")) for r in rows] == [
+      ("bf16", None), ("mor_fp8", "default"), ("mor_fp8", "chain_fp8=False")]
+  assert rows[0]["time_ratio_to_first_per_round"] == 1.0
+  assert rows[0]["speedup_vs_bf16"] == 1.0
+  assert all(r["ms"] > 0 for r in rows)
+  assert rows[1]["fprop_e4m3"] == [1.0, 1.0]
