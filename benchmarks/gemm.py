@@ -8,7 +8,8 @@ Three measurements, each against its ceiling and peers in the same process:
    scaling, no fallback), at (tokens, in, out) = (16384, 8192, 8192) and
    (16384, 8192, 28672) in bf16: MoR with every operand accepted
    (execution "fp8"), with every operand rejected (threshold 1e-9: the BF16
-   fallback of every GEMM), and emulated.
+   fallback of every GEMM), and emulated; one after another, or with
+   ``--in-turns`` all timed in turns, every round.
 2. ``gemm``: one GEMM of (16384, 8192) x (8192, 8192)^T: cuBLAS BF16, cuBLAS
    FP8 through XLA with its fast and its accurate accumulation (precision
    DEFAULT and HIGHEST), and mor_jax's kernel (kernels/gemm.py) on its FP8
@@ -366,7 +367,9 @@ def bench_chain(iters: int, gemm_configs=("default",)) -> None:
     for p in (True, False):
       cases["kernel", p, g] = (jax.jit(functools.partial(
           chain, "kernel", config=gemm_config(g))), (jnp.full((72,), p), h0))
-  got = timed_interleaved(cases, iters=max(1, iters // 3))
+  # Every case takes every place in the turn three times.
+  got = timed_interleaved(cases, iters=max(1, iters // 3),
+                          rounds=3 * len(cases))
   for (kind, p, g), (t, ratio) in got.items():
     row = dict(bench="chain", case=kind, fp8=p, ms=round(t * 1e3, 3),
                vs_xla_fp8=round(ratio, 4))
