@@ -42,8 +42,8 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
   BF16 step ran 2-4% slower, whichever case it was (docs/benchmarks.md,
   seventeenth session). With them the case timed last in each round still
   ran 1.7-3% slower than the same code timed earlier (eighteenth session),
-  so each round starts one case further on: over a multiple of the cases'
-  number of rounds, every case takes every place equally often.
+  so each round starts one case further on: when the rounds are a
+  multiple of the cases, every case takes every place equally often.
   """
   for fn, args in cases.values():
     jax.block_until_ready(fn(*args))  # compile and warm up
