@@ -110,6 +110,15 @@ def gemm_config(text: str) -> kernels.GemmConfig:
   return kernels.GemmConfig(**{k: value(v) for k, v in kw.items()})
 
 
+def same_bits(a, b) -> bool:
+  """Whether two pytrees of arrays are equal bit for bit."""
+  def bits(x):
+    return jax.lax.bitcast_convert_type(
+        x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+  return all(bool(jnp.array_equal(bits(u), bits(w)))
+             for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
                 gemm_configs=("default",),
@@ -118,18 +127,22 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
   """Each layer timed on its own as it is built (``timing.timed``), or a
   shape's layers all built, then timed in turns (``in_turns``:
   ``timing.timed_interleaved``, each row with its per-round time ratio to
-  the first run, ``kinds[0]``'s)."""
+  the first run, ``kinds[0]``'s, and, for a MoR layer under another
+  ``GemmConfig`` than the first, whether its loss and gradients equal
+  that one's bit for bit)."""
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
 
-    def say_run(kind, g, d, layer, v, t, ratio=None):
+    def say_run(kind, g, d, layer, v, t, ratio=None, bits=None):
       row = dict(bench="dense", shape=[m, k, n], layer=kind,
                  ms=round(t * 1e3, 3),
                  speedup_vs_bf16=round(base / t, 3) if base else None,
                  tflops=round(6 * m * n * k / t / 1e12, 1))
       if ratio is not None:
         row["time_ratio_to_first_per_round"] = round(ratio, 4)
+      if bits is not None:
+        row["same_bits_as_first_gemm"] = bits
       if g is not None:
         row["gemm"] = g
       if d is not None and d != kernels.DualConfig():
@@ -145,6 +158,9 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
             for g in (gemm_configs if kind.startswith("mor") else (None,))
             for d in (dual_configs if kind.startswith("mor") else (None,))]
     cases, built = {}, {}  # per run: (step, its args), (layer, variables)
+    # Per run, whether it gives the bits of its layer's first GemmConfig;
+    # per (layer, DualConfig), that first run's loss and gradients.
+    bits, first = {}, {}
     for kind, g, d in runs:
       layer = dense_layer(kind, n)
       v, step = dense_step(layer, x)
@@ -154,20 +170,24 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
         if in_turns:
           # Compiled here, under this run's configuration; the calls in
           # turns, outside it, reuse this step's executable.
-          jax.block_until_ready(step(v, x))
+          out = jax.block_until_ready(step(v, x))
           cases[kind, g, d], built[kind, g, d] = (step, (v, x)), (layer, v)
+          if g is not None and (kind, d) in first:
+            bits[kind, g, d] = same_bits(out, first[kind, d])
+          first.setdefault((kind, d), out)
           continue
         t = timed(step, v, x, iters=iters)
       if kind == "bf16":
         base = t
       say_run(kind, g, d, layer, v, t)
     if in_turns:
+      first.clear()  # compared: free their memory before timing
       # Every run takes every place in the turn three times.
       got = timed_interleaved(cases, iters=iters, rounds=3 * len(cases))
       base = next((t for (kind, _, _), (t, _) in got.items()
                    if kind == "bf16"), None)
       for run, (t, ratio) in got.items():
-        say_run(*run, *built[run], t, ratio)
+        say_run(*run, *built[run], t, ratio, bits.get(run))
 
 
 def _codes(x):

@@ -114,7 +114,9 @@ def test_gemm_configs_parse_as_the_benchmark_takes_them():
 
 def test_dense_layers_timed_in_turns_report_each_run(capsys):
   # A small shape on any machine: every run's row, with its ratio to the
-  # first run's time per round (the first's own is 1), and MoR's decisions.
+  # first run's time per round (the first's own is 1), MoR's decisions, and
+  # whether a second GemmConfig gives the first's bits (off a Hopper GPU
+  # both run XLA's dot: the same bits).
   import json
 
   import gemm  # benchmarks/gemm.py, on the path above
@@ -128,3 +130,16 @@ def test_dense_layers_timed_in_turns_report_each_run(capsys):
   assert rows[0]["speedup_vs_bf16"] == 1.0
   assert all(r["ms"] > 0 for r in rows)
   assert rows[1]["fprop_e4m3"] == [1.0, 1.0]
+  assert "same_bits_as_first_gemm" not in rows[1]
+  assert rows[2]["same_bits_as_first_gemm"] is True
+
+
+def test_same_bits_tells_bits_apart():
+  import gemm  # benchmarks/gemm.py, on the path above
+  import jax.numpy as jnp
+  a = {"w": jnp.array([0.0, 1.0], jnp.float32), "x": jnp.ones(3, jnp.bfloat16)}
+  assert gemm.same_bits(a, dict(a))
+  # -0.0 == 0.0 as values, not as bits; a NaN is its own bits.
+  assert not gemm.same_bits(a, {**a, "w": jnp.array([-0.0, 1.0], jnp.float32)})
+  nan = {**a, "x": jnp.full(3, jnp.nan, jnp.bfloat16)}
+  assert gemm.same_bits(nan, nan)
