@@ -204,6 +204,30 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
   col_err_ref[...] = jnp.sum(acc[1], axis=0)
 
 
+def _identity(op, dtype):
+  """The value that ``op`` leaves every value of ``dtype`` unchanged by."""
+  if op is jnp.add:
+    return 0
+  if jnp.issubdtype(dtype, jnp.floating):
+    return -jnp.inf if op is jnp.maximum else jnp.inf
+  info = jnp.iinfo(dtype)
+  return info.min if op is jnp.maximum else info.max
+
+
+def _reduce_partials(parts, ops):
+  """Each [programs, n] partial reduced over its programs by its op.
+
+  One variadic reduce: XLA runs it as one kernel, where a reduction per
+  partial ran one each (docs/benchmarks.md, nineteenth session: 78 small
+  launches in the layer's step).
+  """
+  inits = tuple(jnp.asarray(_identity(op, p.dtype), p.dtype)
+                for op, p in zip(ops, parts))
+  return jax.lax.reduce(
+      tuple(parts), inits,
+      lambda a, b: tuple(op(u, v) for op, u, v in zip(ops, a, b)), (0,))
+
+
 def _partials_spec(axis: int, n: int) -> pl.BlockSpec:
   """Per-tile partials along ``axis`` (1: of rows, 0: of columns)."""
   if axis == 1:
@@ -241,9 +265,9 @@ def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
       interpret=interpret,
       name="mor_dual_stats",
   )(x)
-  cols = [op(p, axis=0)[:c] for op, p in zip(
-      (jnp.max, jnp.max, jnp.sum, jnp.min), parts[1:])]
-  return (jnp.max(parts[0], axis=0)[:r], *cols)
+  cols = _reduce_partials(parts[1:], (jnp.maximum, jnp.maximum, jnp.add,
+                                      jnp.minimum))
+  return (jnp.max(parts[0], axis=0)[:r], *(v[:c] for v in cols))
 
 
 def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
@@ -277,8 +301,8 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
       name="mor_dual_codes",
   )(x, row_scale, col_scale)
   as_fp8 = lambda u: jax.lax.bitcast_convert_type(u, fmt.dtype)  # noqa: E731
-  return (as_fp8(codes), as_fp8(codes_t), jnp.sum(row_err, axis=0)[:c],
-          jnp.sum(col_err, axis=0)[:c])
+  errs = _reduce_partials((row_err, col_err), (jnp.add, jnp.add))
+  return (as_fp8(codes), as_fp8(codes_t), *(e[:c] for e in errs))
 
 
 # ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -421,18 +422,21 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
 def test_dual_passes_lower_for_cuda(ptx):
   """The compiled passes lower to Triton on any machine (``jax.export`` for
   CUDA, with Triton's calls allowed), the codes pass with its error terms'
-  PTX reciprocal (which interpret mode does not run) where ``ptx`` says."""
+  PTX reciprocal (which interpret mode does not run) where ``ptx`` says.
+  The programs' partial results of the columns reduce in one variadic
+  reduce per pass (one kernel), the rows' amaxes in one more."""
   dual = kernels.dual.PallasDual(kernels.DualConfig(), interpret=False,
                                  ptx=ptx)
   sd = jax.ShapeDtypeStruct
   x = sd((200, 300), jnp.bfloat16)
-  for fn, args, rcp in (
-      (dual.stats, (x,), False),
+  for fn, args, rcp, reduces in (
+      (dual.stats, (x,), False, 2),
       (functools.partial(dual.codes, fmt=mor_jax.E4M3),
-       (x, sd((200,), jnp.float32), sd((300,), jnp.float32)), ptx)):
+       (x, sd((200,), jnp.float32), sd((300,), jnp.float32)), ptx, 1)):
     module = cases.lowered_for_cuda(fn, *args)
     assert "triton" in module
     assert (tile.RECIPROCAL_PTX in module) == rcp
+    assert len(re.findall(r"= stablehlo\.reduce\(", module)) == reduces
 
 
 def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):
