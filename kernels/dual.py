@@ -204,28 +204,18 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
   col_err_ref[...] = jnp.sum(acc[1], axis=0)
 
 
-def _identity(op, dtype):
-  """The value that ``op`` leaves every value of ``dtype`` unchanged by."""
-  if op is jnp.add:
-    return 0
-  if jnp.issubdtype(dtype, jnp.floating):
-    return -jnp.inf if op is jnp.maximum else jnp.inf
-  info = jnp.iinfo(dtype)
-  return info.min if op is jnp.maximum else info.max
-
-
 def _reduce_partials(parts, ops):
-  """Each [programs, n] partial reduced over its programs by its op.
+  """Each [programs, n] partial reduced over its programs by its (op,
+  identity).
 
   One variadic reduce: XLA runs it as one kernel, where a reduction per
   partial ran one each (docs/benchmarks.md, nineteenth session: 78 small
   launches in the layer's step).
   """
-  inits = tuple(jnp.asarray(_identity(op, p.dtype), p.dtype)
-                for op, p in zip(ops, parts))
+  inits = tuple(jnp.asarray(init, p.dtype) for (_, init), p in zip(ops, parts))
   return jax.lax.reduce(
       tuple(parts), inits,
-      lambda a, b: tuple(op(u, v) for op, u, v in zip(ops, a, b)), (0,))
+      lambda a, b: tuple(op(u, v) for (op, _), u, v in zip(ops, a, b)), (0,))
 
 
 def _partials_spec(axis: int, n: int) -> pl.BlockSpec:
@@ -265,8 +255,10 @@ def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
       interpret=interpret,
       name="mor_dual_stats",
   )(x)
-  cols = _reduce_partials(parts[1:], (jnp.maximum, jnp.maximum, jnp.add,
-                                      jnp.minimum))
+  # Every partial is >= 0: 0 is the identity of their maxima, as in
+  # kernels/quantize.py.
+  cols = _reduce_partials(parts[1:], ((jnp.maximum, 0.0), (jnp.maximum, 0),
+                                      (jnp.add, 0), (jnp.minimum, jnp.inf)))
   return (jnp.max(parts[0], axis=0)[:r], *(v[:c] for v in cols))
 
 
@@ -301,7 +293,7 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
       name="mor_dual_codes",
   )(x, row_scale, col_scale)
   as_fp8 = lambda u: jax.lax.bitcast_convert_type(u, fmt.dtype)  # noqa: E731
-  errs = _reduce_partials((row_err, col_err), (jnp.add, jnp.add))
+  errs = _reduce_partials((row_err, col_err), ((jnp.add, 0.0),) * 2)
   return (as_fp8(codes), as_fp8(codes_t), *(e[:c] for e in errs))
 
 
