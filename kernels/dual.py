@@ -55,8 +55,8 @@ class PassTiling:
 
   A program covers ``row_steps`` tiles of ``tile_rows`` x ``tile_cols``,
   one column strip, in a loop: its column statistics accumulate element by
-  element and reduce across threads once, and Triton pipelines the loop's
-  loads ``num_stages`` deep.
+  element and reduce across threads once. ``prefetch`` issues each step's
+  load of the next tile before the step works on its own (``_steps``).
   """
 
   tile_rows: int = 16
@@ -64,9 +64,10 @@ class PassTiling:
   row_steps: int = 16
   num_warps: int = 4
   num_stages: int = 2
+  prefetch: bool = True
 
   def __post_init__(self):
-    tile.check_powers_of_two(self)
+    tile.check_powers_of_two(self, flags=("prefetch",))
 
   @property
   def band(self) -> int:
@@ -80,20 +81,25 @@ class DualConfig:
   element, and their fastest tilings differ.
 
   The defaults are the fastest tilings of each pass on the H200 at
-  (16384, 8192) bf16, kernel times from one run of each of two sweeps
-  (``benchmarks/profile.py --sweep dual`` runs both's tilings,
-  docs/benchmarks.md):
-  statistics 0.150 ms, codes 0.339 ms (0.416 with 2 warps, 0.437 with one
-  16 x 128 x 16 tiling for both passes). Pass 2 is bound by instructions
-  (kernels/tile.py): 4 warps of the same tile hide more of their latency.
-  Once the passes had lost their per-row reductions, a sweep of 22 tilings
-  kept both within 1% of its best: statistics 0.130 ms (best 0.129), codes
-  0.305 (best 0.302).
+  (16384, 8192) bf16 (``benchmarks/profile.py --sweep dual`` times both
+  passes under each tiling, without and with ``prefetch``;
+  docs/benchmarks.md, twentieth session). Both passes wait for their loads
+  more than for anything else (Nsight Compute), so what matters is how many
+  bytes each warp has in flight against how many warps the registers
+  allow: statistics 0.112 ms with a tile of 8 x 256 loaded a step ahead
+  (0.129 without), codes 0.241 ms with 32 x 64 tiles, 16 elements per
+  thread, not loaded ahead (0.245 with; 16 x 64 tiles took 0.277 ms, 0.267
+  loaded ahead; the same tiles with 8 warps 0.228 in one sweep, not yet
+  timed in a layer). Timed in turns in the layer at (16384, 8192, 8192),
+  these defaults and the eighteenth session's ran within 0.3% of each
+  other (1.541x and 1.536x nn.Dense BF16; 1.568x and 1.562x with the old
+  codes tiling loaded ahead): the passes' shorter kernels did not shorten
+  the step under sustained load.
 
   Examples:
     >>> import mor_jax
     >>> from mor_jax import kernels
-    >>> codes = kernels.PassTiling(tile_rows=32, tile_cols=64, row_steps=8)
+    >>> codes = kernels.PassTiling(tile_rows=16, tile_cols=64, row_steps=16)
     >>> config = kernels.KernelConfig(dual=kernels.DualConfig(codes=codes))
     >>> config.dual.codes.band, config.dual.stats.band  # rows per program
     (256, 256)
@@ -103,9 +109,9 @@ class DualConfig:
   """
 
   stats: PassTiling = PassTiling(tile_rows=8, tile_cols=256, row_steps=32,
-                                 num_warps=4, num_stages=2)
-  codes: PassTiling = PassTiling(tile_rows=16, tile_cols=64, row_steps=16,
-                                 num_warps=4, num_stages=2)
+                                 num_warps=4, num_stages=2, prefetch=True)
+  codes: PassTiling = PassTiling(tile_rows=32, tile_cols=64, row_steps=8,
+                                 num_warps=4, num_stages=2, prefetch=False)
 
   def __post_init__(self):
     for name in ("stats", "codes"):
@@ -119,11 +125,23 @@ def _grid(shape, cfg: PassTiling) -> tuple[int, int]:
   return -(-shape[0] // cfg.band), -(-shape[1] // cfg.tile_cols)
 
 
-def _steps(shape, cfg: PassTiling, body, init):
-  """``body(rows, mask, carry)`` over the program's tiles, in a loop.
+def _steps(x_ref, shape, cfg: PassTiling, body, init):
+  """``body(elements, rows, mask, carry)`` over the program's tiles of x, in
+  a loop.
 
-  rows: the tile's slice of the program's band; mask: which of its elements
-  lie in the array (None where all do).
+  elements: the tile as ``tile.load`` gives it; rows: its slice of the
+  program's band; mask: which of its elements lie in the array (None where
+  all do).
+
+  With ``cfg.prefetch`` the load of tile s + 1 is issued before the work on
+  tile s, whose elements it carried from the step before, so a warp has
+  two tiles in flight where it had one. Both passes mostly wait for their
+  loads (Nsight Compute on the H200: at 24-36% occupancy, limited by
+  registers, the first use of each loaded tile held 52-55% of the stall
+  samples; docs/benchmarks.md, twentieth session). The statistics pass
+  gains 13% from it; the codes pass, whose larger tile already keeps 16
+  elements per thread in flight, does not (its registers then allow fewer
+  warps).
   """
   tr, tc = cfg.tile_rows, cfg.tile_cols
   ragged = shape[0] % cfg.band or shape[1] % tc
@@ -131,22 +149,40 @@ def _steps(shape, cfg: PassTiling, body, init):
   first_row = pl.program_id(0) * cfg.band
   first_col = pl.program_id(1) * tc
 
-  def step(s, carry):
+  def at(s):
     mask = None
     if ragged:
       r = first_row + s * tr + jax.lax.broadcasted_iota(jnp.int32, (tr, tc), 0)
       c = first_col + jax.lax.broadcasted_iota(jnp.int32, (tr, tc), 1)
       mask = (r < shape[0]) & (c < shape[1])
-    return body(pl.ds(s * tr, tr), mask, carry)
+    return pl.ds(s * tr, tr), mask
 
-  return jax.lax.fori_loop(0, cfg.row_steps, step, init)
+  def read(s):
+    rows, mask = at(s)
+    return tile.read(x_ref.at[rows, :], mask)
+
+  def work(s, stored, carry):
+    return body(tile.decode(stored), *at(s), carry)
+
+  if not cfg.prefetch:
+    return jax.lax.fori_loop(0, cfg.row_steps,
+                             lambda s, carry: work(s, read(s), carry), init)
+
+  def step(s, carry):
+    acc, stored = carry
+    ahead = read(s + 1)
+    return work(s, stored, acc), ahead
+
+  acc, last = jax.lax.fori_loop(0, cfg.row_steps - 1, step, (init, read(0)))
+  return work(cfg.row_steps - 1, last, acc)
 
 
 def _stats_kernel(x_ref, row_amax, *col_refs, shape, cfg: PassTiling):
   # col_refs: amax, nonfinite, count, min of the columns.
 
-  def step(rows, mask, acc):
-    _, _, abs_bits, counted = tile.load(x_ref.at[rows, :], mask)
+  def step(elements, rows, mask, acc):
+    del mask  # elements outside the array are zeros: not counted
+    _, _, abs_bits, counted = elements
     tile_acc = (jnp.where(counted, abs_bits, 0), abs_bits,
                 counted.astype(jnp.int32),
                 jnp.where(counted, abs_bits, tile.EXP_FIELD))
@@ -158,8 +194,9 @@ def _stats_kernel(x_ref, row_amax, *col_refs, shape, cfg: PassTiling):
 
   tile_shape = (cfg.tile_rows, cfg.tile_cols)
   zeros = jnp.zeros(tile_shape, jnp.int32)
-  acc = _steps(shape, cfg, step, (zeros, zeros, zeros,
-                           jnp.full(tile_shape, tile.EXP_FIELD, jnp.int32)))
+  acc = _steps(x_ref, shape, cfg, step,
+               (zeros, zeros, zeros,
+                jnp.full(tile_shape, tile.EXP_FIELD, jnp.int32)))
   amax, nonfinite, count, low = col_refs
   amax[...] = tile.as_float(jnp.max(acc[0], axis=0))
   # NaN and +-inf have the largest magnitude bits of all.
@@ -174,8 +211,8 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
                   fmt: _formats.Representation, ptx: bool):
   col_scale = col_scale_ref[...][None, :]
 
-  def step(rows, mask, acc):
-    x, bits, _, counted = tile.load(x_ref.at[rows, :], mask)
+  def step(elements, rows, mask, acc):
+    x, bits, _, counted = elements
     x = tile.flushed(x, bits, counted)
     if_zero = counted.astype(jnp.float32)
     errs = []
@@ -199,7 +236,7 @@ def _codes_kernel(x_ref, row_scale_ref, col_scale_ref, codes_ref, codes_t_ref,
     return acc[0] + errs[0], acc[1] + errs[1]
 
   zeros = jnp.zeros((cfg.tile_rows, cfg.tile_cols), jnp.float32)
-  acc = _steps(shape, cfg, step, (zeros, zeros))
+  acc = _steps(x_ref, shape, cfg, step, (zeros, zeros))
   row_err_ref[...] = jnp.sum(acc[0], axis=0)
   col_err_ref[...] = jnp.sum(acc[1], axis=0)
 

@@ -18,9 +18,15 @@ from jax.experimental.pallas import triton as pltriton
 from mor_jax import _numerics
 
 
-def check_powers_of_two(config) -> None:
-  """Raises ValueError unless every field of a tile config is a power of two."""
+def check_powers_of_two(config, flags: tuple[str, ...] = ()) -> None:
+  """Raises ValueError unless every field of a tile config is a power of two,
+  or, for the fields named in ``flags``, a bool."""
   for name, value in vars(config).items():
+    if name in flags:
+      if not isinstance(value, bool):
+        raise ValueError(f"{type(config).__name__}.{name} must be a bool, "
+                         f"got {value!r}.")
+      continue
     if (isinstance(value, bool) or not isinstance(value, int) or value < 1 or
         value & (value - 1)):
       raise ValueError(f"{type(config).__name__}.{name} must be a positive "
@@ -54,11 +60,19 @@ def load(x_ref, mask: jax.Array | None):
   ``counted``: finite, normal and nonzero. Where ``mask`` is False (outside
   the array) x is zero; None loads the whole tile.
   """
-  if mask is not None:
-    x = pltriton.load(x_ref, mask=mask, other=0)
-    x = jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
-  else:
-    x = x_ref[...]
+  return decode(read(x_ref, mask))
+
+
+def read(x_ref, mask: jax.Array | None) -> jax.Array:
+  """The tile as stored, zero where ``mask`` is False (None: the whole tile)."""
+  if mask is None:
+    return x_ref[...]
+  x = pltriton.load(x_ref, mask=mask, other=0)
+  return jnp.where(mask, x, 0)  # interpret mode pads with garbage, not `other`
+
+
+def decode(x: jax.Array):
+  """``load``'s tuple from the tile as ``read`` gives it."""
   x = _numerics.to_float32(x)
   bits = jax.lax.bitcast_convert_type(x, jnp.int32)
   abs_bits = bits & ABS_BITS

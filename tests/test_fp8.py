@@ -222,6 +222,7 @@ def test_policy_execution_is_checked():
     (lambda: kernels.PassTiling(tile_rows=12), "tile_rows must be a positive "
      "power of two"),
     (lambda: kernels.DualConfig(stats=(8, 256)), "stats must be a "),
+    (lambda: kernels.PassTiling(prefetch=1), "prefetch must be a bool"),
 ])
 def test_kernel_configs_are_checked(make, error):
   with pytest.raises((ValueError, TypeError), match=error):
@@ -386,7 +387,8 @@ def test_block_fp8_layout_and_bf16_gradients(monkeypatch):
 @pytest.mark.parametrize("shape", [(70, 130), (128, 256)])
 @pytest.mark.parametrize("fmt", [mor_jax.E4M3, mor_jax.E5M2])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_dual_kernels_equal_xla(shape, fmt, steps):
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_dual_kernels_equal_xla(shape, fmt, steps, prefetch):
   from mor_jax import _scaling, _xla  # pylint: disable=g-import-not-at-top
   x = data.make("outlier_cols", shape, np.float32, seed=7)
   x[3, :4] = [np.nan, np.inf, 0.0, 1e-40]
@@ -396,9 +398,10 @@ def test_dual_kernels_equal_xla(shape, fmt, steps):
   pallas = kernels.dual.PallasDual(
       kernels.DualConfig(
           stats=kernels.PassTiling(tile_rows=32, tile_cols=64,
-                                   row_steps=steps),
+                                   row_steps=steps, prefetch=prefetch),
           codes=kernels.PassTiling(tile_rows=16, tile_cols=128,
-                                   row_steps=3 - steps)), interpret)
+                                   row_steps=3 - steps, prefetch=prefetch)),
+      interpret)
   xla = _xla.XlaDual()
   got, want = pallas.stats(x), xla.stats(x)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
