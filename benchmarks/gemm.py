@@ -110,6 +110,25 @@ def gemm_config(text: str) -> kernels.GemmConfig:
   return kernels.GemmConfig(**{k: value(v) for k, v in kw.items()})
 
 
+def dual_config(text: str) -> kernels.DualConfig:
+  """A DualConfig from "default" or "field=value,...": a field set in both
+  passes' tilings, or, as "stats.field" or "codes.field", in one, e.g.
+  "prefetch=False" or "codes.tile_rows=16,codes.row_steps=16"."""
+  if text == "default":
+    return kernels.DualConfig()
+  kw = {"stats": {}, "codes": {}}
+  for item in text.split(","):
+    key, value = item.split("=")
+    value = value == "True" if value in ("True", "False") else int(value)
+    passes, _, field = key.rpartition(".")
+    for name in (passes,) if passes else kw:
+      kw[name][field] = value
+  d = kernels.DualConfig()
+  return kernels.DualConfig(
+      **{name: dataclasses.replace(getattr(d, name), **fields)
+         for name, fields in kw.items()})
+
+
 def same_bits(a, b) -> bool:
   """Whether two pytrees of arrays are equal bit for bit."""
   def bits(x):
@@ -128,8 +147,8 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
   shape's layers all built, then timed in turns (``in_turns``:
   ``timing.timed_interleaved``, each row with its per-round time ratio to
   the first run, ``kinds[0]``'s, and, for a MoR layer under another
-  ``GemmConfig`` than the first, whether its loss and gradients equal
-  that one's bit for bit)."""
+  ``GemmConfig`` or ``DualConfig`` than the first, whether its loss and
+  gradients equal that one's bit for bit)."""
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
@@ -142,7 +161,7 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
       if ratio is not None:
         row["time_ratio_to_first_per_round"] = round(ratio, 4)
       if bits is not None:
-        row["same_bits_as_first_gemm"] = bits
+        row["same_bits_as_first_config"] = bits
       if g is not None:
         row["gemm"] = g
       if d is not None and d != kernels.DualConfig():
@@ -158,8 +177,8 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
             for g in (gemm_configs if kind.startswith("mor") else (None,))
             for d in (dual_configs if kind.startswith("mor") else (None,))]
     cases, built = {}, {}  # per run: (step, its args), (layer, variables)
-    # Per run, whether it gives the bits of its layer's first GemmConfig;
-    # per (layer, DualConfig), that first run's loss and gradients.
+    # Per run, whether it gives the bits of its layer's first configuration;
+    # per layer, that first run's loss and gradients.
     bits, first = {}, {}
     for kind, g, d in runs:
       layer = dense_layer(kind, n)
@@ -172,9 +191,9 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
           # turns, outside it, reuse this step's executable.
           out = jax.block_until_ready(step(v, x))
           cases[kind, g, d], built[kind, g, d] = (step, (v, x)), (layer, v)
-          if g is not None and (kind, d) in first:
-            bits[kind, g, d] = same_bits(out, first[kind, d])
-          first.setdefault((kind, d), out)
+          if g is not None and kind in first:
+            bits[kind, g, d] = same_bits(out, first[kind])
+          first.setdefault(kind, out)
           continue
         t = timed(step, v, x, iters=iters)
       if kind == "bf16":
@@ -417,6 +436,9 @@ def main() -> None:
                   help="GemmConfigs the MoR layers (dense) and the kernel's "
                        "chains (chain) run with, each timed in the same run: "
                        "'default;cluster=m;...'")
+  ap.add_argument("--dual-configs", default="default",
+                  help="with dense: DualConfigs the MoR layers run with, "
+                  "each timed in the same run: 'default;prefetch=False'")
   args = ap.parse_args()
   dev = jax.devices()[0]
   say(date=str(datetime.date.today()), device=dev.device_kind,
@@ -438,6 +460,8 @@ def main() -> None:
   if args.only in (None, "dense"):
     bench_dense(shapes, args.iters, kinds=args.dense_layers.split(","),
                 gemm_configs=args.gemm_configs.split(";"),
+                dual_configs=tuple(dual_config(d) for d in
+                                   args.dual_configs.split(";")),
                 in_turns=args.in_turns)
 
 

@@ -277,10 +277,13 @@ MORE_DUAL_VARIANTS = ((8, 512, 32, 8, 2), (4, 512, 64, 4, 2),
                       # The eighth session's second sweep, its best first.
                       (16, 64, 16, 4, 2), (32, 64, 8, 4, 2),
                       (32, 64, 16, 4, 4), (32, 32, 8, 2, 2),
-                      (16, 32, 16, 1, 2), (64, 32, 4, 2, 2))
+                      (16, 32, 16, 1, 2), (64, 32, 4, 2, 2),
+                      # The twentieth session's: codes tiles of 16 elements
+                      # per thread, or more.
+                      (64, 64, 4, 4, 2), (32, 64, 8, 8, 2))
 
 
-def sweep_dual(shape, calls: int) -> None:
+def sweep_dual(shape, calls: int, variants=None) -> None:
   m, k = shape[:2]
   x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
   got = kernel_times(jax.jit(lambda v: v * 2), x, calls=calls)
@@ -290,9 +293,14 @@ def sweep_dual(shape, calls: int) -> None:
   print(json.dumps(dict(sweep="dual", shape=[m, k], case="xla_copy",
                         ms=per_call_ms(got[0], calls))), flush=True)
 
-  for tr, tc, steps, warps, stages in DUAL_VARIANTS + MORE_DUAL_VARIANTS:
+  tilings = [(i, v, prefetch)
+             for i, v in enumerate(DUAL_VARIANTS + MORE_DUAL_VARIANTS)
+             if variants is None or i in variants
+             for prefetch in (False, True)]
+  for _, (tr, tc, steps, warps, stages), prefetch in tilings:
     tiling = kernels.PassTiling(tile_rows=tr, tile_cols=tc, row_steps=steps,
-                                num_warps=warps, num_stages=stages)
+                                num_warps=warps, num_stages=stages,
+                                prefetch=prefetch)
     cfg = kernels.DualConfig(stats=tiling, codes=tiling)
     dual = kernels.dual.PallasDual(cfg, False)
     fn = jax.jit(functools.partial(dual_passes, dual=dual))
@@ -321,7 +329,9 @@ def main() -> None:
   ap.add_argument("--sweep", choices=("gemm", "dual"), default=None)
   ap.add_argument("--variants", default=None,
                   help="with --sweep gemm: indices into GEMM_VARIANTS, "
-                  "e.g. 0,5")
+                  "e.g. 0,5; with --sweep dual: into gemm.py's "
+                  "DUAL_VARIANTS then MORE_DUAL_VARIANTS (each tiling runs "
+                  "without and with prefetch)")
   ap.add_argument("--trace", default=None,
                   help="sum an existing trace instead, e.g. train_lm.py "
                   "--profile-steps N's <out>/<recipe>_profile (--steps: N)")
@@ -339,11 +349,11 @@ def main() -> None:
     return summarize(args.trace, trace_times(args.trace), args.steps,
                      args.top)
   shape = tuple(int(d) for d in args.shape.split("x"))
+  variants = args.variants and {int(i) for i in args.variants.split(",")}
   if args.sweep == "gemm":
-    return sweep_gemm(shape, args.steps, args.variants and
-                      {int(i) for i in args.variants.split(",")})
+    return sweep_gemm(shape, args.steps, variants)
   if args.sweep == "dual":
-    return sweep_dual(shape, args.steps)
+    return sweep_dual(shape, args.steps, variants)
   for kind in args.layers.split(","):
     profile(kind, shape, args.steps, args.top)
 

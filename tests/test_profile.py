@@ -3,6 +3,7 @@ kernels to HLO ops on synthetic events (a GPU trace's reading is exercised on
 the GPU only), timing.py's turns on a fake clock, gemm.py's --gemm-configs
 and its layers timed in turns."""
 
+import dataclasses
 import importlib.util
 import pathlib
 import sys
@@ -112,26 +113,48 @@ def test_gemm_configs_parse_as_the_benchmark_takes_them():
     gemm.gemm_config("tile_q=4")
 
 
+def test_dual_configs_parse_as_the_benchmark_takes_them():
+  import gemm  # benchmarks/gemm.py, on the path above
+  from mor_jax import kernels
+  assert gemm.dual_config("default") == kernels.DualConfig()
+  got = gemm.dual_config("prefetch=False,num_warps=8")
+  for tiling, default in ((got.stats, kernels.DualConfig().stats),
+                          (got.codes, kernels.DualConfig().codes)):
+    assert tiling == dataclasses.replace(default, prefetch=False, num_warps=8)
+  got = gemm.dual_config("codes.prefetch=True,stats.row_steps=4,num_warps=2")
+  assert got.codes == dataclasses.replace(kernels.DualConfig().codes,
+                                          prefetch=True, num_warps=2)
+  assert got.stats == dataclasses.replace(kernels.DualConfig().stats,
+                                          row_steps=4, num_warps=2)
+  with pytest.raises(ValueError, match="num_warps must be a positive power"):
+    gemm.dual_config("num_warps=3")
+
+
 def test_dense_layers_timed_in_turns_report_each_run(capsys):
   # A small shape on any machine: every run's row, with its ratio to the
   # first run's time per round (the first's own is 1), MoR's decisions, and
-  # whether a second GemmConfig gives the first's bits (off a Hopper GPU
-  # both run XLA's dot: the same bits).
+  # whether another GemmConfig or DualConfig gives the first's bits (off a
+  # Hopper GPU all run XLA's dot and passes: the same bits).
   import json
 
   import gemm  # benchmarks/gemm.py, on the path above
   gemm.bench_dense([(32, 64, 32)], iters=1, kinds=("bf16", "mor_fp8"),
                    gemm_configs=("default", "chain_fp8=False"),
+                   dual_configs=(gemm.dual_config("default"),
+                                 gemm.dual_config("prefetch=False")),
                    in_turns=True)
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert [(r["layer"], r.get("gemm")) for r in rows] == [
-      ("bf16", None), ("mor_fp8", "default"), ("mor_fp8", "chain_fp8=False")]
+  assert [(r["layer"], r.get("gemm"), "dual" in r) for r in rows] == [
+      ("bf16", None, False), ("mor_fp8", "default", False),
+      ("mor_fp8", "default", True), ("mor_fp8", "chain_fp8=False", False),
+      ("mor_fp8", "chain_fp8=False", True)]
+  assert rows[2]["dual"]["codes"]["prefetch"] is False
   assert rows[0]["time_ratio_to_first_per_round"] == 1.0
   assert rows[0]["speedup_vs_bf16"] == 1.0
   assert all(r["ms"] > 0 for r in rows)
   assert rows[1]["fprop_e4m3"] == [1.0, 1.0]
-  assert "same_bits_as_first_gemm" not in rows[1]
-  assert rows[2]["same_bits_as_first_gemm"] is True
+  assert "same_bits_as_first_config" not in rows[1]
+  assert all(r["same_bits_as_first_config"] is True for r in rows[2:])
 
 
 def test_same_bits_tells_bits_apart():
