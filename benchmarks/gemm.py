@@ -97,17 +97,19 @@ def dense_step(layer, x):
   return v, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
+def _value(v: str):
+  """A config field's value as the command line spells it."""
+  if v in ("True", "False"):
+    return v == "True"
+  return int(v) if v.isdigit() else None if v == "None" else v
+
+
 def gemm_config(text: str) -> kernels.GemmConfig:
   """A GemmConfig from "default" or "field=value,...", e.g. "cluster=m"."""
   if text == "default":
     return kernels.GemmConfig()
   kw = dict(kv.split("=") for kv in text.split(","))
-  def value(v: str):
-    if v in ("True", "False"):
-      return v == "True"
-    return int(v) if v.isdigit() else None if v == "None" else v
-
-  return kernels.GemmConfig(**{k: value(v) for k, v in kw.items()})
+  return kernels.GemmConfig(**{k: _value(v) for k, v in kw.items()})
 
 
 def dual_config(text: str) -> kernels.DualConfig:
@@ -119,10 +121,9 @@ def dual_config(text: str) -> kernels.DualConfig:
   kw = {"stats": {}, "codes": {}}
   for item in text.split(","):
     key, value = item.split("=")
-    value = value == "True" if value in ("True", "False") else int(value)
     passes, _, field = key.rpartition(".")
     for name in (passes,) if passes else kw:
-      kw[name][field] = value
+      kw[name][field] = _value(value)
   d = kernels.DualConfig()
   return kernels.DualConfig(
       **{name: dataclasses.replace(getattr(d, name), **fields)

@@ -293,11 +293,11 @@ def sweep_dual(shape, calls: int, variants=None) -> None:
   print(json.dumps(dict(sweep="dual", shape=[m, k], case="xla_copy",
                         ms=per_call_ms(got[0], calls))), flush=True)
 
-  tilings = [(i, v, prefetch)
+  tilings = [(v, prefetch)
              for i, v in enumerate(DUAL_VARIANTS + MORE_DUAL_VARIANTS)
              if variants is None or i in variants
              for prefetch in (False, True)]
-  for _, (tr, tc, steps, warps, stages), prefetch in tilings:
+  for (tr, tc, steps, warps, stages), prefetch in tilings:
     tiling = kernels.PassTiling(tile_rows=tr, tile_cols=tc, row_steps=steps,
                                 num_warps=warps, num_stages=stages,
                                 prefetch=prefetch)
