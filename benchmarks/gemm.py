@@ -35,6 +35,11 @@ Three measurements, each against its ceiling and peers in the same process:
    its median ratio to the unconditional chain over rounds that each time
    every case once.
 
+With ``--power``, each dense row also gives the GPU's joules per call, mean
+watts and SM clock over its timed calls (benchmarks/power.py): under
+sustained load the H200 runs at its power limit, so a looped time measures
+energy per step as much as kernel time.
+
 Run on a Hopper GPU: ``python benchmarks/gemm.py`` (``--only dense`` etc.).
 Each time is the median of rounds of queued calls; nothing here is a test.
 """
@@ -59,6 +64,7 @@ import mor_jax
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
 from mor_jax.kernels import block_gemm
+from power import Meter, open_gpu  # benchmarks/power.py, beside it
 from timing import timed, timed_interleaved  # benchmarks/timing.py, beside it
 
 TN = (((1,), (1,)), ((), ()))
@@ -143,18 +149,19 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
                                            "mor_rejected", "mor_emulate"),
                 gemm_configs=("default",),
                 dual_configs=(kernels.DualConfig(),),
-                in_turns: bool = False) -> None:
+                in_turns: bool = False, gpu=None) -> None:
   """Each layer timed on its own as it is built (``timing.timed``), or a
   shape's layers all built, then timed in turns (``in_turns``:
   ``timing.timed_interleaved``, each row with its per-round time ratio to
   the first run, ``kinds[0]``'s, and, for a MoR layer under another
   ``GemmConfig`` or ``DualConfig`` than the first, whether its loss and
-  gradients equal that one's bit for bit)."""
+  gradients equal that one's bit for bit). With ``gpu`` (power.py's
+  ``Nvml``) each row gives its timed calls' energy, watts and SM clock."""
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
 
-    def say_run(kind, g, d, layer, v, t, ratio=None, bits=None):
+    def say_run(kind, g, d, layer, v, t, ratio=None, bits=None, meter=None):
       row = dict(bench="dense", shape=[m, k, n], layer=kind,
                  ms=round(t * 1e3, 3),
                  speedup_vs_bf16=round(base / t, 3) if base else None,
@@ -163,6 +170,8 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
         row["time_ratio_to_first_per_round"] = round(ratio, 4)
       if bits is not None:
         row["same_bits_as_first_config"] = bits
+      if meter is not None:
+        row.update(meter.report())
       if g is not None:
         row["gemm"] = g
       if d is not None and d != kernels.DualConfig():
@@ -181,6 +190,7 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
     # Per run, whether it gives the bits of its layer's first configuration;
     # per layer, that first run's loss and gradients.
     bits, first = {}, {}
+    meters = {run: Meter(gpu) for run in runs} if gpu else {}
     for kind, g, d in runs:
       layer = dense_layer(kind, n)
       v, step = dense_step(layer, x)
@@ -196,18 +206,19 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
             bits[kind, g, d] = same_bits(out, first[kind])
           first.setdefault(kind, out)
           continue
-        t = timed(step, v, x, iters=iters)
+        t = timed(step, v, x, iters=iters, meter=meters.get((kind, g, d)))
       if kind == "bf16":
         base = t
-      say_run(kind, g, d, layer, v, t)
+      say_run(kind, g, d, layer, v, t, meter=meters.get((kind, g, d)))
     if in_turns:
       first.clear()  # compared: free their memory before timing
       # Every run takes every place in the turn three times.
-      got = timed_interleaved(cases, iters=iters, rounds=3 * len(cases))
+      got = timed_interleaved(cases, iters=iters, rounds=3 * len(cases),
+                              meters=meters or None)
       base = next((t for (kind, _, _), (t, _) in got.items()
                    if kind == "bf16"), None)
       for run, (t, ratio) in got.items():
-        say_run(*run, *built[run], t, ratio, bits.get(run))
+        say_run(*run, *built[run], t, ratio, bits.get(run), meters.get(run))
 
 
 def _codes(x):
@@ -440,12 +451,17 @@ def main() -> None:
   ap.add_argument("--dual-configs", default="default",
                   help="with dense: DualConfigs the MoR layers run with, "
                   "each timed in the same run: 'default;prefetch=False'")
+  ap.add_argument("--power", action="store_true",
+                  help="with dense: each row's joules per call, watts and SM "
+                  "clock over its timed calls (NVML; benchmarks/power.py)")
   args = ap.parse_args()
   dev = jax.devices()[0]
+  gpu = open_gpu(dev.local_hardware_id) if args.power else None
   say(date=str(datetime.date.today()), device=dev.device_kind,
       backend=jax.default_backend(), jax=jax.__version__,
       jaxlib=importlib.metadata.version("jaxlib"), flax=flax.__version__,
-      python=platform.python_version(), mor_jax=mor_jax.__version__)
+      python=platform.python_version(), mor_jax=mor_jax.__version__,
+      **({"power_limit_w": gpu.power_limit_w()} if gpu else {}))
   shapes = [tuple(int(d) for d in s.split("x"))
             for s in args.dense_shapes.split(",")]
   if args.only in (None, "gemm"):
@@ -463,7 +479,7 @@ def main() -> None:
                 gemm_configs=args.gemm_configs.split(";"),
                 dual_configs=tuple(dual_config(d) for d in
                                    args.dual_configs.split(";")),
-                in_turns=args.in_turns)
+                in_turns=args.in_turns, gpu=gpu)
 
 
 if __name__ == "__main__":

@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
 import jax
 
 
-def timed(fn, *args, iters: int = 10, rounds: int = 5) -> float:
+def timed(fn, *args, iters: int = 10, rounds: int = 5, meter=None) -> float:
   """Seconds per call of a jitted ``fn``: the median of ``rounds`` rounds.
 
   Each round queues ``iters`` calls back to back and waits for them once, so
   that host dispatch overlaps the device's work as in a training step; a
-  first call compiles and warms up.
+  first call compiles and warms up. ``meter`` (benchmarks/power.py's
+  ``Meter``), if given, measures the timed rounds.
   """
   jax.block_until_ready(fn(*args))
-  return statistics.median(_per_call(fn, args, iters) for _ in range(rounds))
+  return statistics.median(_per_call(fn, args, iters, meter)
+                           for _ in range(rounds))
 
 
-def _per_call(fn, args, iters: int) -> float:
-  """Seconds per call of ``iters`` calls queued back to back, waited once."""
-  t0 = time.perf_counter()
-  for _ in range(iters):
-    r = fn(*args)
-  jax.block_until_ready(r)
-  return (time.perf_counter() - t0) / iters
+def _per_call(fn, args, iters: int, meter=None) -> float:
+  """Seconds per call of ``iters`` calls queued back to back, waited once
+  (inside one of ``meter``'s windows, if given)."""
+  with meter.window(iters) if meter else contextlib.nullcontext():
+    t0 = time.perf_counter()
+    for _ in range(iters):
+      r = fn(*args)
+    jax.block_until_ready(r)
+    return (time.perf_counter() - t0) / iters
 
 
-def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
-                      ) -> dict:
+def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15,
+                      meters=None) -> dict:
   """Per case (name: (jitted fn, args)): (seconds per call, its ratio to the
   first case), both medians over ``rounds`` rounds.
 
@@ -44,6 +49,8 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
   ran 1.7-3% slower than the same code timed earlier (eighteenth session),
   so each round starts one case further on: when the rounds are a
   multiple of the cases, every case takes every place equally often.
+  ``meters`` (name: benchmarks/power.py's ``Meter``), if given, measure each
+  case's timed calls.
   """
   for fn, args in cases.values():
     jax.block_until_ready(fn(*args))  # compile and warm up
@@ -53,7 +60,8 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
     for name in names[r % len(names):] + names[:r % len(names)]:
       fn, args = cases[name]
       _per_call(fn, args, iters)
-      times[name].append(_per_call(fn, args, iters))
+      times[name].append(_per_call(fn, args, iters,
+                                   meters[name] if meters else None))
   first = times[next(iter(cases))]
   return {name: (statistics.median(t),
                  statistics.median(a / b for a, b in zip(t, first)))

@@ -1,7 +1,7 @@
 """The benchmarks' own logic off a GPU: profile.py's attribution of device
 kernels to HLO ops on synthetic events (a GPU trace's reading is exercised on
 the GPU only), timing.py's turns on a fake clock, gemm.py's --gemm-configs
-and its layers timed in turns."""
+and its layers timed in turns, power.py's meters on a fake GPU."""
 
 import dataclasses
 import importlib.util
@@ -166,3 +166,87 @@ def test_same_bits_tells_bits_apart():
   assert not gemm.same_bits(a, {**a, "w": jnp.array([-0.0, 1.0], jnp.float32)})
   nan = {**a, "x": jnp.full(3, jnp.nan, jnp.bfloat16)}
   assert gemm.same_bits(nan, nan)
+
+
+class _FakeGpu:
+  """NVML's readings on a fake clock: 500 W while a window runs."""
+
+  def __init__(self, clock):
+    self.clock = clock
+
+  def energy_mj(self):
+    return int(self.clock[0] * 500e3)
+
+  def sm_mhz(self):
+    return 1500 if self.clock[0] < 10 else 1400
+
+
+def test_meter_sums_energy_time_and_calls_over_its_windows(monkeypatch):
+  import power  # benchmarks/power.py, on the path above
+  clock = [0.0]
+  monkeypatch.setattr(power.time, "perf_counter", lambda: clock[0])
+  meter = power.Meter(_FakeGpu(clock))
+  with pytest.raises(ValueError, match="no window"):
+    meter.report()
+  for seconds, calls in ((2.0, 4), (8.0, 6), (10.0, 10)):
+    with meter.window(calls):
+      clock[0] += seconds
+    clock[0] += 100.0  # between windows: not counted
+  # 20 s at 500 W over 20 calls; clocks 1500, 1400, 1400 at the ends.
+  assert meter.report() == dict(j_per_call=500.0, watts=500.0, sm_mhz=1400)
+
+
+def test_timing_gives_each_case_its_own_meter(monkeypatch):
+  import power
+  import timing
+  clock = [0.0]
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(power.time, "perf_counter", lambda: clock[0])
+
+  def case(seconds):
+    def fn():
+      clock[0] += seconds
+      return 0
+    return fn, ()
+
+  gpu = _FakeGpu(clock)
+  meters = {"a": power.Meter(gpu), "b": power.Meter(gpu)}
+  timing.timed_interleaved({"a": case(1.0), "b": case(3.0)}, iters=2,
+                           rounds=4, meters=meters)
+  # Only the timed calls: 4 rounds of 2 per case, the untimed ones not.
+  assert [meters[n].calls for n in "ab"] == [8, 8]
+  assert [meters[n].seconds for n in "ab"] == [8.0, 24.0]
+  solo = power.Meter(gpu)
+  timing.timed(case(2.0)[0], iters=3, rounds=2, meter=solo)
+  assert (solo.calls, solo.seconds) == (6, 12.0)
+  assert solo.report()["j_per_call"] == 1000.0
+
+
+def test_dense_rows_carry_the_meters_report(capsys):
+  import json
+
+  import gemm
+
+  class Steady:
+    def energy_mj(self):
+      self.mj = getattr(self, "mj", 0) + 1000  # 1 J per window
+      return self.mj
+
+    def sm_mhz(self):
+      return 1980
+
+  for in_turns in (False, True):
+    gemm.bench_dense([(32, 64, 32)], iters=1, kinds=("bf16", "mor_fp8"),
+                     in_turns=in_turns, gpu=Steady())
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["layer"] for r in rows] == ["bf16", "mor_fp8"]
+    assert all(r["j_per_call"] == 1.0 and r["sm_mhz"] == 1980 and
+               r["watts"] > 0 for r in rows)
+
+
+def test_power_without_nvml_says_why():
+  import power
+  with pytest.raises(SystemExit, match="needs NVML.*no_such_nvml"):
+    power.open_gpu(0, lib="libmor_jax_no_such_nvml.so")
+  with pytest.raises(SystemExit, match="no hardware id"):
+    power.open_gpu(None)
