@@ -35,7 +35,7 @@ Three measurements, each against its ceiling and peers in the same process:
    its median ratio to the unconditional chain over rounds that each time
    every case once.
 
-With ``--power``, each dense row also gives the GPU's joules per call, mean
+With ``--power``, each dense row timed alone also gives the GPU's joules per call, mean
 watts and SM clock over its timed calls (benchmarks/power.py): under
 sustained load the H200 runs at its power limit, so a looped time measures
 energy per step as much as kernel time.
@@ -156,7 +156,13 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
   the first run, ``kinds[0]``'s, and, for a MoR layer under another
   ``GemmConfig`` or ``DualConfig`` than the first, whether its loss and
   gradients equal that one's bit for bit). With ``gpu`` (power.py's
-  ``Nvml``) each row gives its timed calls' energy, watts and SM clock."""
+  ``Nvml``) each row timed alone gives its timed calls' energy, watts and
+  SM clock."""
+  if gpu and in_turns:
+    raise ValueError("power is measured on layers timed alone: NVML's energy "
+                     "counter moves in steps too coarse for the 0.1 s "
+                     "windows of a turn (docs/benchmarks.md, twenty-first "
+                     "session).")
   for m, k, n in shapes:
     x = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
     base = None
@@ -213,12 +219,11 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
     if in_turns:
       first.clear()  # compared: free their memory before timing
       # Every run takes every place in the turn three times.
-      got = timed_interleaved(cases, iters=iters, rounds=3 * len(cases),
-                              meters=meters or None)
+      got = timed_interleaved(cases, iters=iters, rounds=3 * len(cases))
       base = next((t for (kind, _, _), (t, _) in got.items()
                    if kind == "bf16"), None)
       for run, (t, ratio) in got.items():
-        say_run(*run, *built[run], t, ratio, bits.get(run), meters.get(run))
+        say_run(*run, *built[run], t, ratio, bits.get(run))
 
 
 def _codes(x):
@@ -452,9 +457,12 @@ def main() -> None:
                   help="with dense: DualConfigs the MoR layers run with, "
                   "each timed in the same run: 'default;prefetch=False'")
   ap.add_argument("--power", action="store_true",
-                  help="with dense: each row's joules per call, watts and SM "
-                  "clock over its timed calls (NVML; benchmarks/power.py)")
+                  help="with dense, not --in-turns: each row's joules per "
+                  "call, watts and SM clock over its timed calls (NVML; "
+                  "benchmarks/power.py)")
   args = ap.parse_args()
+  if args.power and args.in_turns:
+    ap.error("--power times each layer alone: leave out --in-turns")
   dev = jax.devices()[0]
   gpu = open_gpu(dev.local_hardware_id) if args.power else None
   say(date=str(datetime.date.today()), device=dev.device_kind,

@@ -6,7 +6,10 @@ while nn.Dense's BF16 step ran in a loop, 1485-1515 MHz for MoRDense's
 (docs/benchmarks.md, twenty-first session). A looped timing is then a
 measure of energy per step as much as of kernel time, so the benchmark can
 report both: joules per call, mean watts and the SM clock of each case's
-timed windows.
+timed windows. Windows must be long: NVML's energy counter moves in steps,
+and over the 0.1 s windows of ``timing.timed_interleaved`` the same layer's
+readings ranged from 365 to 970 W, where layers timed alone over seconds
+read 693-717 W.
 
 The readings come from NVML (the driver's library, through ctypes: no
 package to install), reading the GPU whose NVML index is jax's first

@@ -33,8 +33,8 @@ def _per_call(fn, args, iters: int, meter=None) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15,
-                      meters=None) -> dict:
+def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15
+                      ) -> dict:
   """Per case (name: (jitted fn, args)): (seconds per call, its ratio to the
   first case), both medians over ``rounds`` rounds.
 
@@ -49,8 +49,6 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15,
   ran 1.7-3% slower than the same code timed earlier (eighteenth session),
   so each round starts one case further on: when the rounds are a
   multiple of the cases, every case takes every place equally often.
-  ``meters`` (name: benchmarks/power.py's ``Meter``), if given, measure each
-  case's timed calls.
   """
   for fn, args in cases.values():
     jax.block_until_ready(fn(*args))  # compile and warm up
@@ -60,8 +58,7 @@ def timed_interleaved(cases: dict, *, iters: int = 3, rounds: int = 15,
     for name in names[r % len(names):] + names[:r % len(names)]:
       fn, args = cases[name]
       _per_call(fn, args, iters)
-      times[name].append(_per_call(fn, args, iters,
-                                   meters[name] if meters else None))
+      times[name].append(_per_call(fn, args, iters))
   first = times[next(iter(cases))]
   return {name: (statistics.median(t),
                  statistics.median(a / b for a, b in zip(t, first)))

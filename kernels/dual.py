@@ -87,14 +87,14 @@ class DualConfig:
   more than for anything else (Nsight Compute), so what matters is how many
   bytes each warp has in flight against how many warps the registers
   allow: statistics 0.112 ms with a tile of 8 x 256 loaded a step ahead
-  (0.129 without), codes 0.241 ms with 32 x 64 tiles, 16 elements per
-  thread, not loaded ahead (0.245 with; 16 x 64 tiles took 0.277 ms, 0.267
-  loaded ahead; the same tiles with 8 warps 0.228 in one sweep, not yet
-  timed in a layer). Timed in turns in the layer at (16384, 8192, 8192),
-  these defaults and the eighteenth session's ran within 0.3% of each
-  other (1.541x and 1.536x nn.Dense BF16; 1.568x and 1.562x with the old
-  codes tiling loaded ahead): the passes' shorter kernels did not shorten
-  the step under sustained load.
+  (0.129 without), codes 0.228-0.230 ms with 32 x 64 tiles on 8 warps, 8
+  elements per thread, not loaded ahead (4 warps: 0.241-0.243; 16 x 64
+  tiles on 4 warps, the eighteenth session's, 0.277). Under sustained load
+  the GPU runs at its power limit (``benchmarks/power.py``), so kernel time
+  saved shows only in part in a looped step: the codes pass on 8 warps
+  against 4 took gpu1b_wide's training step from 160.2 to 159.2 ms, and the
+  layer at (16384, 8192, 8192) from 1.572x to 1.583x nn.Dense BF16, in
+  turns (docs/benchmarks.md, twenty-first session).
 
   Examples:
     >>> import mor_jax
@@ -111,7 +111,7 @@ class DualConfig:
   stats: PassTiling = PassTiling(tile_rows=8, tile_cols=256, row_steps=32,
                                  num_warps=4, num_stages=2, prefetch=True)
   codes: PassTiling = PassTiling(tile_rows=32, tile_cols=64, row_steps=8,
-                                 num_warps=4, num_stages=2, prefetch=False)
+                                 num_warps=8, num_stages=2, prefetch=False)
 
   def __post_init__(self):
     for name in ("stats", "codes"):
@@ -139,9 +139,9 @@ def _steps(x_ref, shape, cfg: PassTiling, body, init):
   loads (Nsight Compute on the H200: at 24-36% occupancy, limited by
   registers, the first use of each loaded tile held 52-55% of the stall
   samples; docs/benchmarks.md, twentieth session). The statistics pass
-  gains 13% from it; the codes pass, whose larger tile already keeps 16
-  elements per thread in flight, does not (its registers then allow fewer
-  warps).
+  gains 13% from it; the codes pass, whose tile of 32 x 64 already keeps
+  many elements in flight, does not (0.247 ms against 0.243 on 4 warps,
+  0.313 against 0.230 on 8: its registers then allow fewer warps).
   """
   tr, tc = cfg.tile_rows, cfg.tile_cols
   ragged = shape[0] % cfg.band or shape[1] % tc

@@ -196,30 +196,22 @@ def test_meter_sums_energy_time_and_calls_over_its_windows(monkeypatch):
   assert meter.report() == dict(j_per_call=500.0, watts=500.0, sm_mhz=1400)
 
 
-def test_timing_gives_each_case_its_own_meter(monkeypatch):
+def test_timed_rounds_run_inside_the_meters_windows(monkeypatch):
   import power
   import timing
   clock = [0.0]
   monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
   monkeypatch.setattr(power.time, "perf_counter", lambda: clock[0])
 
-  def case(seconds):
-    def fn():
-      clock[0] += seconds
-      return 0
-    return fn, ()
+  def fn():
+    clock[0] += 2.0
+    return 0
 
-  gpu = _FakeGpu(clock)
-  meters = {"a": power.Meter(gpu), "b": power.Meter(gpu)}
-  timing.timed_interleaved({"a": case(1.0), "b": case(3.0)}, iters=2,
-                           rounds=4, meters=meters)
-  # Only the timed calls: 4 rounds of 2 per case, the untimed ones not.
-  assert [meters[n].calls for n in "ab"] == [8, 8]
-  assert [meters[n].seconds for n in "ab"] == [8.0, 24.0]
-  solo = power.Meter(gpu)
-  timing.timed(case(2.0)[0], iters=3, rounds=2, meter=solo)
-  assert (solo.calls, solo.seconds) == (6, 12.0)
-  assert solo.report()["j_per_call"] == 1000.0
+  meter = power.Meter(_FakeGpu(clock))
+  timing.timed(fn, iters=3, rounds=2, meter=meter)
+  # The timed rounds' 6 calls, not the first (compiling) one.
+  assert (meter.calls, meter.seconds) == (6, 12.0)
+  assert meter.report()["j_per_call"] == 1000.0
 
 
 def test_dense_rows_carry_the_meters_report(capsys):
@@ -235,13 +227,15 @@ def test_dense_rows_carry_the_meters_report(capsys):
     def sm_mhz(self):
       return 1980
 
-  for in_turns in (False, True):
-    gemm.bench_dense([(32, 64, 32)], iters=1, kinds=("bf16", "mor_fp8"),
-                     in_turns=in_turns, gpu=Steady())
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["layer"] for r in rows] == ["bf16", "mor_fp8"]
-    assert all(r["j_per_call"] == 1.0 and r["sm_mhz"] == 1980 and
-               r["watts"] > 0 for r in rows)
+  gemm.bench_dense([(32, 64, 32)], iters=1, kinds=("bf16", "mor_fp8"),
+                   gpu=Steady())
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["layer"] for r in rows] == ["bf16", "mor_fp8"]
+  assert all(r["j_per_call"] == 1.0 and r["sm_mhz"] == 1980 and
+             r["watts"] > 0 for r in rows)
+  # In turns a case's windows last about 0.1 s: too short for the counter.
+  with pytest.raises(ValueError, match="timed alone"):
+    gemm.bench_dense([(32, 64, 32)], iters=1, in_turns=True, gpu=Steady())
 
 
 def test_power_without_nvml_says_why():
