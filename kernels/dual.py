@@ -92,9 +92,10 @@ class DualConfig:
   tiles on 4 warps, the eighteenth session's, 0.277). Under sustained load
   the GPU runs at its power limit (``benchmarks/power.py``), so kernel time
   saved shows only in part in a looped step: the codes pass on 8 warps
-  against 4 took gpu1b_wide's training step from 160.2 to 159.2 ms, and the
-  layer at (16384, 8192, 8192) from 1.572x to 1.583x nn.Dense BF16, in
-  turns (docs/benchmarks.md, twenty-first session).
+  against 4 took gpu1b_wide's training step from 160.2 to 159.2 ms in one
+  process, and left the layer at (16384, 8192, 8192) timed in turns where
+  it was (0.632 and 0.631 of nn.Dense BF16's time per round;
+  docs/benchmarks.md, twenty-first session).
 
   Examples:
     >>> import mor_jax
