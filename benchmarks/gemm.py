@@ -35,7 +35,7 @@ Three measurements, each against its ceiling and peers in the same process:
    its median ratio to the unconditional chain over rounds that each time
    every case once.
 
-With ``--power``, each dense row timed alone also gives the GPU's joules per call, mean
+With ``--power``, each gemm row and each dense row timed alone also gives the GPU's joules per call, mean
 watts and SM clock over its timed calls (benchmarks/power.py): under
 sustained load the H200 runs at its power limit, so a looped time measures
 energy per step as much as kernel time.
@@ -238,7 +238,10 @@ def _operands(a, a8, ra, b, b8, rb, accepted):
           for x, q, r in ((a, a8, ra), (b, b8, rb))]
 
 
-def bench_gemm(iters: int) -> None:
+def bench_gemm(iters: int, gpu=None) -> None:
+  """Each case timed alone; with ``gpu`` (power.py's ``Nvml``) also its
+  energy per GEMM, watts and SM clock (windows of ``iters`` GEMMs: a few
+  hundred make them long enough for NVML's energy counter)."""
   m, k, n = 16384, 8192, 8192
   a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
   b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
@@ -266,10 +269,11 @@ def bench_gemm(iters: int) -> None:
   }
   for name, (fn, ref) in cases.items():
     fn = jax.jit(fn)
-    t = timed(fn, iters=iters)
+    meter = Meter(gpu) if gpu else None
+    t = timed(fn, iters=iters, meter=meter)
     say(bench="gemm", case=name, ms=round(t * 1e3, 3),
         tflops=round(2 * m * n * k / t / 1e12, 1),
-        rel_frobenius=rel(fn(), ref))
+        rel_frobenius=rel(fn(), ref), **(meter.report() if meter else {}))
 
 
 def _blocks(x, bf16_share: float, seed: int):
@@ -457,9 +461,9 @@ def main() -> None:
                   help="with dense: DualConfigs the MoR layers run with, "
                   "each timed in the same run: 'default;prefetch=False'")
   ap.add_argument("--power", action="store_true",
-                  help="with dense, not --in-turns: each row's joules per "
-                  "call, watts and SM clock over its timed calls (NVML; "
-                  "benchmarks/power.py)")
+                  help="with dense (not --in-turns) and gemm: each row's "
+                  "joules per call, watts and SM clock over its timed calls "
+                  "(NVML; benchmarks/power.py)")
   args = ap.parse_args()
   if args.power and args.in_turns:
     ap.error("--power times each layer alone: leave out --in-turns")
@@ -473,7 +477,7 @@ def main() -> None:
   shapes = [tuple(int(d) for d in s.split("x"))
             for s in args.dense_shapes.split(",")]
   if args.only in (None, "gemm"):
-    bench_gemm(args.iters)
+    bench_gemm(args.iters, gpu)
   if args.only in (None, "dual"):
     bench_dual(args.iters)
   if args.only in (None, "block"):
