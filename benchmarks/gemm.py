@@ -35,10 +35,10 @@ Three measurements, each against its ceiling and peers in the same process:
    its median ratio to the unconditional chain over rounds that each time
    every case once.
 
-With ``--power``, each gemm row and each dense row timed alone also gives the GPU's joules per call, mean
-watts and SM clock over its timed calls (benchmarks/power.py): under
-sustained load the H200 runs at its power limit, so a looped time measures
-energy per step as much as kernel time.
+With ``--power``, each gemm row and each dense row timed alone also gives
+the GPU's joules per call, mean watts and SM clock over its timed calls
+(benchmarks/power.py): under sustained load the H200 runs at its power
+limit, so a looped time measures energy per step as much as kernel time.
 
 Run on a Hopper GPU: ``python benchmarks/gemm.py`` (``--only dense`` etc.).
 Each time is the median of rounds of queued calls; nothing here is a test.
@@ -196,7 +196,6 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
     # Per run, whether it gives the bits of its layer's first configuration;
     # per layer, that first run's loss and gradients.
     bits, first = {}, {}
-    meters = {run: Meter(gpu) for run in runs} if gpu else {}
     for kind, g, d in runs:
       layer = dense_layer(kind, n)
       v, step = dense_step(layer, x)
@@ -212,10 +211,11 @@ def bench_dense(shapes, iters: int, kinds=("bf16", "flax_fp8", "mor_fp8",
             bits[kind, g, d] = same_bits(out, first[kind])
           first.setdefault(kind, out)
           continue
-        t = timed(step, v, x, iters=iters, meter=meters.get((kind, g, d)))
+        meter = Meter(gpu) if gpu else None
+        t = timed(step, v, x, iters=iters, meter=meter)
       if kind == "bf16":
         base = t
-      say_run(kind, g, d, layer, v, t, meter=meters.get((kind, g, d)))
+      say_run(kind, g, d, layer, v, t, meter=meter)
     if in_turns:
       first.clear()  # compared: free their memory before timing
       # Every run takes every place in the turn three times.
