@@ -463,7 +463,9 @@ def main() -> None:
   ap.add_argument("--power", action="store_true",
                   help="with dense (not --in-turns) and gemm: each row's "
                   "joules per call, watts and SM clock over its timed calls "
-                  "(NVML; benchmarks/power.py)")
+                  "(NVML; benchmarks/power.py); give --iters enough calls "
+                  "for each timed window to last over half a second (100 "
+                  "for the dense layers, 1000 for one GEMM)")
   args = ap.parse_args()
   if args.power and args.in_turns:
     ap.error("--power times each layer alone: leave out --in-turns")

@@ -1,15 +1,16 @@
 """The GPU's energy and clocks around timed calls (``gemm.py --power``).
 
 Under sustained load the H200 runs at its power limit: nvidia-smi showed
-690-696 W of its 700 and the SM clock down from 1980 MHz to 1410-1455 MHz
+689-696 W of its 700 and the SM clock down from 1980 MHz to 1380-1455 MHz
 while nn.Dense's BF16 step ran in a loop, 1485-1515 MHz for MoRDense's
 (docs/benchmarks.md, twenty-first session). A looped timing is then a
 measure of energy per step as much as of kernel time, so the benchmark can
 report both: joules per call, mean watts and the SM clock of each case's
 timed windows. Windows must be long: NVML's energy counter moves in steps,
 and over the 0.1 s windows of ``timing.timed_interleaved`` the same layer's
-readings ranged from 365 to 970 W, where layers timed alone over seconds
-read 693-717 W.
+readings ranged from 365 to 970 W, where layers timed alone in windows of
+0.5 s and more (``gemm.py --iters 100``) read 682-717 W, each within 2%
+of its own reading in another process.
 
 The readings come from NVML (the driver's library, through ctypes: no
 package to install), reading the GPU whose NVML index is jax's first
