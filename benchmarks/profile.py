@@ -280,7 +280,17 @@ MORE_DUAL_VARIANTS = ((8, 512, 32, 8, 2), (4, 512, 64, 4, 2),
                       (16, 32, 16, 1, 2), (64, 32, 4, 2, 2),
                       # The twentieth session's: codes tiles of 16 elements
                       # per thread, or more.
-                      (64, 64, 4, 4, 2), (32, 64, 8, 8, 2))
+                      (64, 64, 4, 4, 2), (32, 64, 8, 8, 2),
+                      # The twenty-second session's: more warps and bytes in
+                      # flight for both passes (codes: 24-31, statistics:
+                      # 32-36).
+                      (64, 64, 4, 8, 2), (64, 64, 4, 16, 2),
+                      (32, 128, 8, 8, 2), (32, 128, 8, 16, 2),
+                      (64, 128, 4, 16, 2), (32, 64, 16, 8, 2),
+                      (32, 64, 4, 8, 2), (128, 64, 2, 16, 2),
+                      (16, 256, 16, 16, 2), (8, 1024, 32, 16, 2),
+                      (16, 512, 16, 16, 2), (8, 256, 64, 4, 2),
+                      (8, 256, 16, 4, 2))
 
 
 def sweep_dual(shape, calls: int, variants=None) -> None:
