@@ -253,20 +253,32 @@ def bench_gemm(iters: int, gpu=None) -> None:
   wide_ref = jax.lax.dot_general(a, b, TN, preferred_element_type=jnp.float32)
   # One scale per operand, as Flax's FP8 Dense applies them: cuBLAS takes
   # scalars itself, where XLA applies row and column scales after the GEMM.
-  ta, tb = ra[0], rb[0]
+  # Scales a bfloat16 holds exactly serve both of its patterns below.
+  ta, tb = (r[0].astype(jnp.bfloat16) for r in (ra, rb))
 
   def tensor_scaled():
     return (jax.lax.dot_general(a8, b8, TN, preferred_element_type=jnp.float32)
-            * ta * tb).astype(jnp.bfloat16)
+            * ta.astype(jnp.float32) * tb.astype(jnp.float32)
+            ).astype(jnp.bfloat16)
+
+  def dequantized():
+    # Flax's fp8_ops pattern: bfloat16 operands dequantized from the codes
+    # and a bfloat16 dot, which XLA rewrites into cuBLAS's FP8 GEMM with the
+    # scales and a bfloat16 output.
+    return jax.lax.dot_general(a8.astype(jnp.bfloat16) * ta,
+                               b8.astype(jnp.bfloat16) * tb, TN,
+                               preferred_element_type=jnp.bfloat16)
 
   exact_tensor = jax.jit(lambda: jax.lax.dot_general(
       a8.astype(jnp.bfloat16), b8.astype(jnp.bfloat16), TN,
-      preferred_element_type=jnp.float32) * ta * tb)()
+      preferred_element_type=jnp.float32) * ta.astype(jnp.float32)
+      * tb.astype(jnp.float32))()
   cfg = kernels.GemmConfig()
   cases = {
       "cublas_bf16": (lambda: jax.lax.dot_general(
           a, b, TN, preferred_element_type=jnp.bfloat16), wide_ref),
       "cublas_fp8_tensor_scaled": (tensor_scaled, exact_tensor),
+      "cublas_fp8_dequantized_pattern": (dequantized, exact_tensor),
       "cublas_fp8_fast": (lambda: kernels.gemm.fp8_dot(
           a8, b8, ra, rb, out_dtype=jnp.bfloat16), exact),
       "cublas_fp8_accurate": (lambda: kernels.gemm.fp8_dot(
