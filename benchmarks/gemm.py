@@ -10,11 +10,13 @@ Three measurements, each against its ceiling and peers in the same process:
    (execution "fp8"), with every operand rejected (threshold 1e-9: the BF16
    fallback of every GEMM), and emulated; one after another, or with
    ``--in-turns`` all timed in turns, every round.
-2. ``gemm``: one GEMM of (16384, 8192) x (8192, 8192)^T: cuBLAS BF16, cuBLAS
-   FP8 through XLA with its fast and its accurate accumulation (precision
-   DEFAULT and HIGHEST), and mor_jax's kernel (kernels/gemm.py) on its FP8
-   and its BF16 path; the relative Frobenius error of each FP8 result against
-   the exact product of the codes (float32 accumulation).
+2. ``gemm``: one GEMM of (16384, 8192) x (8192, 8192)^T: cuBLAS BF16; cuBLAS
+   FP8 with one scale per operand, in two patterns, and with row and column
+   scales (``kernels.gemm.fp8_dot``) with its fast and its accurate
+   accumulation (precision DEFAULT and HIGHEST); and mor_jax's kernel
+   (kernels/gemm.py) on its FP8 and its BF16 path; the relative Frobenius
+   error of each FP8 result against the exact product of the codes (float32
+   accumulation).
 3. ``dual``: the two passes that quantize a matrix in both orientations
    (kernels/dual.py) on a (16384, 8192) bf16 X, for several tilings,
    against an XLA copy (the bandwidth ceiling), and the dense layer of 1.
@@ -251,9 +253,11 @@ def bench_gemm(iters: int, gpu=None) -> None:
       a8.astype(jnp.bfloat16), b8.astype(jnp.bfloat16), TN,
       preferred_element_type=jnp.float32) * ra[:, None] * rb[None, :])()
   wide_ref = jax.lax.dot_general(a, b, TN, preferred_element_type=jnp.float32)
-  # One scale per operand, as Flax's FP8 Dense applies them: cuBLAS takes
-  # scalars itself, where XLA applies row and column scales after the GEMM.
-  # Scales a bfloat16 holds exactly serve both of its patterns below.
+  # One scale per operand, as Flax's FP8 Dense has them. Only Flax's pattern
+  # (``dequantized``) gets them into cuBLAS's GEMM, with a bfloat16 output;
+  # scaling the float32 product takes a second kernel, as row and column
+  # scales do (docs/benchmarks.md, twenty-second session). Scales a bfloat16
+  # holds exactly serve both patterns.
   ta, tb = (r[0].astype(jnp.bfloat16) for r in (ra, rb))
 
   def tensor_scaled():
