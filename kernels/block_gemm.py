@@ -38,7 +38,12 @@ its end, and the BF16 one (K tile 64), whose tensor-core accumulator gets
 the FP8 sum added before the output is written. The two loops take turns
 in the same shared memory, each allocating its buffers for a tile's run. A
 tile so loads only what its pairs need, and the time is linear in the share
-of BF16 pairs.
+of BF16 pairs. Where no pair of the whole GEMM runs in FP8 (an operand
+rejected whole, as tensor-level MoR with 128x128 blocks rejects, or every
+pair holding a BF16 block), the kernel runs kernels/gemm.py's 16-bit loop
+instead, on its larger tiles in clusters of two (``BlockGemmConfig.wide``):
+the flag comes with the plan and is read in the kernel, so this choice too
+costs no host round trip.
 
 Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
 of each operand, codes, wide values, scales and representations); padded
@@ -103,16 +108,30 @@ class BlockGemmConfig:
     stages: pipeline depth of the FP8 loop.
     wide_stages: pipeline depth of the BF16 loop.
     grid_tile_width: output tiles per band of the planar-snake order.
+    wide: the tiling of kernels/gemm.py's 16-bit loop, which the kernel runs
+      instead of its block loops when no block pair of the GEMM runs in FP8
+      (an operand rejected whole, or all pairs BF16), where that tiling
+      divides the padded shape (its cluster is dropped where only that does
+      not); None: the block loops always. Decided on the device, in the
+      kernel, as the loops are.
   """
 
   stages: int = 3
   wide_stages: int = 4
   grid_tile_width: int = 8
+  # The block loops' 128 x 128 tiles took BF16's time x 1.10-1.13 with all
+  # pairs BF16 (docs/benchmarks.md); the per-channel GEMM's 16-bit loop has
+  # 128 x 256 tiles in clusters of two.
+  wide: gemm.GemmConfig | None = gemm.GemmConfig()
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      if f.name == "wide":
+        if v is not None and not isinstance(v, gemm.GemmConfig):
+          raise ValueError(f"BlockGemmConfig.wide must be a GemmConfig or "
+                           f"None, got {v!r}.")
+      elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"BlockGemmConfig.{f.name} must be a positive int, "
                          f"got {v!r}.")
     if self.wide_stages < 2:  # one wgmma stays in flight in the BF16 loop
@@ -210,10 +229,48 @@ def _check(a: BlockOperand, b: BlockOperand) -> None:
                      f"{b.codes.shape}.")
 
 
-def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
-            out_ref, out_smem, sum_smem, order_smem, order_barrier, *,
-            cfg: BlockGemmConfig, stages: tuple[int, int],
-            blocked: tuple[bool, bool], transposed: tuple[bool, bool]):
+def _kernel(*refs, cfg: BlockGemmConfig, stages: tuple[int, int],
+            blocked: tuple[bool, bool], transposed: tuple[bool, bool],
+            wide: gemm.GemmConfig | None):
+  """The block loops, or (``wide``: the flag in ``refs[0]`` set) gemm.py's
+  16-bit loop over the whole output; each allocates its own shared memory."""
+  if wide is None:
+    _block_tiles(*refs, cfg=cfg, stages=stages, blocked=blocked,
+                 transposed=transposed)
+    return
+  wide_ref, *refs = refs
+  a_ref, b_ref, out_ref = refs[-3:]
+  lax.switch(wide_ref[...], [
+      functools.partial(_block_tiles, *refs, cfg=cfg, stages=stages,
+                        blocked=blocked, transposed=transposed),
+      functools.partial(gemm.wide_tiles, a_ref, b_ref, out_ref, cfg=wide,
+                        transposed=transposed)])
+
+
+def _block_tiles(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
+                 b_ref, out_ref, *, cfg: BlockGemmConfig,
+                 stages: tuple[int, int], blocked: tuple[bool, bool],
+                 transposed: tuple[bool, bool]):
+  """Every output tile through the FP8 loop, then the BF16 loop."""
+  et_m, et_n = _out_tile(out_ref.dtype)
+  pl.run_scoped(
+      functools.partial(_block_loops, order_ref, n8_ref, a8_ref, b8_ref,
+                        ra_ref, rb_ref, a_ref, b_ref, out_ref, cfg=cfg,
+                        stages=stages, blocked=blocked, transposed=transposed),
+      out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et_m, et_n), out_ref.dtype,
+                          transforms=gemm.smem_transforms(et_n,
+                                                          out_ref.dtype)),
+      sum_smem=plgpu.SMEM((_COMPUTE_WGS, _WG_ROWS, BLOCK), jnp.float32,
+                          transforms=gemm.smem_transforms(BLOCK, jnp.float32)),
+      order_smem=plgpu.SMEM((order_ref.shape[-1],), jnp.int32),
+      order_barrier=plgpu.Barrier(num_barriers=1),
+      collective_axes="wg")
+
+
+def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
+                 b_ref, out_ref, out_smem, sum_smem, order_smem, order_barrier,
+                 *, cfg: BlockGemmConfig, stages: tuple[int, int],
+                 blocked: tuple[bool, bool], transposed: tuple[bool, bool]):
   mp, kp = a8_ref.shape
   np_ = b8_ref.shape[0]
   m_iters, n_iters, kb = mp // BLOCK, np_ // BLOCK, kp // BLOCK
@@ -259,7 +316,9 @@ def _kernel(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref,
   wg = lax.axis_index("wg")
   my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
 
-  @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
+  # Each block takes its own tiles, also where the launch pairs blocks in
+  # clusters for the 16-bit loop.
+  @plgpu.nd_loop((m_iters * n_iters,), collective_axes=("grid", "cluster"))
   def _(info):
     (lin,) = info.index
     im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
@@ -363,6 +422,18 @@ def _stages(cfg: BlockGemmConfig, kb: int) -> tuple[int, int]:
           max(2, min(cfg.wide_stages, room // wide)))
 
 
+def _wide_config(cfg: gemm.GemmConfig | None, mp: int, np_: int,
+                 kp: int) -> gemm.GemmConfig | None:
+  """``cfg``, without its cluster if only that does not divide the padded
+  shape, or None where neither does (the block loops then run alone)."""
+  for c in (cfg, None if cfg is None else
+            dataclasses.replace(cfg, cluster=None)):
+    if c is not None and (mp % c.m_multiple == np_ % c.n_multiple ==
+                          kp % c.tile_k_wide == 0):
+      return c
+  return None
+
+
 def _plan(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int):
   """(order [Mb, Nb, >= Kb] int32: per output tile, its FP8 K blocks first,
   then the others, each in K order, padded to 16 bytes for TMA; n8 [Mb, Nb]
@@ -395,31 +466,28 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   order, n8 = _plan(a, b, mp, np_, kp // BLOCK)
   a8, aw, ra = _padded(a, mp, kp)
   b8, bw, rb = _padded(b, np_, kp)
-  et_m, et_n = _out_tile(out_dtype)
+  args = (order, n8, a8, b8, ra, rb, aw, bw)
+  wide = _wide_config(config.wide, mp, np_, kp)
+  if wide is not None:  # the flag: no tile has a K step in FP8
+    args = (jnp.all(n8 == 0).astype(jnp.int32),) + args
+  cluster = 1 if wide is None else wide.cluster_size
   cores = getattr(jax.devices()[0], "core_count", 132)
   call = plgpu.kernel(
       functools.partial(_kernel, cfg=config, stages=_stages(config, kp // BLOCK),
                         blocked=(_rows_per_block(a.codes, a.recip) == BLOCK,
                                  _rows_per_block(b.codes, b.recip) == BLOCK),
-                        transposed=(a.transposed, b.transposed)),
+                        transposed=(a.transposed, b.transposed), wide=wide),
       out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-      grid=(cores,),
+      grid=(cores // cluster,),
       grid_names=("grid",),
+      cluster=(cluster,),
+      cluster_names=("cluster",),
       num_threads=_COMPUTE_WGS + 1,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      scratch_types=dict(
-          out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et_m, et_n), out_dtype,
-                              transforms=gemm.smem_transforms(et_n,
-                                                              out_dtype)),
-          sum_smem=plgpu.SMEM((_COMPUTE_WGS, _WG_ROWS, BLOCK), jnp.float32,
-                              transforms=gemm.smem_transforms(BLOCK,
-                                                              jnp.float32)),
-          order_smem=plgpu.SMEM((order.shape[-1],), jnp.int32),
-          order_barrier=plgpu.Barrier(num_barriers=1)),
   )
-  y = call(order, n8, a8, b8, ra, rb, aw, bw)
+  y = call(*args)
   return y[:m, :n] if (mp, np_) != (m, n) else y
 
 

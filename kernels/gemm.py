@@ -285,169 +285,201 @@ def _dequantize(codes, recip, stage) -> None:
   plgpu.commit_smem()  # visible to the tensor cores' reads
 
 
-def _kernel(case_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
-            out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig,
-            a_t: bool, b_t: bool):
-  m, k = a8_ref.shape
-  n = b8_ref.shape[0]
+def scratch_types(cfg: GemmConfig, out_dtype) -> dict:
+  """The kernel's shared memory beside its pipelines (``_room``): output
+  tiles, each warpgroup's row factors, and their barriers."""
+  et = cfg.epilogue_tile
+  return dict(
+      out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et, et), out_dtype,
+                          transforms=smem_transforms(et, out_dtype)),
+      ra_smem=plgpu.SMEM((_COMPUTE_WGS, cfg.tile_m), jnp.float32),
+      rb_smem=plgpu.SMEM((_COMPUTE_WGS, cfg.tile_n), jnp.float32),
+      barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS))
+
+
+def _kernel(case_ref, *refs, cfg: GemmConfig, a_t: bool, b_t: bool,
+            **scratch):
+  # Every thread reads the decisions; the branches allocate the same shared
+  # memory (a switch takes the largest of its branches' needs).
+  lax.switch(case_ref[...], [
+      functools.partial(_run, loop, *refs, cfg=cfg, a_t=a_t, b_t=b_t,
+                        **scratch)
+      for loop in (_WIDE, _DEQUANT_A, _DEQUANT_B, _FP8)])
+
+
+def wide_tiles(a_ref, b_ref, out_ref, *, cfg: GemmConfig,
+               transposed: tuple[bool, bool]) -> None:
+  """Inside a kernel launched as ``gemm``'s (``cfg``'s grid, cluster and
+  warpgroups): out = A B^T, every tile through the 16-bit loop.
+
+  For kernels whose GEMM falls back whole (kernels/block_gemm.py, when no
+  block pair runs in FP8). ``a_ref`` [M, K] or [K, M] if ``transposed[0]``,
+  ``b_ref`` alike; ``cfg``'s tile divides M and N, ``tile_k_wide`` K.
+  """
+  pl.run_scoped(
+      functools.partial(_run, _WIDE, None, None, None, None, a_ref, b_ref,
+                        out_ref, cfg=cfg, a_t=transposed[0],
+                        b_t=transposed[1]),
+      **scratch_types(cfg, out_ref.dtype), collective_axes="wg")
+
+
+def _run(loop: int, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
+         out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig, a_t: bool,
+         b_t: bool) -> None:
+  """One K loop over every output tile of this block (the codes and the row
+  factors' refs are unused, and may be None, in the 16-bit loop)."""
+  m, n = out_ref.shape
+  k = a_ref.shape[0 if a_t else 1]
   tm, tn, bn = cfg.tile_m, cfg.tile_n, cfg.block_n
   m_iters, n_iters = m // cfg.m_multiple, n // cfg.n_multiple
   room = _room(cfg, out_ref.dtype)
   wide_dtype = a_ref.dtype
 
-  def run(loop: int):
-    """One K loop over every output tile of this block."""
-    fp8 = loop == _FP8
-    deq_a, deq_b = loop == _DEQUANT_A, loop == _DEQUANT_B
-    tile_k = cfg.tile_k_fp8 if fp8 else cfg.tile_k_wide
-    # Per operand: the GMEM array whose tiles the pipeline loads, and
-    # whether it is stored [K, rows] (a rejected operand, as it came).
-    a_gmem, a_kr = (a8_ref, False) if fp8 or deq_a else (a_ref, a_t)
-    b_gmem, b_kr = (b8_ref, False) if fp8 or deq_b else (b_ref, b_t)
+  fp8 = loop == _FP8
+  deq_a, deq_b = loop == _DEQUANT_A, loop == _DEQUANT_B
+  tile_k = cfg.tile_k_fp8 if fp8 else cfg.tile_k_wide
+  # Per operand: the GMEM array whose tiles the pipeline loads, and
+  # whether it is stored [K, rows] (a rejected operand, as it came).
+  a_gmem, a_kr = (a8_ref, False) if fp8 or deq_a else (a_ref, a_t)
+  b_gmem, b_kr = (b8_ref, False) if fp8 or deq_b else (b_ref, b_t)
 
-    # A dequantized operand's tiles pass through a compute-dtype copy per
-    # warpgroup: A's whole tile (both warpgroups read it), B's half.
-    stage_rows = tm if deq_a else tn if deq_b else 0
-    stage_bytes = (_COMPUTE_WGS * stage_rows * tile_k *
-                   jnp.dtype(wide_dtype).itemsize)
-    step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
-                  bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
+  # A dequantized operand's tiles pass through a compute-dtype copy per
+  # warpgroup: A's whole tile (both warpgroups read it), B's half.
+  stage_rows = tm if deq_a else tn if deq_b else 0
+  stage_bytes = (_COMPUTE_WGS * stage_rows * tile_k *
+                 jnp.dtype(wide_dtype).itemsize)
+  step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
+                bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
 
-    stages = _stages(cfg, room - stage_bytes, step_bytes)
-    steps = k // tile_k
-    chained = ((cfg.chain_fp8 if fp8 else cfg.chain_wide and loop == _WIDE)
-               and steps % stages == 0)
-    # A chained pipeline releases each step's slot itself (delay_release
-    # 0 in its specs); releasing late takes the steps doing it themselves.
-    manual = chained and cfg.delay_release > 0
+  stages = _stages(cfg, room - stage_bytes, step_bytes)
+  steps = k // tile_k
+  chained = ((cfg.chain_fp8 if fp8 else cfg.chain_wide and loop == _WIDE)
+             and steps % stages == 0)
+  # A chained pipeline releases each step's slot itself (delay_release
+  # 0 in its specs); releasing late takes the steps doing it themselves.
+  manual = chained and cfg.delay_release > 0
 
-    def spec(rows, gmem, k_rows, shared):
-      # A tile both blocks of a cluster read arrives in both through one
-      # multicast load.
-      shape, index = (((tile_k, rows), lambda kk: (kk, 0)) if k_rows else
-                      ((rows, tile_k), lambda kk: (0, kk)))
-      return plgpu.BlockSpec(
-          shape, index, transforms=smem_transforms(shape[1], gmem.dtype),
-          memory_space=plgpu.SMEM,
-          delay_release=0 if chained else cfg.delay_release,
-          collective_axes=("cluster",) if shared else ())
+  def spec(rows, gmem, k_rows, shared):
+    # A tile both blocks of a cluster read arrives in both through one
+    # multicast load.
+    shape, index = (((tile_k, rows), lambda kk: (kk, 0)) if k_rows else
+                    ((rows, tile_k), lambda kk: (0, kk)))
+    return plgpu.BlockSpec(
+        shape, index, transforms=smem_transforms(shape[1], gmem.dtype),
+        memory_space=plgpu.SMEM,
+        delay_release=0 if chained else cfg.delay_release,
+        collective_axes=("cluster",) if shared else ())
 
-    def pipeline(body, compute_context, state=None):
-      return plgpu.emit_pipeline_warp_specialized(
-          body,
-          grid=(steps,),
-          memory_registers=40,
-          in_specs=[spec(tm, a_gmem, a_kr, cfg.cluster == "n"),
-                    spec(bn, b_gmem, b_kr, cfg.cluster == "m")],
-          wg_axis="wg",
-          num_compute_wgs=_COMPUTE_WGS,
-          max_concurrent_steps=stages,
-          compute_context=compute_context,
-          manual_consumed_barriers=manual,
-          pipeline_state=state,
-      )
+  def pipeline(body, compute_context, state=None):
+    return plgpu.emit_pipeline_warp_specialized(
+        body,
+        grid=(steps,),
+        memory_registers=40,
+        in_specs=[spec(tm, a_gmem, a_kr, cfg.cluster == "n"),
+                  spec(bn, b_gmem, b_kr, cfg.cluster == "m")],
+        wg_axis="wg",
+        num_compute_wgs=_COMPUTE_WGS,
+        max_concurrent_steps=stages,
+        compute_context=compute_context,
+        manual_consumed_barriers=manual,
+        pipeline_state=state,
+    )
 
-    ignore = lambda *_, **__: None  # noqa: E731
-    scoped = dict(allocs=pipeline(ignore, ignore).get_allocations(a_gmem,
-                                                                  b_gmem))
-    if stage_rows:
-      scoped["stage"] = plgpu.SMEM(
-          (_COMPUTE_WGS, stage_rows, tile_k), wide_dtype,
-          transforms=smem_transforms(tile_k, wide_dtype))
+  ignore = lambda *_, **__: None  # noqa: E731
+  scoped = dict(allocs=pipeline(ignore, ignore).get_allocations(a_gmem,
+                                                                b_gmem))
+  if stage_rows:
+    scoped["stage"] = plgpu.SMEM(
+        (_COMPUTE_WGS, stage_rows, tile_k), wide_dtype,
+        transforms=smem_transforms(tile_k, wide_dtype))
 
-    @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
-    def _(allocs, stage=None):
-      wg = lax.axis_index("wg")
-      cta = lax.axis_index("cluster")
+  @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
+  def _(allocs, stage=None):
+    wg = lax.axis_index("wg")
+    cta = lax.axis_index("cluster")
 
-      @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
-      def _(info):
-        (lin,) = info.index
-        im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
-                                    cfg.grid_tile_width)
-        if cfg.cluster == "m":
-          im = im * 2 + cta
-        elif cfg.cluster == "n":
-          jn = jn * 2 + cta
-        rows = pl.ds(im * tm, tm)
-        cols = pl.ds(jn * bn + wg * tn, tn)  # this warpgroup's columns
+    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="grid")
+    def _(info):
+      (lin,) = info.index
+      im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
+                                  cfg.grid_tile_width)
+      if cfg.cluster == "m":
+        im = im * 2 + cta
+      elif cfg.cluster == "n":
+        jn = jn * 2 + cta
+      rows = pl.ds(im * tm, tm)
+      cols = pl.ds(jn * bn + wg * tn, tn)  # this warpgroup's columns
 
-        def compute_context(run_pipeline):
-          @functools.partial(pl.run_scoped,
-                             acc_ref=plgpu.ACC((tm, tn), jnp.float32))
-          def _(acc_ref):
-            # This tile's row factors: the FP8 loop applies them to the
-            # accumulator, a dequantizing loop to its operand's tiles.
-            if fp8 or deq_a:
-              plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_smem.at[wg],
-                                      barriers.at[2 * wg])
-            if fp8 or deq_b:
-              plgpu.copy_gmem_to_smem(rb_ref.at[cols], rb_smem.at[wg],
-                                      barriers.at[2 * wg + 1])
-            if deq_a:
-              plgpu.barrier_wait(barriers.at[2 * wg])
-            if deq_b:
-              plgpu.barrier_wait(barriers.at[2 * wg + 1])
-            run_pipeline(acc_ref)
-            acc = acc_ref[...]
-            if fp8:
-              # Per-row scales factor out of the sum over K: the FP8 GEMM
-              # applies them to the float32 accumulator.
-              plgpu.barrier_wait(barriers.at[2 * wg])
-              plgpu.barrier_wait(barriers.at[2 * wg + 1])
-              ra = load_with_layout(ra_smem.at[wg],
-                                    plgpu.Layout.WGMMA.reduce(1))
-              rb = load_with_layout(rb_smem.at[wg],
-                                    plgpu.Layout.WGMMA.reduce(0))
-              acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
-                     lax.broadcast_in_dim(rb, (tm, tn), [1]))
-            write_tile(acc.astype(out_ref.dtype), out_smem, wg,
-                       out_ref.at[rows, cols])
-
-        def mma(indices, a_smem, b_smem, *rest):
-          *consumed, acc_ref = rest
-          # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
-          # stored either way (FP8 ones K-major only).
+      def compute_context(run_pipeline):
+        @functools.partial(pl.run_scoped,
+                           acc_ref=plgpu.ACC((tm, tn), jnp.float32))
+        def _(acc_ref):
+          # This tile's row factors: the FP8 loop applies them to the
+          # accumulator, a dequantizing loop to its operand's tiles.
+          if fp8 or deq_a:
+            plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_smem.at[wg],
+                                    barriers.at[2 * wg])
+          if fp8 or deq_b:
+            plgpu.copy_gmem_to_smem(rb_ref.at[cols], rb_smem.at[wg],
+                                    barriers.at[2 * wg + 1])
           if deq_a:
-            _dequantize(a_smem, ra_smem.at[wg], stage.at[wg])
-            a = stage.at[wg]
-          else:
-            a = a_smem.T if a_kr else a_smem
-          if b_kr:
-            b = b_smem.at[:, pl.ds(wg * tn, tn)]
-          else:
-            b = b_smem.at[pl.ds(wg * tn, tn)]
-            if deq_b:
-              _dequantize(b, rb_smem.at[wg], stage.at[wg])
-              b = stage.at[wg]
-            b = b.T
-          plgpu.wgmma(acc_ref, a, b)
-          if manual:
-            _release_late(indices[0], steps, stages, consumed)
-          else:
-            # A dequantizing loop rewrites its stage at the next step.
-            plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
-          return acc_ref
+            plgpu.barrier_wait(barriers.at[2 * wg])
+          if deq_b:
+            plgpu.barrier_wait(barriers.at[2 * wg + 1])
+          run_pipeline(acc_ref)
+          acc = acc_ref[...]
+          if fp8:
+            # Per-row scales factor out of the sum over K: the FP8 GEMM
+            # applies them to the float32 accumulator.
+            plgpu.barrier_wait(barriers.at[2 * wg])
+            plgpu.barrier_wait(barriers.at[2 * wg + 1])
+            ra = load_with_layout(ra_smem.at[wg],
+                                  plgpu.Layout.WGMMA.reduce(1))
+            rb = load_with_layout(rb_smem.at[wg],
+                                  plgpu.Layout.WGMMA.reduce(0))
+            acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
+                   lax.broadcast_in_dim(rb, (tm, tn), [1]))
+          write_tile(acc.astype(out_ref.dtype), out_smem, wg,
+                     out_ref.at[rows, cols])
 
-        a_tiles = a_gmem.at[:, rows] if a_kr else a_gmem.at[rows, :]
-        b_cols = pl.ds(jn * bn, bn)
-        b_tiles = b_gmem.at[:, b_cols] if b_kr else b_gmem.at[b_cols, :]
-        # A block's first tile fills the pipeline; its last leaves the
-        # slots loaded (the kernel ends: nothing waits for them).
-        state = jnp.where(info.local_index == 0,
-                          int(plgpu.PipelinePipeline.START),
-                          int(plgpu.PipelinePipeline.STEADY)
-                          ) if chained else None
-        pipeline(mma, compute_context, state)(a_tiles, b_tiles,
-                                              allocations=allocs)
+      def mma(indices, a_smem, b_smem, *rest):
+        *consumed, acc_ref = rest
+        # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
+        # stored either way (FP8 ones K-major only).
+        if deq_a:
+          _dequantize(a_smem, ra_smem.at[wg], stage.at[wg])
+          a = stage.at[wg]
+        else:
+          a = a_smem.T if a_kr else a_smem
+        if b_kr:
+          b = b_smem.at[:, pl.ds(wg * tn, tn)]
+        else:
+          b = b_smem.at[pl.ds(wg * tn, tn)]
+          if deq_b:
+            _dequantize(b, rb_smem.at[wg], stage.at[wg])
+            b = stage.at[wg]
+          b = b.T
+        plgpu.wgmma(acc_ref, a, b)
+        if manual:
+          _release_late(indices[0], steps, stages, consumed)
+        else:
+          # A dequantizing loop rewrites its stage at the next step.
+          plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
+        return acc_ref
 
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+      a_tiles = a_gmem.at[:, rows] if a_kr else a_gmem.at[rows, :]
+      b_cols = pl.ds(jn * bn, bn)
+      b_tiles = b_gmem.at[:, b_cols] if b_kr else b_gmem.at[b_cols, :]
+      # A block's first tile fills the pipeline; its last leaves the
+      # slots loaded (the kernel ends: nothing waits for them).
+      state = jnp.where(info.local_index == 0,
+                        int(plgpu.PipelinePipeline.START),
+                        int(plgpu.PipelinePipeline.STEADY)
+                        ) if chained else None
+      pipeline(mma, compute_context, state)(a_tiles, b_tiles,
+                                            allocations=allocs)
 
-  # Every thread reads the decisions; the branches allocate the same shared
-  # memory (a switch takes the largest of its branches' needs).
-  lax.switch(case_ref[...], [functools.partial(run, loop)
-                             for loop in (_WIDE, _DEQUANT_A, _DEQUANT_B,
-                                          _FP8)])
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
 def round_up(n: int, m: int) -> int:
@@ -484,7 +516,6 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
                  jnp.pad(ra, (0, mp - m)))
     b8, b, rb = (pad(b8, n, np_), pad(b, n, np_, transposed[1]),
                  jnp.pad(rb, (0, np_ - n)))
-  et = config.epilogue_tile
   cores = getattr(jax.devices()[0], "core_count", 132)
   call = plgpu.kernel(
       functools.partial(_kernel, cfg=config, a_t=transposed[0],
@@ -498,12 +529,7 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      scratch_types=dict(
-          out_smem=plgpu.SMEM((_COMPUTE_WGS, 2, et, et), out_dtype,
-                              transforms=smem_transforms(et, out_dtype)),
-          ra_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_m), jnp.float32),
-          rb_smem=plgpu.SMEM((_COMPUTE_WGS, config.tile_n), jnp.float32),
-          barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS)),
+      scratch_types=scratch_types(config, out_dtype),
   )
   y = call(case, a8, b8, ra, rb, a, b)
   return y[:m, :n] if (mp, np_) != (m, n) else y

@@ -11,6 +11,7 @@ on one (tests/test_kernels_sharding.py tests the rule on CPU devices).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -250,11 +251,15 @@ def test_wide_values_must_be_in_their_stated_layout():
 
 
 @pytest.mark.parametrize("transposed", TRANSPOSED, ids=str)
-def test_kernel_lowers_for_cuda(transposed):
+@pytest.mark.parametrize("m,k,n", [(200, 300, 130), (500, 1000, 510),
+                                   (384, 256, 256)])
+def test_kernel_lowers_for_cuda(transposed, m, k, n):
   """The kernel lowers to Mosaic GPU on any machine (``jax.export`` for
   CUDA), ragged, half of the blocks BF16, wide values in either layout: a
-  CPU finds what does not lower before a GPU runs it."""
-  x, w = _data(200, 300, 130, 0.5)
+  CPU finds what does not lower before a GPU runs it. The last two shapes
+  also compile in the 16-bit loop of an all-BF16 GEMM, with clusters and
+  without."""
+  x, w = _data(m, k, n, 0.5)
   a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
   b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
   a, b = _stored(a, b, transposed)
@@ -262,6 +267,21 @@ def test_kernel_lowers_for_cuda(transposed):
       jax.jit(functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16)),
       platforms=["cuda"])(a, b)
   assert "mosaic_gpu" in exported.mlir_module()
+
+
+@pytest.mark.parametrize("mp,np_,kp,cluster", [
+    (512, 512, 1024, "m"),      # the configured tile, in clusters along M
+    (384, 256, 256, None),      # 384 rows: single blocks of 128 x 256 only
+    (384, 384, 256, "none"),    # 384 columns: no 128 x 256 tile divides
+])
+def test_all_bf16_path_runs_where_its_tile_divides(mp, np_, kp, cluster):
+  got = bg._wide_config(bg.BlockGemmConfig().wide, mp, np_, kp)
+  if cluster == "none":
+    assert got is None
+  else:
+    assert got == dataclasses.replace(bg.BlockGemmConfig().wide,
+                                      cluster=cluster)
+  assert bg._wide_config(None, mp, np_, kp) is None
 
 
 # ----------------------------------------------------------------------------
@@ -286,6 +306,42 @@ def test_kernel_equals_reference(m, k, n, share, rx, rw):
                                  precision=jax.lax.Precision.HIGHEST)
   assert got.shape == (m, n)
   assert _rel(got, want) <= 1e-3
+
+
+def _bf16_operands(m, k, n, share_x, share_w):
+  """Block operands of X and W^T, a share of each one's blocks BF16."""
+  x, _ = _data(m, k, n, share_x)
+  _, w = _data(m, k, n, share_w)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  return a, b
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("m,k,n,share_x,share_w,transposed", [
+    # X rejected whole: no pair in FP8, gemm.py's tiles in clusters.
+    (512, 1024, 512, 1.0, 0.0, (False, False)),
+    (512, 1024, 512, 1.0, 0.0, (True, True)),
+    # Both all BF16, ragged (padded to 512 x 512 x 1024).
+    (500, 1000, 510, 1.0, 1.0, (False, True)),
+    # W rejected whole, 384 rows: gemm.py's tiles without clusters.
+    (384, 256, 256, 0.0, 1.0, (True, False)),
+    # Half of the blocks BF16: the block loops, launched in clusters.
+    (512, 1024, 512, 0.5, 0.5, (False, False)),
+])
+def test_kernel_all_bf16_path_equals_block_loops(m, k, n, share_x, share_w,
+                                                 transposed):
+  a, b = _bf16_operands(m, k, n, share_x, share_w)
+  want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
+                                 precision=jax.lax.Precision.HIGHEST)
+  a, b = _stored(a, b, transposed)
+  got = bg.block_gemm(a, b, out_dtype=jnp.float32)
+  assert _rel(got, want) <= 1e-3
+  loops = bg.block_gemm(a, b, out_dtype=jnp.float32,
+                        config=bg.BlockGemmConfig(wide=None))
+  # The same products in the same K order, on other tiles.
+  assert _rel(got, loops) <= 1e-6
 
 
 @pytest.mark.gpu
@@ -359,6 +415,7 @@ def test_kernel_per_shard_equals_one_device(spec_a, spec_b, spec_y):
     (dict(stages=True), "stages must be a positive int"),
     (dict(grid_tile_width=2.0), "grid_tile_width must be a positive int"),
     (dict(wide_stages=1), "wide_stages must be at least 2"),
+    (dict(wide=dict(tile_m=64)), "wide must be a GemmConfig or None"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
   with pytest.raises(ValueError, match=match):
