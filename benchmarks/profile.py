@@ -11,6 +11,9 @@ name (CUPTI's kernel times: no host gaps, no launch queueing). Modes:
   cuBLAS FP8 and BF16 at one shape;
 - ``--sweep dual``: tilings of kernels/dual.py, each pass apart, against an
   XLA copy;
+- ``--sweep block``: kernels/block_gemm.py's configurations at 0-100% BF16
+  blocks, its kernel apart from the XLA work before it, against cuBLAS
+  BF16;
 - ``--trace DIR --steps N``: a trace taken elsewhere, e.g. by
   ``examples/train_lm.py --profile-steps N``;
 - ``--trace DIR --steps N --by-op [--match MemcpyD2D]``: that trace's kernels
@@ -41,8 +44,9 @@ from jax.profiler import ProfileData
 
 from mor_jax import kernels
 # benchmarks/gemm.py, beside this script.
-from gemm import (DUAL_VARIANTS, TN, _codes, dense_layer, dense_step,
-                  dual_passes, rel)
+from gemm import (BLOCK_VARIANTS, DUAL_VARIANTS, TN, _blocks, _codes,
+                  dense_layer, dense_step, dual_passes, rel)
+from mor_jax.kernels import block_gemm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +273,44 @@ def sweep_gemm(shape, calls: int, variants=None) -> None:
           rel_to_cublas=rel(fn(jnp.bool_(fp8)), refs[ref]))
 
 
+def sweep_block(shape, calls: int, variants=None) -> None:
+  """The block GEMM (``gemm.py``'s ``BLOCK_VARIANTS``, those at the indices
+  ``variants``, or all) at 0, 10, 50 and 100% BF16 blocks of X, kernel by
+  kernel: the Mosaic GPU kernel apart from the XLA work before it (the K
+  order of each tile, the scales per row, the flag), against cuBLAS BF16's
+  GEMM."""
+  m, k, n = shape
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
+  bf16 = jax.jit(lambda: jax.lax.dot_general(
+      a, b, TN, preferred_element_type=jnp.bfloat16))
+  got = kernel_times(bf16, calls=calls)
+  if got is None:
+    print(json.dumps(dict(note="no device plane in the trace")))
+    return
+  t_bf16 = per_call_ms(got[0], calls)
+  print(json.dumps(dict(sweep="block", shape=[m, k, n], case="cublas_bf16",
+                        ms=t_bf16)), flush=True)
+  wb = jax.jit(_blocks, static_argnums=(1, 2))(b, 0.0, 2)
+  for share in (0.0, 0.1, 0.5, 1.0):
+    wa = jax.jit(_blocks, static_argnums=(1, 2))(a, share, 3)
+    for i, variant in enumerate(BLOCK_VARIANTS):
+      if variants is not None and i not in variants:
+        continue
+      fn = jax.jit(functools.partial(
+          block_gemm.block_gemm, out_dtype=jnp.bfloat16,
+          config=block_gemm.BlockGemmConfig(**variant)))
+      times, span = kernel_times(fn, wa, wb, calls=calls)
+      kernel = per_call_ms(times, calls, "anonymous_mosaic_gpu_kernel")
+      total = per_call_ms(times, calls)
+      print(json.dumps(dict(
+          sweep="block", shape=[m, k, n], bf16_blocks=share, variant=i,
+          kernel_ms=kernel, kernel_vs_bf16=round(kernel / t_bf16, 3),
+          before_kernel_ms=round(total - kernel, 4),
+          busy_vs_bf16=round(total / t_bf16, 3),
+          span_ms=round(span / calls / 1e6, 4))), flush=True)
+
+
 # (tile_rows, tile_cols, row_steps, warps, stages) beyond gemm.py's.
 MORE_DUAL_VARIANTS = ((8, 512, 32, 8, 2), (4, 512, 64, 4, 2),
                       (16, 256, 16, 8, 2), (32, 256, 8, 8, 2),
@@ -336,10 +378,12 @@ def main() -> None:
   ap.add_argument("--shape", default="16384x8192x8192")
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--top", type=int, default=25)
-  ap.add_argument("--sweep", choices=("gemm", "dual"), default=None)
+  ap.add_argument("--sweep", choices=("gemm", "dual", "block"),
+                  default=None)
   ap.add_argument("--variants", default=None,
                   help="with --sweep gemm: indices into GEMM_VARIANTS, "
-                  "e.g. 0,5; with --sweep dual: into gemm.py's "
+                  "e.g. 0,5; with --sweep block: into gemm.py's "
+                  "BLOCK_VARIANTS; with --sweep dual: into gemm.py's "
                   "DUAL_VARIANTS then MORE_DUAL_VARIANTS (each tiling runs "
                   "without and with prefetch)")
   ap.add_argument("--trace", default=None,
@@ -364,6 +408,8 @@ def main() -> None:
     return sweep_gemm(shape, args.steps, variants)
   if args.sweep == "dual":
     return sweep_dual(shape, args.steps, variants)
+  if args.sweep == "block":
+    return sweep_block(shape, args.steps, variants)
   for kind in args.layers.split(","):
     profile(kind, shape, args.steps, args.top)
 
