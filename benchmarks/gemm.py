@@ -313,13 +313,14 @@ def _blocks(x, bf16_share: float, seed: int):
 
 
 # Configurations of the block GEMM, the default first (BlockGemmConfig);
-# the BF16 loop's depth matters only where blocks are BF16, ``wide`` only
-# where all are (6: the block loops alone; 7: gemm.py's tiles unclustered).
+# the BF16 loop's depth matters only where blocks are BF16; ``wide`` runs
+# where all are (6: the block loops alone), and its cluster launch is the
+# block loops' too (7: gemm.py's tiles in clusters of two).
 BLOCK_VARIANTS = (
     dict(),
     dict(stages=2), dict(stages=4), dict(wide_stages=3),
     dict(grid_tile_width=4), dict(grid_tile_width=16),
-    dict(wide=None), dict(wide=kernels.GemmConfig(cluster=None)),
+    dict(wide=None), dict(wide=kernels.GemmConfig(cluster="m")),
 )
 
 

@@ -41,9 +41,11 @@ tile so loads only what its pairs need, and the time is linear in the share
 of BF16 pairs. Where no pair of the whole GEMM runs in FP8 (an operand
 rejected whole, as tensor-level MoR with 128x128 blocks rejects, or every
 pair holding a BF16 block), the kernel runs kernels/gemm.py's 16-bit loop
-instead, on its larger tiles in clusters of two (``BlockGemmConfig.wide``):
-the flag comes with the plan and is read in the kernel, so this choice too
-costs no host round trip.
+instead, on its larger tiles (``BlockGemmConfig.wide``): the flag comes with
+the plan and is read in the kernel, so this choice too costs no host round
+trip. The launch is one for both paths, so the wide path's tiles are not
+paired in clusters by default: a cluster launch slowed the block loops'
+tiles more than it sped the all-BF16 ones.
 
 Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
 of each operand, codes, wide values, scales and representations); padded
@@ -119,10 +121,13 @@ class BlockGemmConfig:
   stages: int = 3
   wide_stages: int = 4
   grid_tile_width: int = 8
-  # The block loops' 128 x 128 tiles took BF16's time x 1.10-1.13 with all
-  # pairs BF16 (docs/benchmarks.md); the per-channel GEMM's 16-bit loop has
-  # 128 x 256 tiles in clusters of two.
-  wide: gemm.GemmConfig | None = gemm.GemmConfig()
+  # The block loops' 128 x 128 tiles took BF16's time x 1.10-1.14 with all
+  # pairs BF16; the per-channel GEMM's 16-bit loop on 128 x 256 tiles x
+  # 1.03-1.04 without clusters, x 1.02-1.03 in clusters of two. But the
+  # cluster launch is the block loops' too, and slowed their kernel by 3% at
+  # 0% BF16 blocks, 1% at 10% and 5-7% at 50% (H200, (16384, 8192, 8192),
+  # docs/benchmarks.md): most GEMMs run the block loops.
+  wide: gemm.GemmConfig | None = gemm.GemmConfig(cluster=None)
 
   def __post_init__(self):
     for f in dataclasses.fields(self):

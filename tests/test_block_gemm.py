@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import mor_jax
 from mor_jax.kernels import block_gemm as bg
+from mor_jax.kernels import gemm
 from mor_jax.kernels import transpose
 from tests import cases
 from tests.blocks import TWO_WAY
@@ -250,23 +251,34 @@ def test_wide_values_must_be_in_their_stated_layout():
                                             True), a, out_dtype=jnp.float32)
 
 
+# The block GEMM's default, and its all-BF16 path in clusters of two.
+CLUSTERED = bg.BlockGemmConfig(wide=gemm.GemmConfig(cluster="m"))
+CONFIGS = [bg.BlockGemmConfig(), CLUSTERED]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "clustered"])
 @pytest.mark.parametrize("transposed", TRANSPOSED, ids=str)
 @pytest.mark.parametrize("m,k,n", [(200, 300, 130), (500, 1000, 510),
                                    (384, 256, 256)])
-def test_kernel_lowers_for_cuda(transposed, m, k, n):
+def test_kernel_lowers_for_cuda(transposed, m, k, n, config):
   """The kernel lowers to Mosaic GPU on any machine (``jax.export`` for
   CUDA), ragged, half of the blocks BF16, wide values in either layout: a
   CPU finds what does not lower before a GPU runs it. The last two shapes
-  also compile in the 16-bit loop of an all-BF16 GEMM, with clusters and
-  without."""
+  also compile in the 16-bit loop of an all-BF16 GEMM, the second in
+  clusters where the configuration asks for them."""
   x, w = _data(m, k, n, 0.5)
   a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
   b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
   a, b = _stored(a, b, transposed)
   exported = jax.export.export(
-      jax.jit(functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16)),
+      jax.jit(functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16,
+                                config=config)),
       platforms=["cuda"])(a, b)
   assert "mosaic_gpu" in exported.mlir_module()
+
+
+def test_all_bf16_path_runs_unclustered_by_default():
+  assert bg.BlockGemmConfig().wide == gemm.GemmConfig(cluster=None)
 
 
 @pytest.mark.parametrize("mp,np_,kp,cluster", [
@@ -275,12 +287,11 @@ def test_kernel_lowers_for_cuda(transposed, m, k, n):
     (384, 384, 256, "none"),    # 384 columns: no 128 x 256 tile divides
 ])
 def test_all_bf16_path_runs_where_its_tile_divides(mp, np_, kp, cluster):
-  got = bg._wide_config(bg.BlockGemmConfig().wide, mp, np_, kp)
+  got = bg._wide_config(CLUSTERED.wide, mp, np_, kp)
   if cluster == "none":
     assert got is None
   else:
-    assert got == dataclasses.replace(bg.BlockGemmConfig().wide,
-                                      cluster=cluster)
+    assert got == dataclasses.replace(CLUSTERED.wide, cluster=cluster)
   assert bg._wide_config(None, mp, np_, kp) is None
 
 
@@ -319,24 +330,27 @@ def _bf16_operands(m, k, n, share_x, share_w):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "clustered"])
 @pytest.mark.parametrize("m,k,n,share_x,share_w,transposed", [
-    # X rejected whole: no pair in FP8, gemm.py's tiles in clusters.
+    # X rejected whole: no pair in FP8, gemm.py's tiles (in clusters, if
+    # configured).
     (512, 1024, 512, 1.0, 0.0, (False, False)),
     (512, 1024, 512, 1.0, 0.0, (True, True)),
     # Both all BF16, ragged (padded to 512 x 512 x 1024).
     (500, 1000, 510, 1.0, 1.0, (False, True)),
-    # W rejected whole, 384 rows: gemm.py's tiles without clusters.
+    # W rejected whole, 384 rows: gemm.py's tiles, never in clusters.
     (384, 256, 256, 0.0, 1.0, (True, False)),
-    # Half of the blocks BF16: the block loops, launched in clusters.
+    # Half of the blocks BF16: the block loops (launched in clusters, if
+    # configured).
     (512, 1024, 512, 0.5, 0.5, (False, False)),
 ])
 def test_kernel_all_bf16_path_equals_block_loops(m, k, n, share_x, share_w,
-                                                 transposed):
+                                                 transposed, config):
   a, b = _bf16_operands(m, k, n, share_x, share_w)
   want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
                                  precision=jax.lax.Precision.HIGHEST)
   a, b = _stored(a, b, transposed)
-  got = bg.block_gemm(a, b, out_dtype=jnp.float32)
+  got = bg.block_gemm(a, b, out_dtype=jnp.float32, config=config)
   assert _rel(got, want) <= 1e-3
   loops = bg.block_gemm(a, b, out_dtype=jnp.float32,
                         config=bg.BlockGemmConfig(wide=None))
