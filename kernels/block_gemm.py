@@ -38,9 +38,8 @@ its end, and the BF16 one (K tile 64), whose tensor-core accumulator gets
 the FP8 sum added before the output is written; a tile with no BF16 step
 writes its output from the FP8 loop and sets up no BF16 one. The two loops
 take turns in the same shared memory, each allocating its buffers for a
-tile's run. A
-tile so loads only what its pairs need, and the time is linear in the share
-of BF16 pairs. Where no pair of the whole GEMM runs in FP8 (an operand
+tile's run. A tile so loads only what its pairs need, and the time is
+linear in the share of BF16 pairs. Where no pair of the whole GEMM runs in FP8 (an operand
 rejected whole, as tensor-level MoR with 128x128 blocks rejects, or every
 pair holding a BF16 block), the kernel runs kernels/gemm.py's 16-bit loop
 instead, on its larger tiles (``BlockGemmConfig.wide``): the flag comes with
@@ -333,6 +332,10 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
     rows, cols = pl.ds(im * BLOCK, BLOCK), pl.ds(jn * BLOCK, BLOCK)
     n8 = n8_ref[im, jn]
 
+    def write_out(acc):  # this warpgroup's rows of the tile, from either loop
+      gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
+                      out_ref.at[rows, cols].at[my_rows])
+
     @pl.when(wg == _COMPUTE_WGS)  # the TMA warpgroup
     def _():
       plgpu.copy_gmem_to_smem(order_ref.at[im, jn], order_smem,
@@ -344,8 +347,7 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
 
       @pl.when(n8 == kb)  # no BF16 step: the tile is done
       def _():
-        gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
-                        out_ref.at[rows, cols].at[my_rows])
+        write_out(acc)
 
       @pl.when(n8 < kb)  # parked for the BF16 loop's accumulator
       def _():
@@ -391,9 +393,7 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
                          acc_ref=plgpu.ACC((wr, BLOCK), jnp.float32))
       def _(acc_ref):
         run_pipeline(acc_ref)
-        acc = acc_ref[...] + sum_smem[wg]
-        gemm.write_tile(acc.astype(out_ref.dtype), out_smem, wg,
-                        out_ref.at[rows, cols].at[my_rows])
+        write_out(acc_ref[...] + sum_smem[wg])
 
     def wide_step(_, a, b, acc_ref):
       # wgmma takes A as [64 rows, tk] and B as [tk, 128]; 16-bit tiles

@@ -20,6 +20,8 @@ import mor_jax  # noqa: E402
 from mor_jax.kernels import block_gemm  # noqa: E402
 
 
+# benchmarks/gemm.py's _blocks, written again: importing that module would
+# build this tree's configurations against the tree under test.
 def blocks(x, share, seed):
   qa = mor_jax.quantize(x, mor_jax.E4M3, block_shape=(128, 128))
   rep = jax.random.bernoulli(jax.random.key(seed), share, qa.scale.shape)
