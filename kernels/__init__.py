@@ -17,6 +17,8 @@ reference; ``mor_jax._dispatch`` is the only place that calls them.
   for 128x128-block recipes (``mor_jax._block``).
 - ``transpose``: the transpose of one-byte FP8 codes, for the block GEMM's
   operands of transposed views (Triton).
+- ``wide``: the block GEMM's 16-bit values, written only in the blocks its
+  BF16 loop reads (Triton).
 - ``sharding``: the kernels per shard under ``jit`` (custom_partitioning).
 - ``KernelConfig``: their tuning, a hashable value that is part of every
   cache key, so two tunings never share a compiled kernel.
@@ -32,6 +34,7 @@ from mor_jax.kernels import gemm as gemm
 from mor_jax.kernels import quantize as quantize
 from mor_jax.kernels import sharding as sharding
 from mor_jax.kernels import transpose as transpose
+from mor_jax.kernels import wide as wide
 from mor_jax.kernels.dual import DualConfig as DualConfig
 from mor_jax.kernels.dual import PassTiling as PassTiling
 from mor_jax.kernels.gemm import GemmConfig as GemmConfig

@@ -14,7 +14,7 @@ along K and every pair of a 128-row block of X and one of W:
                              of K, which also applies scales that change
                              along K);
   otherwise:                 P = A_blk @ B_blk^T on BF16 tensor cores from
-                             the wide operands (the emulated path's values).
+                             the emulated path's values.
 
 An operand's codes hold one FP8 format (its ``codes.dtype``); a block whose
 representation is another FP8 format (E5M2 blocks of a three-way operand
@@ -47,6 +47,13 @@ the plan and is read in the kernel, so this choice too costs no host round
 trip. The launch is one for both paths, so the wide path's tiles are not
 paired in clusters by default: a cluster launch slowed the block loops'
 tiles more than it sped the all-BF16 ones.
+
+The emulated path's values of a block in the codes' format are its codes
+dequantized; an operand carries its original values (``BlockOperand.wide``)
+and the GEMM writes the values its BF16 loop multiplies, before the launch
+and only in the blocks that loop reads (kernels/wide.py): where every pair
+runs in FP8, as in training, it writes none. Where no pair runs in FP8, the
+16-bit loop reads an operand with no block in its codes' format as it came.
 
 Ragged shapes: M, N and K are padded with zeros to multiples of 128 (a copy
 of each operand, codes, wide values, scales and representations); padded
@@ -83,8 +90,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.sharding import PartitionSpec as P
 
+from mor_jax import _numerics
 from mor_jax.kernels import gemm
 from mor_jax.kernels import sharding
+from mor_jax.kernels import wide as wide_values
 
 # A block's representation; the codes of a three-way SubTensorMoR choice.
 REP_E4M3, REP_E5M2, REP_BF16 = 0, 1, 2
@@ -158,10 +167,12 @@ class BlockOperand:
       by): [cdiv(rows, 128), cdiv(K, 128)] for 128x128 blocks, or
       [rows, cdiv(K, 128)] for 1x128 tiles.
     rep: int32 representation per block (``REP_*``), shaped like ``recip``.
-    wide: [rows, K], or [K, rows] if ``transposed``, the values of the
-      emulated path in a 16-bit dtype (the kernel) or any float dtype (the
-      reference): codes dequantized for FP8 blocks, the original values for
-      BF16 ones (as kernels/wide.py writes them for the per-channel GEMM).
+    wide: [rows, K], or [K, rows] if ``transposed``, in a 16-bit dtype
+      (the kernel) or any float dtype (the reference): the emulated path's
+      values where a block is not in the codes' format (the original values
+      of BF16 blocks, another FP8 format's dequantized); ignored where it is
+      (the values there are the codes dequantized: ``values``). So an
+      operand of a two-way recipe passes its original values as they came.
     transposed: ``wide`` is stored [K, rows] (static). The BF16 loop reads
       16-bit tiles in either layout, so the operand of a transposed view
       needs only its one-byte codes transposed (FP8 tensor cores read
@@ -175,9 +186,18 @@ class BlockOperand:
   transposed: bool = False
 
   @property
-  def wide_rows(self) -> jax.Array:
-    """``wide`` on the [rows, K] view (a transpose if stored [K, rows])."""
-    return self.wide.T if self.transposed else self.wide
+  def values(self) -> jax.Array:
+    """The emulated path's operand on the [rows, K] view, in ``wide``'s
+    dtype: the codes dequantized in the blocks in their format
+    (``mor_jax._numerics.dequantize_values``), ``wide`` elsewhere."""
+    rows, k = self.codes.shape
+    per_element = lambda g: jnp.repeat(g, BLOCK, axis=1)[:, :k]  # noqa: E731
+    deq = _numerics.dequantize_values(
+        self.codes.astype(jnp.float32),
+        per_element(_per_row(self.recip.astype(jnp.float32), rows)),
+        self.wide.dtype)
+    return jnp.where(per_element(_own(self)), deq,
+                     self.wide.T if self.transposed else self.wide)
 
 
 def representation_codes(choice: jax.Array, names) -> jax.Array:
@@ -191,13 +211,18 @@ def _per_row(x: jax.Array, rows: int) -> jax.Array:
   return x if x.shape[0] == rows else jnp.repeat(x, BLOCK, axis=0)[:rows]
 
 
+def _own(op: BlockOperand) -> jax.Array:
+  """[rows, cdiv(K, 128)] bool: the row's block is in ``codes``' format."""
+  own = REP_E4M3 if op.codes.dtype == jnp.float8_e4m3fn else REP_E5M2
+  return _per_row(op.rep, op.codes.shape[0]) == own
+
+
 def _fp8_blocks(op: BlockOperand, rows_p: int, kb: int) -> jax.Array:
   """[rows_p // 128, kb] bool: the 128-row block is all in ``codes``' format.
 
   Padded rows count as FP8 (their codes and wide values are both zero).
   """
-  own = REP_E4M3 if op.codes.dtype == jnp.float8_e4m3fn else REP_E5M2
-  ok = _per_row(op.rep, op.codes.shape[0]) == own
+  ok = _own(op)
   ok = jnp.pad(ok, ((0, rows_p - ok.shape[0]), (0, kb - ok.shape[1])),
                constant_values=True)
   return ok.reshape(rows_p // BLOCK, BLOCK, kb).all(axis=1)
@@ -238,19 +263,26 @@ def _check(a: BlockOperand, b: BlockOperand) -> None:
 def _kernel(*refs, cfg: BlockGemmConfig, stages: tuple[int, int],
             blocked: tuple[bool, bool], transposed: tuple[bool, bool],
             wide: gemm.GemmConfig | None):
-  """The block loops, or (``wide``: the flag in ``refs[0]`` set) gemm.py's
-  16-bit loop over the whole output; each allocates its own shared memory."""
+  """The block loops, or (``wide``: the case in ``refs[0]`` nonzero)
+  gemm.py's 16-bit loop over the whole output; each allocates its own
+  shared memory.
+
+  With ``wide``, refs end in the operands as they came (``_local_block_gemm``
+  passes them after the written values): case 1 + i + 2 j reads A's as they
+  came if i, B's if j, where the operand has no block in its codes' format.
+  """
   if wide is None:
     _block_tiles(*refs, cfg=cfg, stages=stages, blocked=blocked,
                  transposed=transposed)
     return
-  wide_ref, *refs = refs
-  a_ref, b_ref, out_ref = refs[-3:]
-  lax.switch(wide_ref[...], [
-      functools.partial(_block_tiles, *refs, cfg=cfg, stages=stages,
-                        blocked=blocked, transposed=transposed),
-      functools.partial(gemm.wide_tiles, a_ref, b_ref, out_ref, cfg=wide,
-                        transposed=transposed)])
+  case_ref, *refs, a_in, b_in, out_ref = refs
+  a_ref, b_ref = refs[-2:]
+  lax.switch(case_ref[...], [
+      functools.partial(_block_tiles, *refs, out_ref, cfg=cfg, stages=stages,
+                        blocked=blocked, transposed=transposed)] + [
+      functools.partial(gemm.wide_tiles, a, b, out_ref, cfg=wide,
+                        transposed=transposed)
+      for b in (b_ref, b_in) for a in (a_ref, a_in)])
 
 
 def _block_tiles(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
@@ -456,11 +488,10 @@ def _wide_config(cfg: gemm.GemmConfig | None, mp: int, np_: int,
   return None
 
 
-def _plan(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int):
-  """(order [Mb, Nb, >= Kb] int32: per output tile, its FP8 K blocks first,
-  then the others, each in K order, padded to 16 bytes for TMA; n8 [Mb, Nb]
-  int32: how many run in FP8)."""
-  fp8 = _pairs(a, b, mp, np_, kb)
+def _plan(fp8: jax.Array, kb: int):
+  """From ``_pairs``: (order [Mb, Nb, >= Kb] int32: per output tile, its FP8
+  K blocks first, then the others, each in K order, padded to 16 bytes for
+  TMA; n8 [Mb, Nb] int32: how many run in FP8)."""
   order = jnp.argsort(~fp8, axis=-1, stable=True).astype(jnp.int32)
   order = jnp.pad(order, ((0, 0), (0, 0), (0, gemm.round_up(kb, 4) - kb)))
   return order, fp8.sum(axis=-1, dtype=jnp.int32)
@@ -471,10 +502,16 @@ def _padded(op: BlockOperand, rows_p: int, kp: int):
   recip^T [kp / 128, rows_p] per row."""
   rows, k = op.codes.shape
   widths = ((0, rows_p - rows), (0, kp - k))
-  recip = _per_row(op.recip.astype(jnp.float32), rows)
-  recip = jnp.pad(recip, ((0, rows_p - rows), (0, kp // BLOCK - recip.shape[1])))
   return (jnp.pad(op.codes, widths),
-          jnp.pad(op.wide, widths[::-1] if op.transposed else widths), recip.T)
+          jnp.pad(op.wide, widths[::-1] if op.transposed else widths),
+          _padded_grid(op.recip.astype(jnp.float32), op, rows_p, kp).T)
+
+
+def _padded_grid(grid: jax.Array, op: BlockOperand, rows_p: int,
+                 kp: int) -> jax.Array:
+  """A per-block grid of ``op`` per row, padded to [rows_p, kp / 128]."""
+  g = _per_row(grid, op.codes.shape[0])
+  return jnp.pad(g, ((0, rows_p - g.shape[0]), (0, kp // BLOCK - g.shape[1])))
 
 
 def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
@@ -485,13 +522,27 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   n = b.codes.shape[0]
   mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
                  gemm.round_up(k, BLOCK))
-  order, n8 = _plan(a, b, mp, np_, kp // BLOCK)
-  a8, aw, ra = _padded(a, mp, kp)
-  b8, bw, rb = _padded(b, np_, kp)
-  args = (order, n8, a8, b8, ra, rb, aw, bw)
+  fp8 = _pairs(a, b, mp, np_, kp // BLOCK)
+  order, n8 = _plan(fp8, kp // BLOCK)
+  a8, a_in, ra = _padded(a, mp, kp)
+  b8, b_in, rb = _padded(b, np_, kp)
   wide = _wide_config(config.wide, mp, np_, kp)
-  if wide is not None:  # the flag: no tile has a K step in FP8
-    args = (jnp.all(n8 == 0).astype(jnp.int32),) + args
+  # The 16-bit loop over the whole output (no pair in FP8) reads an operand
+  # with no block in its codes' format as it came.
+  whole = jnp.logical_not(fp8.any()) & (wide is not None)
+  direct = [whole & jnp.logical_not(_own(op).any()) for op in (a, b)]
+  # A's block (i, k) is read where a pair (i, j, k) runs in BF16; B's alike.
+  reads = (jnp.logical_not(fp8.all(axis=1)) & jnp.logical_not(direct[0]),
+           jnp.logical_not(fp8.all(axis=0)) & jnp.logical_not(direct[1]))
+  aw, bw = (wide_values.values(
+      codes, r.T, _padded_grid(_own(op), op, codes.shape[0], kp), w, read,
+      transposed=op.transposed)
+            for op, codes, r, w, read in ((a, a8, ra, a_in, reads[0]),
+                                          (b, b8, rb, b_in, reads[1])))
+  args = (order, n8, a8, b8, ra, rb, aw, bw)
+  if wide is not None:
+    case = jnp.where(whole, 1 + direct[0] + 2 * direct[1], 0)
+    args = (case.astype(jnp.int32),) + args + (a_in, b_in)
   cluster = 1 if wide is None else wide.cluster_size
   cores = getattr(jax.devices()[0], "core_count", 132)
   call = plgpu.kernel(
@@ -647,9 +698,13 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
                  gemm.round_up(k, BLOCK))
   kb = kp // BLOCK
   on = jnp.moveaxis(_pairs(a, b, mp, np_, kb), 2, 0)  # [kb, Mb, Nb]
-  a8, aw, ra = _padded(a, mp, kp)
-  b8, bw, rb = _padded(b, np_, kp)
-  aw, bw = (w.T if op.transposed else w for w, op in ((aw, a), (bw, b)))
+  a8, _, ra = _padded(a, mp, kp)
+  b8, _, rb = _padded(b, np_, kp)
+  aw, bw = (jnp.pad(op.values, ((0, rows - op.codes.shape[0]),
+                                (0, kp - k)))
+            for op, rows in ((a, mp), (b, np_)))
+  dtype = jnp.result_type(aw, bw)
+  aw, bw = aw.astype(dtype), bw.astype(dtype)
   blocks = lambda x: x.reshape(x.shape[0], kb, BLOCK).swapaxes(0, 1)  # noqa: E731
   dot = functools.partial(lax.dot_general, dimension_numbers=gemm.TN,
                           precision=precision,

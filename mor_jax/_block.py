@@ -12,13 +12,14 @@ on the same [rows, K] views with the same passes: ``mor_jax._mor.select``
 with codes as output instead of values; where the view path quantizes a
 tensor once for both its GEMMs (``mor_jax._dot.shared``), the second GEMM's
 operand is the first's, transposed (``transpose``). Decisions and statistics
-are the bits of "emulate"; the wide operand of a block is the value
-"emulate" multiplies (its codes dequantized, or x as it came).
+are the bits of "emulate". The operand's 16-bit values are x as it came
+(with the values of blocks in a second FP8 format, three-way MoR's E5M2):
+the GEMM dequantizes the codes itself, and only in the blocks its BF16
+loop reads (kernels/wide.py), so an operand whose pairs all run in FP8
+costs no pass writing them.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -85,14 +86,20 @@ def quantize(x: jax.Array, recipe: _recipes.Recipe,
   stats = _stats.NamedMoRStats.of(st, recipe.names)
   if _fp8.bf16_only(recipe):
     return x, stats
-  codes, _, scale = m.quantized(recipe.formats[0])
+  own = recipe.formats[0]
+  codes, _, scale = m.quantized(own)
 
-  def dequantized(fmt):  # The candidate's value, as "values" output has it.
+  def other_values(fmt):  # As "values" output has it; the codes' own: x.
+    if fmt == own:
+      return x
     q, _, s = m.quantized(fmt)
     return part.from_blocks(_xla.dequantize_blocks(
         part.to_blocks(q.astype(jnp.float32)), part.expand(s), x.dtype))
 
-  wide = _mor.chosen_value(x, choice, recipe, part, dequantized)
+  # The GEMM dequantizes the codes where it reads their blocks
+  # (``BlockOperand.wide``); blocks in another FP8 format need their values.
+  wide = (_mor.chosen_value(x, choice, recipe, part, other_values)
+          if recipe.formats[1:-1] else x)
   # tensor-level: a 0-d choice, one code for every block
   rep = bg.representation_codes(jnp.broadcast_to(choice, scale.shape),
                                 recipe.names)
@@ -127,15 +134,17 @@ def gemm(a, b, out_dtype, precision,
   ``_dispatch.gemm_backend`` picks the per-channel GEMM), its jnp twin
   elsewhere; with a BF16-only operand, XLA's dot.
   """
-  wide = [op.wide_rows if isinstance(op, bg.BlockOperand) else op
-          for op in (a, b)]
-  dtype = jnp.result_type(*wide)
-  if not all(isinstance(op, bg.BlockOperand) for op in (a, b)):
+  blocked = [isinstance(op, bg.BlockOperand) for op in (a, b)]
+  dtype = jnp.result_type(*(op.wide if bo else op
+                            for op, bo in zip((a, b), blocked)))
+  if not all(blocked):
+    values = [op.values if bo else op for op, bo in zip((a, b), blocked)]
     return jax.lax.dot_general(
-        wide[0].astype(dtype), wide[1].astype(dtype), _fp8.TN,
+        values[0].astype(dtype), values[1].astype(dtype), _fp8.TN,
         precision=precision, preferred_element_type=jnp.float32
     ).astype(out_dtype)
-  a, b = (dataclasses.replace(op, wide=op.wide.astype(dtype)) for op in (a, b))
+  # The kernel takes one 16-bit dtype (``dtype`` then is it); the twin casts
+  # the values it computes.
   if _dispatch.gemm_backend(impl, dtype,
                            (a.codes.dtype, b.codes.dtype)) == "pallas":
     return bg.block_gemm(a, b, out_dtype=out_dtype)

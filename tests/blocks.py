@@ -8,6 +8,7 @@ tests/test_block_gemm.py and tests/test_kernels_sharding.py.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 import mor_jax
@@ -45,7 +46,10 @@ def operand(x, recipe):
   mask = mask[:x.shape[0], :x.shape[1]].astype(bool)
   deq = np.asarray(mor_jax.dequantize(qa))
   np.testing.assert_array_equal(deq[mask], np.asarray(r.value)[mask])
-  return bg.BlockOperand(qa.data, 1 / qa.scale, rep, r.value), rep
+  # Its wide values: x as it came, with the values of blocks in another FP8
+  # format (the GEMM dequantizes the codes in their own blocks).
+  wide = jnp.where(mask, x, r.value)
+  return bg.BlockOperand(qa.data, 1 / qa.scale, rep, wide), rep
 
 
 def stored_transposed(op: bg.BlockOperand) -> bg.BlockOperand:

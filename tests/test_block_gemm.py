@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -25,6 +26,7 @@ import mor_jax
 from mor_jax.kernels import block_gemm as bg
 from mor_jax.kernels import gemm
 from mor_jax.kernels import transpose
+from mor_jax.kernels import wide
 from tests import cases
 from tests.blocks import TWO_WAY
 from tests.blocks import data as _data
@@ -47,9 +49,15 @@ def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand) -> np.ndarray:
     r, p = np.asarray(op.recip, np.float64), np.asarray(op.rep)
     if r.shape[0] != n:
       r, p = np.repeat(r, B, 0)[:n], np.repeat(p, B, 0)[:n]
-    own = 0 if op.codes.dtype == jnp.float8_e4m3fn else 1
-    return (np.asarray(op.codes).astype(np.float64), r, p == own,
-            np.asarray(op.wide, np.float64))
+    own = p == (0 if op.codes.dtype == jnp.float8_e4m3fn else 1)
+    codes = np.asarray(op.codes).astype(np.float64)
+    # The values of the BF16 path: the codes dequantized in their own
+    # blocks, rounded as the wide values are stored; ``wide`` elsewhere.
+    wide = np.asarray(op.wide).T if op.transposed else np.asarray(op.wide)
+    per_element = lambda g: np.repeat(g, B, 1)[:, :codes.shape[1]]  # noqa: E731
+    deq = (codes * per_element(r)).astype(wide.dtype)
+    values = np.where(per_element(own), deq, wide).astype(np.float64)
+    return codes, r, own, values
 
   (ca, ra, fa, wa), (cb, rb, fb, wb) = rows(a), rows(b)
   both_e5m2 = a.codes.dtype == b.codes.dtype == jnp.float8_e5m2
@@ -155,7 +163,8 @@ def test_plan_lists_each_tiles_fp8_steps_first():
     return bg.BlockOperand(z.astype(jnp.float8_e4m3fn), jnp.ones(rep.shape),
                            jnp.asarray(rep, jnp.int32), z)
 
-  order, n8 = bg._plan(op(m, rep_a), op(n, rep_b), 384, 384, 8)  # pylint: disable=protected-access
+  fp8 = bg._pairs(op(m, rep_a), op(n, rep_b), 384, 384, 8)  # pylint: disable=protected-access
+  order, n8 = bg._plan(fp8, 8)  # pylint: disable=protected-access
   assert order.shape[-1] % 4 == 0  # 16-byte rows for TMA
   fa = np.pad(rep_a == bg.REP_E4M3, ((0, 384 - m), (0, 0)),
               constant_values=True).reshape(3, B, 8).all(axis=1)
@@ -270,11 +279,10 @@ def test_kernel_lowers_for_cuda(transposed, m, k, n, config):
   a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
   b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
   a, b = _stored(a, b, transposed)
-  exported = jax.export.export(
-      jax.jit(functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16,
-                                config=config)),
-      platforms=["cuda"])(a, b)
-  assert "mosaic_gpu" in exported.mlir_module()
+  module = cases.lowered_for_cuda(
+      functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16,
+                        config=config), a, b)
+  assert "mosaic_gpu" in module and "mor_block_values" in module
 
 
 def test_all_bf16_path_runs_unclustered_by_default():
@@ -293,6 +301,56 @@ def test_all_bf16_path_runs_where_its_tile_divides(mp, np_, kp, cluster):
   else:
     assert got == dataclasses.replace(CLUSTERED.wide, cluster=cluster)
   assert bg._wide_config(None, mp, np_, kp) is None
+
+
+def _values_case(transposed, per_row, k, seed=0):
+  """Arguments of ``wide.values`` (R 256), and NumPy's values."""
+  rng = np.random.default_rng(seed)
+  r = 256
+  x = rng.standard_normal((r, k)).astype(np.float32)
+  codes = (x * 8).astype(ml_dtypes.float8_e4m3fn)
+  grid = (r if per_row else r // B, k // B)
+  recip = rng.uniform(0.01, 2, grid).astype(np.float32)
+  own = rng.integers(0, 2, grid).astype(np.int32)
+  if not per_row:
+    recip, own = np.repeat(recip, B, 0), np.repeat(own, B, 0)
+  read = rng.integers(0, 2, (r // B, k // B)).astype(np.int32)
+  stored = x.astype(ml_dtypes.bfloat16)
+  per_element = lambda g: np.repeat(g, B, 1)  # noqa: E731
+  deq = (codes.astype(np.float32) * per_element(recip)).astype(stored.dtype)
+  want = np.where(per_element(own) != 0, deq, stored)
+  args = (jnp.asarray(codes), jnp.asarray(recip), jnp.asarray(own),
+          jnp.asarray(stored.T if transposed else stored), jnp.asarray(read))
+  return args, want, np.kron(read, np.ones((B, B), bool)) != 0
+
+
+def _assert_values_equal(transposed, per_row, k, interpret):
+  args, want, read = _values_case(transposed, per_row, k)
+  got = np.asarray(wide.values(*args, transposed=transposed,
+                               interpret=interpret))
+  got = got.T if transposed else got
+  # Bit for bit where read; the other blocks are left unwritten.
+  np.testing.assert_array_equal(got[read].view(np.uint16),
+                                want[read].view(np.uint16))
+
+
+# K of 3 blocks: a block per program; of 12: four; of 16: eight.
+VALUES_K = [384, 1536, 2048]
+
+
+@pytest.mark.parametrize("k", VALUES_K)
+@pytest.mark.parametrize("per_row", [False, True], ids=["blocks", "rows"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_values_kernel_equals_numpy(transposed, per_row, k):
+  """kernels/wide.py in interpret mode: the codes dequantized in their own
+  rows, the wide values in the others, in the blocks the plan reads."""
+  _assert_values_equal(transposed, per_row, k, interpret=True)
+
+
+def test_values_kernel_needs_whole_blocks():
+  args, _, _ = _values_case(False, False, 384)
+  with pytest.raises(ValueError, match="multiples of 128"):
+    wide.values(args[0][:200], *args[1:], transposed=False, interpret=True)
 
 
 # ----------------------------------------------------------------------------
@@ -356,6 +414,41 @@ def test_kernel_all_bf16_path_equals_block_loops(m, k, n, share_x, share_w,
                         config=bg.BlockGemmConfig(wide=None))
   # The same products in the same K order, on other tiles.
   assert _rel(got, loops) <= 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("k", VALUES_K)
+@pytest.mark.parametrize("per_row", [False, True], ids=["blocks", "rows"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_values_kernel_compiled_equals_numpy(transposed, per_row, k):
+  _assert_values_equal(transposed, per_row, k, interpret=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "clustered"])
+def test_kernel_all_bf16_path_dequantizes_both(config):
+  """No pair in FP8, though both operands hold blocks in FP8 (X's in even K
+  blocks, W's in odd ones): the 16-bit loop reads both operands' written
+  values, the codes dequantized in their blocks."""
+  rng = np.random.default_rng(5)
+  m, k, n = 512, 1024, 512
+
+  def op(rows, parity):
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    rep = np.where(np.arange(k // B) % 2 == parity, bg.REP_E4M3, bg.REP_BF16)
+    rep = np.broadcast_to(rep, (rows // B, k // B)).astype(np.int32)
+    recip = rng.uniform(0.01, 2, rep.shape).astype(np.float32)
+    return bg.BlockOperand(jnp.asarray(x * 8, jnp.float8_e4m3fn),
+                           jnp.asarray(recip), jnp.asarray(rep),
+                           jnp.asarray(x, jnp.bfloat16))
+
+  a, b = op(m, 0), op(n, 1)
+  want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
+                                 precision=jax.lax.Precision.HIGHEST)
+  got = bg.block_gemm(a, b, out_dtype=jnp.float32, config=config)
+  assert _rel(got, want) <= 1e-3
 
 
 @pytest.mark.gpu

@@ -1,0 +1,113 @@
+"""The block GEMM's 16-bit operands, written only where its BF16 loop reads.
+
+kernels/block_gemm.py multiplies a pair of 128x128 blocks (at one step of
+K) on BF16 tensor cores when either block is not in FP8, from the values of
+the emulated path: the original values of a BF16 block, the codes
+dequantized for an FP8 one. XLA used to write those values for every block
+beside each quantization, a pass of 5 bytes per element over every quantized
+tensor, though in training nearly every pair runs in FP8 and reads none of
+them: writing them here instead took the ~1B preset's mor_block step on the
+H200 from 1.036x dense's tokens/s to 1.047-1.055x (docs/benchmarks.md).
+
+``values`` writes them per block, only in the blocks the GEMM's plan says
+its BF16 loop reads (``read``); any other block loads nothing and is left
+unwritten (the GEMM never reads it). A block's rows in the codes' format
+take their codes dequantized (bit for bit
+``mor_jax._numerics.dequantize_values``, as the emulated path computes
+them), the others the original values. The GEMM alone now pays for the
+values it reads: at (16384, 8192, 8192) with 10-100% of X's blocks BF16,
+0.16-0.29 ms before its kernel, where W's values are all read.
+
+Backend: Triton, as the quantization passes (kernels/quantize.py says why);
+``interpret=True`` runs it on a CPU. It runs inside the block GEMM's
+per-shard function, on one device's padded operands.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from mor_jax import _numerics
+
+# Edge of a block; a program's warps, and the most blocks along K it takes
+# (in training most programs read no block: launching them is the cost).
+BLOCK = 128
+_WARPS = 8
+_MAX_SPAN = 8
+
+
+def _kernel(read_ref, codes_ref, recip_ref, own_ref, wide_ref, out_ref, *,
+            fmt, transposed: bool, span: int):
+  for j in range(span):  # the program's blocks along K
+    cols = slice(j * BLOCK, (j + 1) * BLOCK)
+
+    @pl.when(read_ref[0, j] != 0)
+    def _():
+      q = codes_ref[:, cols]
+      q = jax.lax.bitcast_convert_type(q, fmt).astype(jnp.float32)
+      if transposed:  # the values are stored [K, rows]; the codes [rows, K]
+        q = q.T
+        at, grid = (cols, slice(None)), (slice(j, j + 1), slice(None))
+      else:
+        at, grid = (slice(None), cols), (slice(None), slice(j, j + 1))
+      v = _numerics.dequantize_values(q, recip_ref[grid], out_ref.dtype)
+      out_ref[at] = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
+
+
+def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
+           wide: jax.Array, read: jax.Array, *, transposed: bool,
+           interpret: bool = False) -> jax.Array:
+  """The emulated operand's values in the blocks ``read`` marks.
+
+  Args:
+    codes: [R, K] FP8 codes, R and K multiples of 128.
+    recip: [R, K / 128] float32 reciprocals of the scales, per row.
+    own: [R, K / 128] int32, nonzero where the row's block is in the codes'
+      format (its values are the codes dequantized).
+    wide: [R, K], or [K, R] if ``transposed``, the values elsewhere (in a
+      16-bit or float32 dtype).
+    read: [R / 128, K / 128] int32, nonzero for the blocks to write.
+    transposed: ``wide`` (and the result) stored [K, R].
+    interpret: run the kernel in Pallas' interpreter (a CPU).
+
+  Returns:
+    An array like ``wide``: in a block ``read`` marks, ``own`` rows'
+    dequantized codes and ``wide`` elsewhere; other blocks unwritten.
+  """
+  r, k = codes.shape
+  if r % BLOCK or k % BLOCK:
+    raise ValueError(f"values takes codes padded to multiples of {BLOCK}, "
+                     f"got {codes.shape}.")
+  # A program takes ``span`` blocks along K: a power of two dividing K's.
+  kb = k // BLOCK
+  span = math.gcd(kb, _MAX_SPAN)
+  tile = pl.BlockSpec((BLOCK, span * BLOCK), lambda i, j: (i, j))
+  # Per-row grids [R, K / 128] give a tile its rows' columns; stored [K, R]
+  # the values want them as rows.
+  if transposed:
+    recip, own = recip.T, own.T
+    rows = pl.BlockSpec((span, BLOCK), lambda i, j: (j, i))
+    out = pl.BlockSpec((span * BLOCK, BLOCK), lambda i, j: (j, i))
+  else:
+    rows = pl.BlockSpec((BLOCK, span), lambda i, j: (i, j))
+    out = tile
+  # Triton moves the codes as bytes; the kernel bitcasts them back.
+  return pl.pallas_call(
+      functools.partial(_kernel, fmt=codes.dtype, transposed=transposed,
+                        span=span),
+      grid=(r // BLOCK, kb // span),
+      in_specs=[pl.BlockSpec((1, span), lambda i, j: (i, j)), tile, rows,
+                rows, out],
+      out_specs=out,
+      out_shape=jax.ShapeDtypeStruct(wide.shape, wide.dtype),
+      compiler_params=pltriton.CompilerParams(num_warps=_WARPS),
+      interpret=interpret,
+      name="mor_block_values",
+  )(read.astype(jnp.int32), jax.lax.bitcast_convert_type(codes, jnp.uint8),
+    recip.astype(jnp.float32), own.astype(jnp.int32), wide)
