@@ -26,7 +26,8 @@ Three measurements, each against its ceiling and peers in the same process:
    and 100% of X's blocks in BF16 (so as many block pairs run wide), for
    each configuration in ``BLOCK_VARIANTS``, against cuBLAS BF16 and the per-channel FP8 kernel (kernels/gemm.py) in
    the same run: ms, ratio to BF16, and the relative Frobenius difference
-   from the twin ``block_gemm_reference`` (float32, precision HIGHEST); the
+   from the twin ``block_gemm_reference`` (float32, precision HIGHEST),
+   the time including the values the BF16 loop reads (kernels/wide.py); the
    default configuration again with X's wide values stored [K, M] (a
    transposed view's operand); and the transpose of X's codes (XLA's, and
    kernels/transpose.py's) against a copy of the same bytes.
