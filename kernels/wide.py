@@ -79,6 +79,18 @@ def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
   Returns:
     An array like ``wide``: in a block ``read`` marks, ``own`` rows'
     dequantized codes and ``wide`` elsewhere; other blocks unwritten.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mor_jax.kernels import wide
+    >>> codes = jnp.full((128, 128), 3.0, jnp.float8_e4m3fn)
+    >>> recip = jnp.full((128, 1), 0.5)          # per row, one K block
+    >>> own = (jnp.arange(128) < 64)[:, None]    # rows 0-63 in FP8
+    >>> x = jnp.full((128, 128), 7.0, jnp.bfloat16)
+    >>> v = wide.values(codes, recip, own, x, jnp.ones((1, 1)),
+    ...                 transposed=False, interpret=True)
+    >>> v[0, 0], v[127, 0]
+    (Array(1.5, dtype=bfloat16), Array(7, dtype=bfloat16))
   """
   r, k = codes.shape
   if r % BLOCK or k % BLOCK:
