@@ -319,7 +319,7 @@ def _blocks(x, bf16_share: float, seed: int):
 # block loops' too (7: gemm.py's tiles in clusters of two).
 BLOCK_VARIANTS = (
     dict(),
-    dict(stages=2), dict(stages=4), dict(wide_stages=3),
+    dict(stages=2), dict(stages=3), dict(wide_stages=3),
     dict(grid_tile_width=4), dict(grid_tile_width=16),
     dict(wide=None), dict(wide=kernels.GemmConfig(cluster="m")),
 )

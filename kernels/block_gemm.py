@@ -128,7 +128,10 @@ class BlockGemmConfig:
       kernel, as the loops are.
   """
 
-  stages: int = 3
+  # Four FP8 stages fit beside the BF16 loop's sums, and a power of two
+  # makes each step's slot arithmetic shorter: 1.982 -> 1.886 ms against
+  # three at (16384, 8192, 8192), all E4M3 (H200, docs/benchmarks.md).
+  stages: int = 4
   wide_stages: int = 4
   grid_tile_width: int = 8
   # The block loops' 128 x 128 tiles took BF16's time x 1.10-1.14 with all
@@ -386,33 +389,40 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
         sum_smem[wg] = acc
 
     def fp8_step(_, a8, b8, ra, rb, acc):
-      # A fresh accumulator per K block: its scales apply to this block
-      # only, and the float32 sum outside the tensor cores is exact.
-      # (Promoting step s - 1 while step s's wgmma runs, with the product
-      # carried in registers, was no faster: docs/benchmarks.md.)
-      def mma(part_ref):
-        plgpu.wgmma(part_ref, a8.at[my_rows], b8.T)
-        return part_ref[...]  # waits for the wgmma
-
-      part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
-      # The promotion bounds the loop: it issued more instructions than the
-      # wgmma (Nsight Compute on the H200: issue slots 52% busy, the tensor
-      # pipe 48%). Where one operand's 128x128 block has one scale, it joins
-      # the other's per-row (or per-column) factors, and each element takes
-      # one fused multiply-add: 2.765 -> 2.023 ms at (16384, 8192, 8192),
-      # all E4M3, 1.14x -> 1.56x cuBLAS BF16 (docs/benchmarks.md).
+      # Where one operand's 128x128 block has one scale, it joins the
+      # other's per-row (or per-column) factors, and each element takes one
+      # fused multiply-add: 2.765 -> 2.023 ms at (16384, 8192, 8192), all
+      # E4M3, 1.14x -> 1.56x cuBLAS BF16 (docs/benchmarks.md). The factors
+      # are loaded and multiplied before the wgmma is issued, so that their
+      # latency passes under it: 1.982 -> 1.909 ms.
       rows_in = lambda: gemm.load_with_layout(  # noqa: E731
           ra.at[0, my_rows], plgpu.Layout.WGMMA.reduce(1))
       cols_in = lambda: gemm.load_with_layout(  # noqa: E731
           rb.at[0], plgpu.Layout.WGMMA.reduce(0))
       if blocked[1]:
-        factor, dim = rows_in() * rb[0, 0], 0
+        factors = [(rows_in() * rb[0, 0], 0)]
       elif blocked[0]:
-        factor, dim = cols_in() * ra[0, wg * wr], 1
+        factors = [(cols_in() * ra[0, wg * wr], 1)]
       else:
-        return acc + (part * lax.broadcast_in_dim(rows_in(), part.shape, [0]) *
-                      lax.broadcast_in_dim(cols_in(), part.shape, [1]))
-      return acc + part * lax.broadcast_in_dim(factor, part.shape, [dim])
+        factors = [(rows_in(), 0), (cols_in(), 1)]
+
+      # A fresh accumulator per K block: its scales apply to this block
+      # only, and the float32 sum outside the tensor cores is exact. The
+      # promotion bounds the loop: both warpgroups wait for their wgmmas,
+      # then issue their multiply-adds and the next step's addressing
+      # (about 150 instructions a warp) while the tensor pipe idles (65%
+      # busy; Nsight Compute on the H200). Promoting step s - 1 while step
+      # s's wgmma runs, the product carried in registers, was slower; two K
+      # blocks per step, the first promoted while the second's wgmma runs,
+      # no faster (docs/benchmarks.md).
+      def mma(part_ref):
+        plgpu.wgmma(part_ref, a8.at[my_rows], b8.T)
+        return part_ref[...]  # waits for the wgmma
+
+      part = pl.run_scoped(mma, plgpu.ACC((wr, BLOCK), jnp.float32))
+      for factor, dim in factors:
+        part = part * lax.broadcast_in_dim(factor, part.shape, [dim])
+      return acc + part
 
     pipeline(fp8_step, fp8_context, fp8_specs(), n8, stages[0])(
         a8_ref.at[rows, :], b8_ref.at[cols, :], ra_ref.at[:, rows],
