@@ -539,16 +539,19 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   wide = _wide_config(config.wide, mp, np_, kp)
   # The 16-bit loop over the whole output (no pair in FP8) reads an operand
   # with no block in its codes' format as it came.
+  own = [_own(op) for op in (a, b)]
   whole = jnp.logical_not(fp8.any()) & (wide is not None)
-  direct = [whole & jnp.logical_not(_own(op).any()) for op in (a, b)]
+  direct = [whole & jnp.logical_not(o.any()) for o in own]
   # A's block (i, k) is read where a pair (i, j, k) runs in BF16; B's alike.
   reads = (jnp.logical_not(fp8.all(axis=1)) & jnp.logical_not(direct[0]),
            jnp.logical_not(fp8.all(axis=0)) & jnp.logical_not(direct[1]))
   aw, bw = (wide_values.values(
-      codes, r.T, _padded_grid(_own(op), op, codes.shape[0], kp), w, read,
+      codes, r.T, _padded_grid(o, op, codes.shape[0], kp), w, read,
       transposed=op.transposed)
-            for op, codes, r, w, read in ((a, a8, ra, a_in, reads[0]),
-                                          (b, b8, rb, b_in, reads[1])))
+            for op, o, codes, r, w, read in ((a, own[0], a8, ra, a_in,
+                                              reads[0]),
+                                             (b, own[1], b8, rb, b_in,
+                                              reads[1])))
   args = (order, n8, a8, b8, ra, rb, aw, bw)
   if wide is not None:
     case = jnp.where(whole, 1 + direct[0] + 2 * direct[1], 0)
