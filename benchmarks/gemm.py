@@ -14,9 +14,11 @@ Three measurements, each against its ceiling and peers in the same process:
    FP8 with one scale per operand, in two patterns, and with row and column
    scales (``kernels.gemm.fp8_dot``) with its fast and its accurate
    accumulation (precision DEFAULT and HIGHEST); and mor_jax's kernel
-   (kernels/gemm.py) on its FP8 and its BF16 path; the relative Frobenius
-   error of each FP8 result against the exact product of the codes (float32
-   accumulation).
+   (kernels/gemm.py) on its FP8 and its BF16 path, the BF16 path both with
+   two rejected operands and with one accepted (its codes dequantized) and
+   one rejected; the relative Frobenius error of each FP8 result against
+   the exact product of the codes (float32 accumulation), of each mixed one
+   against its twin ``gemm_reference``.
 3. ``dual``: the two passes that quantize a matrix in both orientations
    (kernels/dual.py) on a (16384, 8192) bf16 X, for several tilings,
    against an XLA copy (the bandwidth ceiling), and the dense layer of 1.
@@ -235,10 +237,12 @@ def _codes(x):
   return r.codes.data, (1.0 / r.codes.scale[:, 0]).astype(jnp.float32)
 
 
-def _operands(a, a8, ra, b, b8, rb, accepted):
-  """Both GEMM operands (K-major), accepted or rejected alike."""
-  return [kernels.gemm.Operand(x, q, r, jnp.asarray(accepted), False)
-          for x, q, r in ((a, a8, ra), (b, b8, rb))]
+def _operands(a, a8, ra, b, b8, rb, accepted, b_accepted=None):
+  """Both GEMM operands (K-major), accepted or rejected alike (or B as
+  ``b_accepted`` says)."""
+  flags = accepted, accepted if b_accepted is None else b_accepted
+  return [kernels.gemm.Operand(x, q, r, jnp.asarray(f), False)
+          for x, q, r, f in ((a, a8, ra, flags[0]), (b, b8, rb, flags[1]))]
 
 
 def bench_gemm(iters: int, gpu=None) -> None:
@@ -296,6 +300,15 @@ def bench_gemm(iters: int, gpu=None) -> None:
           *_operands(a, a8, ra, b, b8, rb, False), out_dtype=jnp.bfloat16,
           config=cfg), wide_ref),
   }
+  # One operand accepted, the other rejected: BF16 with the accepted one's
+  # codes dequantized, against XLA's dot of the same values.
+  for name, flags in (("a", (True, False)), ("b", (False, True))):
+    ops = functools.partial(_operands, a, a8, ra, b, b8, rb, *flags)
+    cases[f"mor_kernel_dequant_{name}_path"] = (
+        lambda ops=ops: kernels.gemm.gemm(*ops(), out_dtype=jnp.bfloat16,
+                                          config=cfg),
+        jax.jit(lambda ops=ops: kernels.gemm.gemm_reference(
+            *ops(), out_dtype=jnp.float32))())
   for name, (fn, ref) in cases.items():
     fn = jax.jit(fn)
     meter = Meter(gpu) if gpu else None
