@@ -10,14 +10,20 @@ FP8 codes, the reciprocals of their per-row scales, MoR's decisions),
 A8 and B8 are FP8 codes (E4M3 or E5M2, in any pairing) on their K-major
 [rows, K] views, ra and rb the reciprocals of their per-row scales (one per
 contraction vector, so they factor out of the sum). A' and B' are the
-operands of the emulated path: an accepted operand's codes dequantized in
-the kernel (bit for bit ``mor_jax._numerics.dequantize_values``), a rejected
-one as it came, [rows, K] or [K, rows] (16-bit wgmma reads either layout
-from shared memory, so a transposed operand is never copied). The
+operands of the emulated path: a rejected operand as it came, [rows, K] or
+[K, rows] (16-bit wgmma reads either layout from shared memory, so a
+transposed operand is never copied); an accepted one's codes dequantized
+(bit for bit ``mor_jax._numerics.dequantize_values``) in its layout by
+kernels/wide.py before the launch, whose programs write only where the
+other operand is rejected and otherwise read a flag and stop. The
 decisions are device scalars, made just before: every thread block reads
-them and runs one of four K loops, so the choice costs no host round trip
-(``lax.cond`` on a GPU copies its predicate to the host and waits for it:
-30-60 us per GEMM, measured, see docs/benchmarks.md).
+them and runs the FP8 loop or the 16-bit one on one of three pairs of
+operands, so the choice costs no host round trip (``lax.cond`` on a GPU
+copies its predicate to the host and waits for it: 30-60 us per GEMM,
+measured, see docs/benchmarks.md). Dequantizing in the kernel instead, each
+thread block its tiles at every K step, took twice cuBLAS BF16's time at
+(16384, 8192, 8192) on the H200: the conversions outweigh the wgmmas, and
+every block of output tiles repeats them (docs/benchmarks.md).
 
 Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
@@ -48,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +65,7 @@ from jax.sharding import PartitionSpec as P
 
 from mor_jax import _numerics
 from mor_jax.kernels import sharding
+from mor_jax.kernels import wide as wide_values
 
 # A x B^T: both operands contract their minor (K) dimension.
 TN = (((1,), (1,)), ((), ()))
@@ -93,10 +101,9 @@ class GemmConfig:
       shared), "n" blocks of the same rows (A's). Halves the shared
       operand's reads from L2.
     chain_fp8, chain_wide: one pipeline across each block's tiles (Mosaic
-      GPU's pipeline of pipelines) for the FP8 loop, and for the 16-bit one
-      on two rejected operands, where the loop's K steps divide its stages,
-      so that the next tile's first K steps load while this one ends (a
-      dequantizing loop keeps a pipeline per tile). The compute warpgroups
+      GPU's pipeline of pipelines) for the FP8 loop, and for the 16-bit
+      one, where the loop's K steps divide its stages, so that the next
+      tile's first K steps load while this one ends. The compute warpgroups
       then release each slot themselves, ``delay_release`` steps late.
 
   Examples:
@@ -221,7 +228,7 @@ def load_with_layout(ref, layout):
 
 
 def _room(cfg: GemmConfig, out_dtype) -> int:
-  """Shared memory left for the pipeline and the dequantized tiles.
+  """Shared memory left for the pipeline.
 
   The output leaves through 2 x 2 epilogue tiles per warpgroup, and each
   warpgroup keeps its tile's float32 row factors.
@@ -263,26 +270,8 @@ def _release_late(step, steps: int, stages: int, consumed) -> None:
       plgpu.barrier_arrive(barrier)
 
 
-# The kernel's four K loops, indexed by a.accepted + 2 * b.accepted.
-_WIDE, _DEQUANT_A, _DEQUANT_B, _FP8 = range(4)
-
-
-def _dequantize(codes, recip, stage) -> None:
-  """Writes ``stage`` = codes * recip per row, as the emulated path has it.
-
-  codes [r, tk] (FP8, shared memory), recip [r] float32 (shared memory),
-  stage [r, tk] in the compute dtype (shared memory): bit for bit
-  ``mor_jax._numerics.dequantize_values``. 64 rows at a time, so that the
-  float32 values fit beside the accumulator in registers.
-  """
-  rows = stage.shape[0]
-  for i in range(rows // 64):
-    part = pl.ds(i * 64, 64)
-    q = codes.at[part][...].astype(jnp.float32)
-    r = load_with_layout(recip.at[part], plgpu.Layout.WGMMA.reduce(1))
-    stage[part] = _numerics.dequantize_values(
-        q, lax.broadcast_in_dim(r, q.shape, [0]), stage.dtype, q_finite=True)
-  plgpu.commit_smem()  # visible to the tensor cores' reads
+# The kernel's two K loops.
+_WIDE, _FP8 = range(2)
 
 
 def scratch_types(cfg: GemmConfig, out_dtype) -> dict:
@@ -297,14 +286,19 @@ def scratch_types(cfg: GemmConfig, out_dtype) -> dict:
       barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS))
 
 
-def _kernel(case_ref, *refs, cfg: GemmConfig, a_t: bool, b_t: bool,
-            **scratch):
-  # Every thread reads the decisions; the branches allocate the same shared
-  # memory (a switch takes the largest of its branches' needs).
+def _kernel(case_ref, a8, b8, ra, rb, a, b, a_deq, b_deq, out_ref, *,
+            cfg: GemmConfig, a_t: bool, b_t: bool, **scratch):
+  # Every thread reads the decisions (case a.accepted + 2 * b.accepted) and
+  # runs one branch; the branches allocate the same shared memory (a switch
+  # takes the largest of its branches' needs).
+  run = functools.partial(_run, a8_ref=a8, b8_ref=b8, ra_ref=ra, rb_ref=rb,
+                          out_ref=out_ref, cfg=cfg, a_t=a_t, b_t=b_t,
+                          **scratch)
   lax.switch(case_ref[...], [
-      functools.partial(_run, loop, *refs, cfg=cfg, a_t=a_t, b_t=b_t,
-                        **scratch)
-      for loop in (_WIDE, _DEQUANT_A, _DEQUANT_B, _FP8)])
+      functools.partial(run, _WIDE, a_ref=a, b_ref=b),
+      functools.partial(run, _WIDE, a_ref=a_deq, b_ref=b),
+      functools.partial(run, _WIDE, a_ref=a, b_ref=b_deq),
+      functools.partial(run, _FP8, a_ref=a, b_ref=b)])
 
 
 def wide_tiles(a_ref, b_ref, out_ref, *, cfg: GemmConfig,
@@ -317,14 +311,15 @@ def wide_tiles(a_ref, b_ref, out_ref, *, cfg: GemmConfig,
   ``b_ref`` alike; ``cfg``'s tile divides M and N, ``tile_k_wide`` K.
   """
   pl.run_scoped(
-      functools.partial(_run, _WIDE, None, None, None, None, a_ref, b_ref,
-                        out_ref, cfg=cfg, a_t=transposed[0],
+      functools.partial(_run, _WIDE, a8_ref=None, b8_ref=None, ra_ref=None,
+                        rb_ref=None, a_ref=a_ref, b_ref=b_ref,
+                        out_ref=out_ref, cfg=cfg, a_t=transposed[0],
                         b_t=transposed[1]),
       **scratch_types(cfg, out_ref.dtype), collective_axes="wg")
 
 
-def _run(loop: int, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
-         out_smem, ra_smem, rb_smem, barriers, *, cfg: GemmConfig, a_t: bool,
+def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, a8_ref, b8_ref,
+         ra_ref, rb_ref, a_ref, b_ref, out_ref, cfg: GemmConfig, a_t: bool,
          b_t: bool) -> None:
   """One K loop over every output tile of this block (the codes and the row
   factors' refs are unused, and may be None, in the 16-bit loop)."""
@@ -333,28 +328,19 @@ def _run(loop: int, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
   tm, tn, bn = cfg.tile_m, cfg.tile_n, cfg.block_n
   m_iters, n_iters = m // cfg.m_multiple, n // cfg.n_multiple
   room = _room(cfg, out_ref.dtype)
-  wide_dtype = a_ref.dtype
 
   fp8 = loop == _FP8
-  deq_a, deq_b = loop == _DEQUANT_A, loop == _DEQUANT_B
   tile_k = cfg.tile_k_fp8 if fp8 else cfg.tile_k_wide
   # Per operand: the GMEM array whose tiles the pipeline loads, and
-  # whether it is stored [K, rows] (a rejected operand, as it came).
-  a_gmem, a_kr = (a8_ref, False) if fp8 or deq_a else (a_ref, a_t)
-  b_gmem, b_kr = (b8_ref, False) if fp8 or deq_b else (b_ref, b_t)
-
-  # A dequantized operand's tiles pass through a compute-dtype copy per
-  # warpgroup: A's whole tile (both warpgroups read it), B's half.
-  stage_rows = tm if deq_a else tn if deq_b else 0
-  stage_bytes = (_COMPUTE_WGS * stage_rows * tile_k *
-                 jnp.dtype(wide_dtype).itemsize)
+  # whether it is stored [K, rows] (16-bit values in the x's layout).
+  a_gmem, a_kr = (a8_ref, False) if fp8 else (a_ref, a_t)
+  b_gmem, b_kr = (b8_ref, False) if fp8 else (b_ref, b_t)
   step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
                 bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
 
-  stages = _stages(cfg, room - stage_bytes, step_bytes)
+  stages = _stages(cfg, room, step_bytes)
   steps = k // tile_k
-  chained = ((cfg.chain_fp8 if fp8 else cfg.chain_wide and loop == _WIDE)
-             and steps % stages == 0)
+  chained = (cfg.chain_fp8 if fp8 else cfg.chain_wide) and steps % stages == 0
   # A chained pipeline releases each step's slot itself (delay_release
   # 0 in its specs); releasing late takes the steps doing it themselves.
   manual = chained and cfg.delay_release > 0
@@ -386,15 +372,12 @@ def _run(loop: int, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
     )
 
   ignore = lambda *_, **__: None  # noqa: E731
-  scoped = dict(allocs=pipeline(ignore, ignore).get_allocations(a_gmem,
-                                                                b_gmem))
-  if stage_rows:
-    scoped["stage"] = plgpu.SMEM(
-        (_COMPUTE_WGS, stage_rows, tile_k), wide_dtype,
-        transforms=smem_transforms(tile_k, wide_dtype))
 
-  @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
-  def _(allocs, stage=None):
+  @functools.partial(
+      pl.run_scoped,
+      allocs=pipeline(ignore, ignore).get_allocations(a_gmem, b_gmem),
+      collective_axes="wg")
+  def _(allocs):
     wg = lax.axis_index("wg")
     cta = lax.axis_index("cluster")
 
@@ -414,18 +397,13 @@ def _run(loop: int, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
         @functools.partial(pl.run_scoped,
                            acc_ref=plgpu.ACC((tm, tn), jnp.float32))
         def _(acc_ref):
-          # This tile's row factors: the FP8 loop applies them to the
-          # accumulator, a dequantizing loop to its operand's tiles.
-          if fp8 or deq_a:
+          # This tile's row factors, which the FP8 loop applies to the
+          # accumulator, load while it runs.
+          if fp8:
             plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_smem.at[wg],
                                     barriers.at[2 * wg])
-          if fp8 or deq_b:
             plgpu.copy_gmem_to_smem(rb_ref.at[cols], rb_smem.at[wg],
                                     barriers.at[2 * wg + 1])
-          if deq_a:
-            plgpu.barrier_wait(barriers.at[2 * wg])
-          if deq_b:
-            plgpu.barrier_wait(barriers.at[2 * wg + 1])
           run_pipeline(acc_ref)
           acc = acc_ref[...]
           if fp8:
@@ -446,25 +424,14 @@ def _run(loop: int, a8_ref, b8_ref, ra_ref, rb_ref, a_ref, b_ref, out_ref,
         *consumed, acc_ref = rest
         # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
         # stored either way (FP8 ones K-major only).
-        if deq_a:
-          _dequantize(a_smem, ra_smem.at[wg], stage.at[wg])
-          a = stage.at[wg]
-        else:
-          a = a_smem.T if a_kr else a_smem
-        if b_kr:
-          b = b_smem.at[:, pl.ds(wg * tn, tn)]
-        else:
-          b = b_smem.at[pl.ds(wg * tn, tn)]
-          if deq_b:
-            _dequantize(b, rb_smem.at[wg], stage.at[wg])
-            b = stage.at[wg]
-          b = b.T
+        a = a_smem.T if a_kr else a_smem
+        b = (b_smem.at[:, pl.ds(wg * tn, tn)] if b_kr else
+             b_smem.at[pl.ds(wg * tn, tn)].T)
         plgpu.wgmma(acc_ref, a, b)
         if manual:
           _release_late(indices[0], steps, stages, consumed)
         else:
-          # A dequantizing loop rewrites its stage at the next step.
-          plgpu.wgmma_wait(0 if deq_a or deq_b else cfg.delay_release)
+          plgpu.wgmma_wait(cfg.delay_release)
         return acc_ref
 
       a_tiles = a_gmem.at[:, rows] if a_kr else a_gmem.at[rows, :]
@@ -491,11 +458,13 @@ def _padded_shape(m: int, n: int, k: int, config: GemmConfig
   """The shape the kernel runs, and the config it runs with.
 
   A cluster that would pad the operands further (a copy of each) than
-  single blocks do is left out.
+  single blocks do is left out. Every dimension is also a multiple of
+  kernels/wide.py's blocks, which the dequantized operands are written in.
   """
   def shape(c):
-    return (round_up(m, c.m_multiple), round_up(n, c.n_multiple),
-            round_up(k, c.k_multiple))
+    return tuple(round_up(d, math.lcm(multiple, wide_values.BLOCK))
+                 for d, multiple in ((m, c.m_multiple), (n, c.n_multiple),
+                                     (k, c.k_multiple)))
 
   single = dataclasses.replace(config, cluster=None)
   if shape(config) != shape(single):
@@ -531,8 +500,20 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch_types(config, out_dtype),
   )
-  y = call(case, a8, b8, ra, rb, a, b)
+  # Case 1 (A accepted, B rejected) reads A's codes dequantized, case 2
+  # B's; in any other case the writer's programs read the flag and stop.
+  a_deq, b_deq = (_dequantized(q, r, x, case == c, t) for q, r, x, c, t in (
+      (a8, ra, a, 1, transposed[0]), (b8, rb, b, 2, transposed[1])))
+  y = call(case, a8, b8, ra, rb, a, b, a_deq, b_deq)
   return y[:m, :n] if (mp, np_) != (m, n) else y
+
+
+def _dequantized(codes, recip, x, needed, transposed: bool) -> jax.Array:
+  """An accepted operand's codes dequantized as the 16-bit loop reads them
+  (in ``x``'s layout and dtype), written only where ``needed`` (a device
+  scalar): kernels/wide.py, with one factor per row for all of K."""
+  return wide_values.values(codes, recip, None, x, needed,
+                            transposed=transposed)
 
 
 @functools.cache

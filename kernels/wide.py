@@ -1,4 +1,4 @@
-"""The block GEMM's 16-bit operands, written only where its BF16 loop reads.
+"""The GEMMs' 16-bit operands, written only where their BF16 loops read.
 
 kernels/block_gemm.py multiplies a pair of 128x128 blocks (at one step of
 K) on BF16 tensor cores when either block is not in FP8, from the values of
@@ -18,9 +18,15 @@ them), the others the original values. The GEMM alone now pays for the
 values it reads: at (16384, 8192, 8192) with 10-100% of X's blocks BF16,
 0.16-0.29 ms before its kernel, where W's values are all read.
 
+kernels/gemm.py writes an accepted operand's values here too, for its
+16-bit loop where the other operand is rejected: one factor per row for
+all of K, and a single flag for every block, so that in any other case each
+program reads the flag and stops. Its kernel dequantized each tile at every
+K step instead, which took twice cuBLAS BF16's time (docs/benchmarks.md).
+
 Backend: Triton, as the quantization passes (kernels/quantize.py says why);
-``interpret=True`` runs it on a CPU. It runs inside the block GEMM's
-per-shard function, on one device's padded operands.
+``interpret=True`` runs it on a CPU. It runs inside the GEMMs' per-shard
+functions, on one device's padded operands.
 """
 
 from __future__ import annotations
@@ -42,12 +48,14 @@ _WARPS = 8
 _MAX_SPAN = 8
 
 
-def _kernel(read_ref, codes_ref, recip_ref, own_ref, wide_ref, out_ref, *,
-            fmt, transposed: bool, span: int):
+def _kernel(read_ref, codes_ref, recip_ref, *refs, fmt, transposed: bool,
+            span: int, per_block: bool):
+  # Without own and wide (``values``' own None): every row is the codes'.
+  *own_wide, out_ref = refs
   for j in range(span):  # the program's blocks along K
     cols = slice(j * BLOCK, (j + 1) * BLOCK)
 
-    @pl.when(read_ref[0, j] != 0)
+    @pl.when(read_ref[0, j if per_block else 0] != 0)
     def _():
       q = codes_ref[:, cols]
       q = jax.lax.bitcast_convert_type(q, fmt).astype(jnp.float32)
@@ -56,8 +64,16 @@ def _kernel(read_ref, codes_ref, recip_ref, own_ref, wide_ref, out_ref, *,
         at, grid = (cols, slice(None)), (slice(j, j + 1), slice(None))
       else:
         at, grid = (slice(None), cols), (slice(None), slice(j, j + 1))
-      v = _numerics.dequantize_values(q, recip_ref[grid], out_ref.dtype)
-      out_ref[at] = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
+      if recip_ref.ndim == 1:  # one factor per row along all of K
+        r = recip_ref[...]
+        r = r[None, :] if transposed else r[:, None]
+      else:
+        r = recip_ref[grid]
+      v = _numerics.dequantize_values(q, r, out_ref.dtype)
+      if own_wide:
+        own_ref, wide_ref = own_wide
+        v = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
+      out_ref[at] = v
 
 
 def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
@@ -67,12 +83,16 @@ def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
 
   Args:
     codes: [R, K] FP8 codes, R and K multiples of 128.
-    recip: [R, K / 128] float32 reciprocals of the scales, per row.
+    recip: [R, K / 128] float32 reciprocals of the scales, per row; or [R],
+      one per row for all of K.
     own: [R, K / 128] int32, nonzero where the row's block is in the codes'
-      format (its values are the codes dequantized).
+      format (its values are the codes dequantized); None: every row's
+      blocks are (``wide`` then gives the result's layout and dtype, and is
+      not read).
     wide: [R, K], or [K, R] if ``transposed``, the values elsewhere (in a
       16-bit or float32 dtype).
-    read: [R / 128, K / 128] int32, nonzero for the blocks to write.
+    read: [R / 128, K / 128] int32, nonzero for the blocks to write; or a
+      scalar for all of them.
     transposed: ``wide`` (and the result) stored [K, R].
     interpret: run the kernel in Pallas' interpreter (a CPU).
 
@@ -103,23 +123,32 @@ def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
   # Per-row grids [R, K / 128] give a tile its rows' columns; stored [K, R]
   # the values want them as rows.
   if transposed:
-    recip, own = recip.T, own.T
     rows = pl.BlockSpec((span, BLOCK), lambda i, j: (j, i))
     out = pl.BlockSpec((span * BLOCK, BLOCK), lambda i, j: (j, i))
   else:
     rows = pl.BlockSpec((BLOCK, span), lambda i, j: (i, j))
     out = tile
+  grid = lambda g: g.T if transposed else g  # noqa: E731
+  per_block = read.ndim == 2
   # Triton moves the codes as bytes; the kernel bitcasts them back.
+  args = [read.reshape(read.shape if per_block else (1, 1)).astype(jnp.int32),
+          jax.lax.bitcast_convert_type(codes, jnp.uint8),
+          (recip if recip.ndim == 1 else grid(recip)).astype(jnp.float32)]
+  specs = [pl.BlockSpec((1, span), lambda i, j: (i, j)) if per_block else
+           pl.BlockSpec((1, 1), lambda i, j: (0, 0)), tile,
+           pl.BlockSpec((BLOCK,), lambda i, j: (i,)) if recip.ndim == 1 else
+           rows]
+  if own is not None:
+    args += [grid(own).astype(jnp.int32), wide]
+    specs += [rows, out]
   return pl.pallas_call(
       functools.partial(_kernel, fmt=codes.dtype, transposed=transposed,
-                        span=span),
+                        span=span, per_block=per_block),
       grid=(r // BLOCK, kb // span),
-      in_specs=[pl.BlockSpec((1, span), lambda i, j: (i, j)), tile, rows,
-                rows, out],
+      in_specs=specs,
       out_specs=out,
       out_shape=jax.ShapeDtypeStruct(wide.shape, wide.dtype),
       compiler_params=pltriton.CompilerParams(num_warps=_WARPS),
       interpret=interpret,
-      name="mor_block_values",
-  )(read.astype(jnp.int32), jax.lax.bitcast_convert_type(codes, jnp.uint8),
-    recip.astype(jnp.float32), own.astype(jnp.int32), wide)
+      name="mor_wide_values",
+  )(*args)

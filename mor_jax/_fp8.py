@@ -220,7 +220,8 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
   if _dispatch.gemm_backend(impl, dtype,
                            (a.codes.dtype, b.codes.dtype)) == "pallas":
     # One kernel reads both decisions and runs FP8, or BF16 on each
-    # operand's dequantized codes or its x as it came (16-bit, one dtype).
+    # operand's dequantized codes (written before it, only where read) or
+    # its x as it came (16-bit, one dtype).
     return kernels.gemm.gemm(
         *(kernels.gemm.Operand(s.x, s.codes, s.recip, s.accepted,
                                s.transposed) for s in (a, b)),

@@ -282,7 +282,7 @@ def test_kernel_lowers_for_cuda(transposed, m, k, n, config):
   module = cases.lowered_for_cuda(
       functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16,
                         config=config), a, b)
-  assert "mosaic_gpu" in module and "mor_block_values" in module
+  assert "mosaic_gpu" in module and "mor_wide_values" in module
 
 
 def test_all_bf16_path_runs_unclustered_by_default():
@@ -345,6 +345,25 @@ def test_values_kernel_equals_numpy(transposed, per_row, k):
   """kernels/wide.py in interpret mode: the codes dequantized in their own
   rows, the wide values in the others, in the blocks the plan reads."""
   _assert_values_equal(transposed, per_row, k, interpret=True)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_values_kernel_with_row_factors_and_one_flag(transposed):
+  """kernels/gemm.py's use: one factor per row for all of K, every row in
+  the codes' format (``wide`` not read), one flag for every block."""
+  rng = np.random.default_rng(5)
+  r, k = 256, 1536
+  x = rng.standard_normal((r, k)).astype(np.float32)
+  codes = (x * 8).astype(ml_dtypes.float8_e4m3fn)
+  recip = rng.uniform(0.01, 2, r).astype(np.float32)
+  want = (codes.astype(np.float32) * recip[:, None]).astype(ml_dtypes.bfloat16)
+  # Values that are not the codes': nothing may come from them.
+  like = jnp.full((k, r) if transposed else (r, k), np.nan, jnp.bfloat16)
+  got = np.asarray(wide.values(jnp.asarray(codes), jnp.asarray(recip), None,
+                               like, jnp.bool_(True), transposed=transposed,
+                               interpret=True))
+  got = got.T if transposed else got
+  np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
 def test_values_kernel_needs_whole_blocks():

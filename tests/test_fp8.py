@@ -515,19 +515,21 @@ def test_gemm_bf16_path_takes_emulated_operands(gemm, accepted, eye_accepted,
     (1024, dict(chain_wide=True, delay_release=0)),
     (1024, dict(chain_fp8=False))], ids=str)
 def test_gemm_kernel_lowers_for_cuda(transposed, k, config):
-  """Its four K loops lower to Mosaic GPU on any machine (``jax.export``
-  for CUDA): a CPU finds what does not lower (a layout, a transform, an
-  op) before a GPU runs it. E4M3 pairs: jax 0.10's wgmma takes no mixed
-  FP8 pair."""
+  """Its K loops lower to Mosaic GPU on any machine (``jax.export`` for
+  CUDA): a CPU finds what does not lower (a layout, a transform, an op)
+  before a GPU runs it. E4M3 pairs: jax 0.10's wgmma takes no mixed FP8
+  pair."""
   ops = [_gemm_operand(r, k, True, t, ml_dtypes.bfloat16,
                        ml_dtypes.float8_e4m3fn, seed=r)[0]
          for r, t in zip((200, 130), transposed)]
-  exported = jax.export.export(
-      jax.jit(lambda a, b: kernels.gemm.gemm(
-          a, b, out_dtype=jnp.bfloat16,
-          config=kernels.GemmConfig(**config))),
-      platforms=["cuda"])(*ops)
-  assert "mosaic_gpu" in exported.mlir_module()
+  module = cases.lowered_for_cuda(
+      lambda a, b: kernels.gemm.gemm(a, b, out_dtype=jnp.bfloat16,
+                                     config=kernels.GemmConfig(**config)),
+      *ops)
+  # The kernel, and the writers of the operands its 16-bit loop reads
+  # dequantized (kernels/wide.py).
+  assert "mosaic_gpu" in module and "mor_wide_values" in module
+  assert module.count("custom_call @__gpu$xla.gpu.triton(") == 2
 
 
 def test_mixed_fp8_pair_lowers_where_the_kernel_takes_it():
