@@ -15,7 +15,9 @@ operands of the emulated path: a rejected operand as it came, [rows, K] or
 transposed operand is never copied); an accepted one's codes dequantized
 (bit for bit ``mor_jax._numerics.dequantize_values``) in its layout by
 kernels/wide.py before the launch, whose programs write only where the
-other operand is rejected and otherwise read a flag and stop. The
+other operand is rejected and otherwise read a flag and stop (each
+writer's output, written or not, holds an operand's size in device memory
+while the GEMM runs). The
 decisions are device scalars, made just before: every thread block reads
 them and runs the FP8 loop or the 16-bit one on one of three pairs of
 operands, so the choice costs no host round trip (``lax.cond`` on a GPU
