@@ -502,20 +502,14 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch_types(config, out_dtype),
   )
-  # Case 1 (A accepted, B rejected) reads A's codes dequantized, case 2
-  # B's; in any other case the writer's programs read the flag and stop.
-  a_deq, b_deq = (_dequantized(q, r, x, case == c, t) for q, r, x, c, t in (
-      (a8, ra, a, 1, transposed[0]), (b8, rb, b, 2, transposed[1])))
+  # Case 1 (A accepted, B rejected) reads A's codes dequantized in x's
+  # layout and dtype, case 2 B's (one factor per row for all of K); in any
+  # other case the writer's programs read the flag and stop.
+  a_deq, b_deq = (wide_values.values(q, r, None, x, case == c, transposed=t)
+                  for q, r, x, c, t in ((a8, ra, a, 1, transposed[0]),
+                                        (b8, rb, b, 2, transposed[1])))
   y = call(case, a8, b8, ra, rb, a, b, a_deq, b_deq)
   return y[:m, :n] if (mp, np_) != (m, n) else y
-
-
-def _dequantized(codes, recip, x, needed, transposed: bool) -> jax.Array:
-  """An accepted operand's codes dequantized as the 16-bit loop reads them
-  (in ``x``'s layout and dtype), written only where ``needed`` (a device
-  scalar): kernels/wide.py, with one factor per row for all of K."""
-  return wide_values.values(codes, recip, None, x, needed,
-                            transposed=transposed)
 
 
 @functools.cache

@@ -111,6 +111,14 @@ def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
     ...                 transposed=False, interpret=True)
     >>> v[0, 0], v[127, 0]
     (Array(1.5, dtype=bfloat16), Array(7, dtype=bfloat16))
+
+    kernels/gemm.py's form: one factor per row for all of K, every row in
+    the codes' format (``x`` only gives the layout and dtype), one flag:
+
+    >>> v = wide.values(codes, jnp.full((128,), 0.25), None, x,
+    ...                 jnp.bool_(True), transposed=False, interpret=True)
+    >>> v[0, 0], v[127, 127]
+    (Array(0.75, dtype=bfloat16), Array(0.75, dtype=bfloat16))
   """
   r, k = codes.shape
   if r % BLOCK or k % BLOCK:
