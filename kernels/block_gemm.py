@@ -545,13 +545,11 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   # A's block (i, k) is read where a pair (i, j, k) runs in BF16; B's alike.
   reads = (jnp.logical_not(fp8.all(axis=1)) & jnp.logical_not(direct[0]),
            jnp.logical_not(fp8.all(axis=0)) & jnp.logical_not(direct[1]))
-  aw, bw = (wide_values.values(
+  aw, bw = wide_values.values(*(wide_values.Request(
       codes, r.T, _padded_grid(o, op, codes.shape[0], kp), w, read,
-      transposed=op.transposed)
-            for op, o, codes, r, w, read in ((a, own[0], a8, ra, a_in,
-                                              reads[0]),
-                                             (b, own[1], b8, rb, b_in,
-                                              reads[1])))
+      op.transposed)
+      for op, o, codes, r, w, read in ((a, own[0], a8, ra, a_in, reads[0]),
+                                       (b, own[1], b8, rb, b_in, reads[1]))))
   args = (order, n8, a8, b8, ra, rb, aw, bw)
   if wide is not None:
     case = jnp.where(whole, 1 + direct[0] + 2 * direct[1], 0)

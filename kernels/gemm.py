@@ -14,18 +14,18 @@ operands of the emulated path: a rejected operand as it came, [rows, K] or
 [K, rows] (16-bit wgmma reads either layout from shared memory, so a
 transposed operand is never copied); an accepted one's codes dequantized
 (bit for bit ``mor_jax._numerics.dequantize_values``) in its layout by
-kernels/wide.py before the launch, whose programs write only where the
-other operand is rejected and otherwise read a flag and stop (each
-writer's output, written or not, holds an operand's size in device memory
-while the GEMM runs). The
-decisions are device scalars, made just before: every thread block reads
-them and runs the FP8 loop or the 16-bit one on one of three pairs of
-operands, so the choice costs no host round trip (``lax.cond`` on a GPU
-copies its predicate to the host and waits for it: 30-60 us per GEMM,
-measured, see docs/benchmarks.md). Dequantizing in the kernel instead, each
-thread block its tiles at every K step, took twice cuBLAS BF16's time at
-(16384, 8192, 8192) on the H200: the conversions outweigh the wgmmas, and
-every block of output tiles repeats them (docs/benchmarks.md).
+kernels/wide.py before the launch (one launch for both operands), whose
+programs write only where the other operand is rejected and otherwise read
+the case and stop (each output, written or not, holds an operand's size in
+device memory while the GEMM runs). The decisions are device scalars,
+made just before: every thread block reads them and runs the FP8 loop or
+the 16-bit one on one of three pairs of operands, so the choice costs no
+host round trip (``lax.cond`` on a GPU copies its predicate to the host
+and waits for it: 30-60 us per GEMM, measured, see docs/benchmarks.md).
+Dequantizing in the kernel instead, each thread block its tiles at every K
+step, took twice cuBLAS BF16's time at (16384, 8192, 8192) on the H200:
+the conversions outweigh the wgmmas, and every block of output tiles
+repeats them (docs/benchmarks.md).
 
 Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
@@ -504,10 +504,11 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
   )
   # Case 1 (A accepted, B rejected) reads A's codes dequantized in x's
   # layout and dtype, case 2 B's (one factor per row for all of K); in any
-  # other case the writer's programs read the flag and stop.
-  a_deq, b_deq = (wide_values.values(q, r, None, x, case == c, transposed=t)
-                  for q, r, x, c, t in ((a8, ra, a, 1, transposed[0]),
-                                        (b8, rb, b, 2, transposed[1])))
+  # other case the writer's programs read the case and stop.
+  a_deq, b_deq = wide_values.values(*(
+      wide_values.Request(q, r, None, x, case, t, when=c)
+      for q, r, x, c, t in ((a8, ra, a, 1, transposed[0]),
+                            (b8, rb, b, 2, transposed[1]))))
   y = call(case, a8, b8, ra, rb, a, b, a_deq, b_deq)
   return y[:m, :n] if (mp, np_) != (m, n) else y
 

@@ -20,9 +20,17 @@ values it reads: at (16384, 8192, 8192) with 10-100% of X's blocks BF16,
 
 kernels/gemm.py writes an accepted operand's values here too, for its
 16-bit loop where the other operand is rejected: one factor per row for
-all of K, and a single flag for every block, so that in any other case each
-program reads the flag and stops. Its kernel dequantized each tile at every
-K step instead, which took twice cuBLAS BF16's time (docs/benchmarks.md).
+all of K, and the GEMM's case for every block, so that in any other case
+each program reads the case and stops. Its kernel dequantized each tile at
+every K step instead, which took twice cuBLAS BF16's time
+(docs/benchmarks.md).
+
+A GEMM's operands are written in one launch: where nothing is written, the
+launch is the whole cost. In a chain of 72 GEMMs of 4096^3 on the H200,
+timed in turns against the same kernels without a writer, a launch per
+operand added 4.0%, one launch 2.8-2.9%, one whose programs read the case
+once (not once per block) 1.9% (docs/benchmarks.md, twenty-ninth
+session).
 
 Backend: Triton, as the quantization passes (kernels/quantize.py says why);
 ``interpret=True`` runs it on a CPU. It runs inside the GEMMs' per-shard
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,46 +51,17 @@ from jax.experimental.pallas import triton as pltriton
 from mor_jax import _numerics
 
 # Edge of a block; a program's warps, and the most blocks along K it takes
-# (in training most programs read no block: launching them is the cost).
+# where blocks are read per block (in training most programs read no block:
+# launching them is the cost).
 BLOCK = 128
 _WARPS = 8
 _MAX_SPAN = 8
 
 
-def _kernel(read_ref, codes_ref, recip_ref, *refs, fmt, transposed: bool,
-            span: int, per_block: bool):
-  # Without own and wide (``values``' own None): every row is the codes'.
-  *own_wide, out_ref = refs
-  for j in range(span):  # the program's blocks along K
-    cols = slice(j * BLOCK, (j + 1) * BLOCK)
+class Request(NamedTuple):
+  """One operand's values, for ``values``.
 
-    @pl.when(read_ref[0, j if per_block else 0] != 0)
-    def _():
-      q = codes_ref[:, cols]
-      q = jax.lax.bitcast_convert_type(q, fmt).astype(jnp.float32)
-      if transposed:  # the values are stored [K, rows]; the codes [rows, K]
-        q = q.T
-        at, grid = (cols, slice(None)), (slice(j, j + 1), slice(None))
-      else:
-        at, grid = (slice(None), cols), (slice(None), slice(j, j + 1))
-      if recip_ref.ndim == 1:  # one factor per row along all of K
-        r = recip_ref[...]
-        r = r[None, :] if transposed else r[:, None]
-      else:
-        r = recip_ref[grid]
-      v = _numerics.dequantize_values(q, r, out_ref.dtype)
-      if own_wide:
-        own_ref, wide_ref = own_wide
-        v = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
-      out_ref[at] = v
-
-
-def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
-           wide: jax.Array, read: jax.Array, *, transposed: bool,
-           interpret: bool = False) -> jax.Array:
-  """The emulated operand's values in the blocks ``read`` marks.
-
-  Args:
+  Attributes:
     codes: [R, K] FP8 codes, R and K multiples of 128.
     recip: [R, K / 128] float32 reciprocals of the scales, per row; or [R],
       one per row for all of K.
@@ -91,14 +71,101 @@ def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
       not read).
     wide: [R, K], or [K, R] if ``transposed``, the values elsewhere (in a
       16-bit or float32 dtype).
-    read: [R / 128, K / 128] int32, nonzero for the blocks to write; or a
-      scalar for all of them.
+    read: [R / 128, K / 128] int32, per block; or a scalar for all of them.
+      A block is written where it equals ``when``.
     transposed: ``wide`` (and the result) stored [K, R].
+    when: the value of ``read`` that writes a block.
+  """
+
+  codes: jax.Array
+  recip: jax.Array
+  own: jax.Array | None
+  wide: jax.Array
+  read: jax.Array
+  transposed: bool
+  when: int = 1
+
+
+class _Static(NamedTuple):
+  """What the kernel knows of a request: its programs' rows of blocks
+  [start, start + rows), and how its refs are laid out."""
+  start: int
+  rows: int
+  fmt: jnp.dtype
+  transposed: bool
+  per_block: bool
+  has_own: bool
+  per_row_recip: bool
+  when: int
+
+
+def _kernel(*refs, statics: tuple[_Static, ...], span: int):
+  outs = refs[len(refs) - len(statics):]
+  ins = iter(refs[:len(refs) - len(statics)])
+  i = pl.program_id(0)
+  for st, out_ref in zip(statics, outs):
+    read_ref, codes_ref, recip_ref = next(ins), next(ins), next(ins)
+    own_ref, wide_ref = (next(ins), next(ins)) if st.has_own else (None,) * 2
+    pl.when((i >= st.start) & (i < st.start + st.rows))(functools.partial(
+        _write_row, st, span, read_ref, codes_ref, recip_ref, own_ref,
+        wide_ref, out_ref))
+
+
+def _write_row(st: _Static, span: int, read_ref, *refs):
+  blocks = [functools.partial(_write_block, j, st, *refs)
+            for j in range(span)]  # the program's blocks along K
+  if st.per_block:
+    for j, block in enumerate(blocks):
+      pl.when(read_ref[0, j] == st.when)(block)
+  else:
+    # One flag for every block, read once: a load and a branch per block
+    # are a latency each, paid by every program of every launch.
+    @pl.when(read_ref[0, 0] == st.when)
+    def _():
+      for block in blocks:
+        block()
+
+
+def _write_block(j, st: _Static, codes_ref, recip_ref, own_ref, wide_ref,
+                 out_ref):
+  cols = slice(j * BLOCK, (j + 1) * BLOCK)
+  q = codes_ref[:, cols]
+  q = jax.lax.bitcast_convert_type(q, st.fmt).astype(jnp.float32)
+  if st.transposed:  # the values are stored [K, rows]; the codes [rows, K]
+    q = q.T
+    at, grid = (cols, slice(None)), (slice(j, j + 1), slice(None))
+  else:
+    at, grid = (slice(None), cols), (slice(None), slice(j, j + 1))
+  if st.per_row_recip:  # one factor per row along all of K
+    r = recip_ref[...]
+    r = r[None, :] if st.transposed else r[:, None]
+  else:
+    r = recip_ref[grid]
+  v = _numerics.dequantize_values(q, r, out_ref.dtype)
+  if own_ref is not None:
+    v = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
+  out_ref[at] = v
+
+
+def _row_of(start: int, rows: int):
+  """A request's row of blocks at program row i: the other requests'
+  programs get a row in range, which they never load."""
+  return lambda i: jnp.clip(i - start, 0, rows - 1)
+
+
+def values(*requests: Request, interpret: bool = False
+           ) -> tuple[jax.Array, ...]:
+  """Each request's emulated values in the blocks its ``read`` marks, all
+  in one launch (the launch is the cost where nothing is written).
+
+  Args:
+    *requests: the operands (``Request``), all with the same K.
     interpret: run the kernel in Pallas' interpreter (a CPU).
 
   Returns:
-    An array like ``wide``: in a block ``read`` marks, ``own`` rows'
-    dequantized codes and ``wide`` elsewhere; other blocks unwritten.
+    Per request an array like its ``wide``: in a block ``read`` marks,
+    ``own`` rows' dequantized codes and ``wide`` elsewhere; other blocks
+    unwritten.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -107,56 +174,81 @@ def values(codes: jax.Array, recip: jax.Array, own: jax.Array,
     >>> recip = jnp.full((128, 1), 0.5)          # per row, one K block
     >>> own = (jnp.arange(128) < 64)[:, None]    # rows 0-63 in FP8
     >>> x = jnp.full((128, 128), 7.0, jnp.bfloat16)
-    >>> v = wide.values(codes, recip, own, x, jnp.ones((1, 1)),
-    ...                 transposed=False, interpret=True)
+    >>> v, = wide.values(wide.Request(codes, recip, own, x, jnp.ones((1, 1)),
+    ...                               transposed=False), interpret=True)
     >>> v[0, 0], v[127, 0]
     (Array(1.5, dtype=bfloat16), Array(7, dtype=bfloat16))
 
     kernels/gemm.py's form: one factor per row for all of K, every row in
-    the codes' format (``x`` only gives the layout and dtype), one flag:
+    the codes' format (``x`` only gives the layout and dtype), the GEMM's
+    case for every block, each operand written in its own case:
 
-    >>> v = wide.values(codes, jnp.full((128,), 0.25), None, x,
-    ...                 jnp.bool_(True), transposed=False, interpret=True)
-    >>> v[0, 0], v[127, 127]
+    >>> case = jnp.int32(2)
+    >>> a, b = wide.values(
+    ...     wide.Request(codes, jnp.full((128,), 0.25), None, x, case,
+    ...                  transposed=False, when=1),
+    ...     wide.Request(codes, jnp.full((128,), 0.25), None, x, case,
+    ...                  transposed=True, when=2), interpret=True)
+    >>> b[0, 0], b[127, 127]
     (Array(0.75, dtype=bfloat16), Array(0.75, dtype=bfloat16))
   """
-  r, k = codes.shape
-  if r % BLOCK or k % BLOCK:
-    raise ValueError(f"values takes codes padded to multiples of {BLOCK}, "
-                     f"got {codes.shape}.")
-  # A program takes ``span`` blocks along K: a power of two dividing K's.
-  kb = k // BLOCK
+  ks = {q.codes.shape[1] for q in requests}
+  for q in requests:
+    if q.codes.shape[0] % BLOCK or q.codes.shape[1] % BLOCK:
+      raise ValueError(f"values takes codes padded to multiples of {BLOCK},"
+                       f" got {q.codes.shape}.")
+  if len(ks) != 1:
+    raise ValueError(f"values' requests must share K, got codes of shapes "
+                     f"{[q.codes.shape for q in requests]}.")
+  # A program takes ``span`` blocks along K (a power of two dividing K's)
+  # of one request's row of blocks; the requests' rows follow each other.
+  kb = ks.pop() // BLOCK
   span = math.gcd(kb, _MAX_SPAN)
-  tile = pl.BlockSpec((BLOCK, span * BLOCK), lambda i, j: (i, j))
-  # Per-row grids [R, K / 128] give a tile its rows' columns; stored [K, R]
-  # the values want them as rows.
-  if transposed:
-    rows = pl.BlockSpec((span, BLOCK), lambda i, j: (j, i))
-    out = pl.BlockSpec((span * BLOCK, BLOCK), lambda i, j: (j, i))
-  else:
-    rows = pl.BlockSpec((BLOCK, span), lambda i, j: (i, j))
-    out = tile
-  grid = lambda g: g.T if transposed else g  # noqa: E731
-  per_block = read.ndim == 2
-  # Triton moves the codes as bytes; the kernel bitcasts them back.
-  args = [read.reshape(read.shape if per_block else (1, 1)).astype(jnp.int32),
-          jax.lax.bitcast_convert_type(codes, jnp.uint8),
-          (recip if recip.ndim == 1 else grid(recip)).astype(jnp.float32)]
-  specs = [pl.BlockSpec((1, span), lambda i, j: (i, j)) if per_block else
-           pl.BlockSpec((1, 1), lambda i, j: (0, 0)), tile,
-           pl.BlockSpec((BLOCK,), lambda i, j: (i,)) if recip.ndim == 1 else
-           rows]
-  if own is not None:
-    args += [grid(own).astype(jnp.int32), wide]
-    specs += [rows, out]
-  return pl.pallas_call(
-      functools.partial(_kernel, fmt=codes.dtype, transposed=transposed,
-                        span=span, per_block=per_block),
-      grid=(r // BLOCK, kb // span),
-      in_specs=specs,
-      out_specs=out,
-      out_shape=jax.ShapeDtypeStruct(wide.shape, wide.dtype),
+  args, in_specs, out_specs, statics, start = [], [], [], [], 0
+  for q in requests:
+    rows = q.codes.shape[0] // BLOCK
+    row = _row_of(start, rows)
+    tile = pl.BlockSpec((BLOCK, span * BLOCK),
+                        lambda i, j, row=row: (row(i), j))
+    # Per-row grids [R, K / 128] give a tile its rows' columns; stored
+    # [K, R] the values want them as rows.
+    if q.transposed:
+      grid_rows = pl.BlockSpec((span, BLOCK), lambda i, j, row=row: (j, row(i)))
+      out = pl.BlockSpec((span * BLOCK, BLOCK),
+                         lambda i, j, row=row: (j, row(i)))
+    else:
+      grid_rows = pl.BlockSpec((BLOCK, span), lambda i, j, row=row: (row(i), j))
+      out = tile
+    grid = lambda g, t=q.transposed: g.T if t else g  # noqa: E731
+    per_block = q.read.ndim == 2
+    # Triton moves the codes as bytes; the kernel bitcasts them back.
+    args += [q.read.reshape(q.read.shape if per_block else (1, 1)
+                            ).astype(jnp.int32),
+             jax.lax.bitcast_convert_type(q.codes, jnp.uint8),
+             (q.recip if q.recip.ndim == 1 else grid(q.recip)
+              ).astype(jnp.float32)]
+    in_specs += [
+        pl.BlockSpec((1, span), lambda i, j, row=row: (row(i), j))
+        if per_block else pl.BlockSpec((1, 1), lambda i, j: (0, 0)),
+        tile,
+        pl.BlockSpec((BLOCK,), lambda i, j, row=row: (row(i),))
+        if q.recip.ndim == 1 else grid_rows]
+    if q.own is not None:
+      args += [grid(q.own).astype(jnp.int32), q.wide]
+      in_specs += [grid_rows, out]
+    out_specs.append(out)
+    statics.append(_Static(start, rows, q.codes.dtype, q.transposed,
+                           per_block, q.own is not None, q.recip.ndim == 1,
+                           q.when))
+    start += rows
+  return tuple(pl.pallas_call(
+      functools.partial(_kernel, statics=tuple(statics), span=span),
+      grid=(start, kb // span),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=[jax.ShapeDtypeStruct(q.wide.shape, q.wide.dtype)
+                 for q in requests],
       compiler_params=pltriton.CompilerParams(num_warps=_WARPS),
       interpret=interpret,
       name="mor_wide_values",
-  )(*args)
+  )(*args))

@@ -283,6 +283,8 @@ def test_kernel_lowers_for_cuda(transposed, m, k, n, config):
       functools.partial(bg.block_gemm, out_dtype=jnp.bfloat16,
                         config=config), a, b)
   assert "mosaic_gpu" in module and "mor_wide_values" in module
+  # Both operands' values in one launch.
+  assert module.count("custom_call @__gpu$xla.gpu.triton(") == 1
 
 
 def test_all_bf16_path_runs_unclustered_by_default():
@@ -326,8 +328,8 @@ def _values_case(transposed, per_row, k, seed=0):
 
 def _assert_values_equal(transposed, per_row, k, interpret):
   args, want, read = _values_case(transposed, per_row, k)
-  got = np.asarray(wide.values(*args, transposed=transposed,
-                               interpret=interpret))
+  got, = wide.values(wide.Request(*args, transposed), interpret=interpret)
+  got = np.asarray(got)
   got = got.T if transposed else got
   # Bit for bit where read; the other blocks are left unwritten.
   np.testing.assert_array_equal(got[read].view(np.uint16),
@@ -347,29 +349,51 @@ def test_values_kernel_equals_numpy(transposed, per_row, k):
   _assert_values_equal(transposed, per_row, k, interpret=True)
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_values_kernel_with_row_factors_and_one_flag(transposed):
-  """kernels/gemm.py's use: one factor per row for all of K, every row in
-  the codes' format (``wide`` not read), one flag for every block."""
-  rng = np.random.default_rng(5)
-  r, k = 256, 1536
+def _row_factor_case(r, k, seed):
+  """Codes [r, k] with one factor per row, and NumPy's values."""
+  rng = np.random.default_rng(seed)
   x = rng.standard_normal((r, k)).astype(np.float32)
   codes = (x * 8).astype(ml_dtypes.float8_e4m3fn)
   recip = rng.uniform(0.01, 2, r).astype(np.float32)
   want = (codes.astype(np.float32) * recip[:, None]).astype(ml_dtypes.bfloat16)
+  return jnp.asarray(codes), jnp.asarray(recip), want
+
+
+@pytest.mark.parametrize("case", [1, 2])
+@pytest.mark.parametrize("transposed", [(False, True), (True, False)], ids=str)
+def test_values_kernel_writes_each_request_in_its_case(transposed, case):
+  """kernels/gemm.py's use: two operands of different rows in one launch,
+  one factor per row for all of K, every row in the codes' format
+  (``wide`` not read), the GEMM's case for every block: the operand whose
+  case it is comes out bit for bit."""
+  k = 1536
+  ops = [_row_factor_case(r, k, seed) for r, seed in ((256, 5), (384, 6))]
   # Values that are not the codes': nothing may come from them.
-  like = jnp.full((k, r) if transposed else (r, k), np.nan, jnp.bfloat16)
-  got = np.asarray(wide.values(jnp.asarray(codes), jnp.asarray(recip), None,
-                               like, jnp.bool_(True), transposed=transposed,
-                               interpret=True))
-  got = got.T if transposed else got
+  likes = [jnp.full((k, r) if t else (r, k), np.nan, jnp.bfloat16)
+           for r, t in zip((256, 384), transposed)]
+  got = wide.values(*(
+      wide.Request(q, recip, None, like, jnp.int32(case), t, when=c)
+      for (q, recip, _), like, t, c in zip(ops, likes, transposed, (1, 2))),
+      interpret=True)
+  got, want = got[case - 1], ops[case - 1][2]
+  got = np.asarray(got.T if transposed[case - 1] else got)
   np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
 
 
 def test_values_kernel_needs_whole_blocks():
   args, _, _ = _values_case(False, False, 384)
   with pytest.raises(ValueError, match="multiples of 128"):
-    wide.values(args[0][:200], *args[1:], transposed=False, interpret=True)
+    wide.values(wide.Request(args[0][:200], *args[1:], False),
+                interpret=True)
+
+
+def test_values_requests_must_share_k():
+  args, _, _ = _values_case(False, False, 384)
+  q, recip, _ = _row_factor_case(256, 256, 0)
+  with pytest.raises(ValueError, match="share K"):
+    wide.values(wide.Request(*args, False),
+                wide.Request(q, recip, None, q, jnp.int32(1), False),
+                interpret=True)
 
 
 # ----------------------------------------------------------------------------
