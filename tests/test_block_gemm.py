@@ -349,6 +349,19 @@ def test_values_kernel_equals_numpy(transposed, per_row, k):
   _assert_values_equal(transposed, per_row, k, interpret=True)
 
 
+def test_values_kernel_takes_both_operands_in_one_launch():
+  """kernels/block_gemm.py's use: A's and B's requests (per-block flags,
+  one stored [K, rows]) in one launch, each written as alone."""
+  cases = [_values_case(t, False, 1536, seed=s)
+           for t, s in ((False, 1), (True, 2))]
+  got = wide.values(*(wide.Request(*args, t) for (args, _, _), t
+                      in zip(cases, (False, True))), interpret=True)
+  for g, (_, want, read), t in zip(got, cases, (False, True)):
+    g = np.asarray(g.T if t else g)
+    np.testing.assert_array_equal(g[read].view(np.uint16),
+                                  want[read].view(np.uint16))
+
+
 def _row_factor_case(r, k, seed):
   """Codes [r, k] with one factor per row, and NumPy's values."""
   rng = np.random.default_rng(seed)
