@@ -51,8 +51,7 @@ from jax.experimental.pallas import triton as pltriton
 from mor_jax import _numerics
 
 # Edge of a block; a program's warps, and the most blocks along K it takes
-# where blocks are read per block (in training most programs read no block:
-# launching them is the cost).
+# (in training most programs read no block: launching them is the cost).
 BLOCK = 128
 _WARPS = 8
 _MAX_SPAN = 8

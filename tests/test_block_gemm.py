@@ -326,14 +326,17 @@ def _values_case(transposed, per_row, k, seed=0):
   return args, want, np.kron(read, np.ones((B, B), bool)) != 0
 
 
+def _assert_written(got, want, read, transposed):
+  """Bit for bit where read; the other blocks are left unwritten."""
+  got = np.asarray(got.T if transposed else got)
+  np.testing.assert_array_equal(got[read].view(np.uint16),
+                                want[read].view(np.uint16))
+
+
 def _assert_values_equal(transposed, per_row, k, interpret):
   args, want, read = _values_case(transposed, per_row, k)
   got, = wide.values(wide.Request(*args, transposed), interpret=interpret)
-  got = np.asarray(got)
-  got = got.T if transposed else got
-  # Bit for bit where read; the other blocks are left unwritten.
-  np.testing.assert_array_equal(got[read].view(np.uint16),
-                                want[read].view(np.uint16))
+  _assert_written(got, want, read, transposed)
 
 
 # K of 3 blocks: a block per program; of 12: four; of 16: eight.
@@ -357,9 +360,7 @@ def test_values_kernel_takes_both_operands_in_one_launch():
   got = wide.values(*(wide.Request(*args, t) for (args, _, _), t
                       in zip(cases, (False, True))), interpret=True)
   for g, (_, want, read), t in zip(got, cases, (False, True)):
-    g = np.asarray(g.T if t else g)
-    np.testing.assert_array_equal(g[read].view(np.uint16),
-                                  want[read].view(np.uint16))
+    _assert_written(g, want, read, t)
 
 
 def _row_factor_case(r, k, seed):
