@@ -10,15 +10,15 @@ reference; ``mor_jax._dispatch`` is the only place that calls them.
 - ``quantize``: the two quantization passes (Triton backend).
 - ``dual``: both GEMM orientations of a matrix from one read (Triton).
 - ``gemm``: the FP8 GEMM that falls back to BF16 on the device, reading
-  each operand of its BF16 path as it came or its codes dequantized by
-  ``wide`` (Mosaic GPU).
+  each operand of its BF16 path as it came or its codes dequantized in
+  registers (Mosaic GPU).
 - ``block_gemm``: a GEMM of 128x128 blocks (or 1x128 tiles) each in FP8 or
   BF16, as sub-tensor MoR chose (Mosaic GPU); what execution "fp8" runs
   for 128x128-block recipes (``mor_jax._block``).
 - ``transpose``: the transpose of one-byte FP8 codes, for the block GEMM's
   operands of transposed views (Triton).
-- ``wide``: the GEMMs' 16-bit values, written only in the blocks their
-  BF16 loops read (Triton).
+- ``wide``: the block GEMM's 16-bit values, written only in the blocks its
+  BF16 loop reads (Triton).
 - ``sharding``: the kernels per shard under ``jit`` (custom_partitioning).
 - ``KernelConfig``: their tuning, a hashable value that is part of every
   cache key, so two tunings never share a compiled kernel.

@@ -13,19 +13,26 @@ contraction vector, so they factor out of the sum). A' and B' are the
 operands of the emulated path: a rejected operand as it came, [rows, K] or
 [K, rows] (16-bit wgmma reads either layout from shared memory, so a
 transposed operand is never copied); an accepted one's codes dequantized
-(bit for bit ``mor_jax._numerics.dequantize_values``) in its layout by
-kernels/wide.py before the launch (one launch for both operands), whose
-programs write only where the other operand is rejected and otherwise read
-the case and stop (each output, written or not, holds an operand's size in
-device memory while the GEMM runs). The decisions are device scalars,
-made just before: every thread block reads them and runs the FP8 loop or
-the 16-bit one on one of three pairs of operands, so the choice costs no
-host round trip (``lax.cond`` on a GPU copies its predicate to the host
-and waits for it: 30-60 us per GEMM, measured, see docs/benchmarks.md).
-Dequantizing in the kernel instead, each thread block its tiles at every K
-step, took twice cuBLAS BF16's time at (16384, 8192, 8192) on the H200:
-the conversions outweigh the wgmmas, and every block of output tiles
-repeats them (docs/benchmarks.md).
+(bit for bit ``mor_jax._numerics.dequantize_values``). The decisions are
+device scalars, made just before: every thread block reads them and runs
+one of three K loops, so the choice costs no host round trip (``lax.cond``
+on a GPU copies its predicate to the host and waits for it: 30-60 us per
+GEMM, measured, see docs/benchmarks.md):
+
+- both accepted: the FP8 loop, the factors applied to the accumulator;
+- both rejected: the 16-bit loop on the operands as they came;
+- one accepted: the dequantizing loop. Each warpgroup converts its rows of
+  the accepted operand's FP8 tile to 16 bits in registers and passes them
+  to wgmma as its A; with B accepted, the loop runs on the swapped pair
+  and computes the output's transpose, written through transposed tiles.
+  At (16384, 8192, 8192) on the H200 it takes 1.29x cuBLAS BF16's time: a
+  warpgroup waits for each wgmma before converting the next codes (doing
+  it while the wgmma ran gave wrong outputs). Dequantizing each tile in
+  shared memory took twice cuBLAS BF16's time; writing the operand's
+  values before the launch (kernels/wide.py) 1.07-1.10x, but its launch
+  cost every GEMM 1.9% of the 72-GEMM chain, written or not, and each of
+  its outputs held an operand's size in device memory (docs/benchmarks.md,
+  twenty-eighth to thirtieth sessions).
 
 Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
@@ -67,7 +74,6 @@ from jax.sharding import PartitionSpec as P
 
 from mor_jax import _numerics
 from mor_jax.kernels import sharding
-from mor_jax.kernels import wide as wide_values
 
 # A x B^T: both operands contract their minor (K) dimension.
 TN = (((1,), (1,)), ((), ()))
@@ -195,25 +201,35 @@ def smem_transforms(tile_minor: int, dtype) -> tuple:
           plgpu.SwizzleTransform(swizzle))
 
 
-def write_tile(acc: jax.Array, out_smem, wg, dst) -> None:
+def write_tile(acc: jax.Array, out_smem, wg, dst, transposed=False) -> None:
   """Stores a warpgroup's output tile through shared memory.
 
   ``out_smem[wg]`` holds two slots of the tiles the output leaves through,
   so that one leaves through TMA while the next is written; ``dst`` is the
-  warpgroup's window of the output in GMEM.
+  warpgroup's window of the output in GMEM, ``acc``'s transpose if
+  ``transposed`` (the slots then square, each tile written through a
+  transposed view of its slot from registers in the transposed WGMMA
+  layout).
   """
   tm, tn = acc.shape
   em, en = out_smem.shape[-2:]
+  if transposed:
+    em, en = en, em
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
   for i in range(tm // em):
     for j in range(tn // en):
       slot = (i * (tn // en) + j) % 2
       plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-      out_smem[wg, slot] = acc[i * em:(i + 1) * em, j * en:(j + 1) * en]
+      tile = acc[i * em:(i + 1) * em, j * en:(j + 1) * en]
+      if transposed:
+        out_smem.at[wg, slot].T[...] = plgpu.layout_cast(
+            tile, plgpu.Layout.WGMMA_TRANSPOSED)
+        window = dst.at[pl.ds(j * en, en), pl.ds(i * em, em)]
+      else:
+        out_smem[wg, slot] = tile
+        window = dst.at[pl.ds(i * em, em), pl.ds(j * en, en)]
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(
-          out_smem.at[wg, slot],
-          dst.at[pl.ds(i * em, em), pl.ds(j * en, en)])
+      plgpu.copy_smem_to_gmem(out_smem.at[wg, slot], window)
 
 
 # jax 0.10's plgpu.load needs an index; 0.11 deprecates it (the ref is
@@ -272,8 +288,9 @@ def _release_late(step, steps: int, stages: int, consumed) -> None:
       plgpu.barrier_arrive(barrier)
 
 
-# The kernel's two K loops.
-_WIDE, _FP8 = range(2)
+# The kernel's K loops: on two 16-bit operands; on A's FP8 codes,
+# dequantized in registers, and a 16-bit B; on two FP8 operands.
+_WIDE, _DEQ, _FP8 = range(3)
 
 
 def scratch_types(cfg: GemmConfig, out_dtype) -> dict:
@@ -288,19 +305,21 @@ def scratch_types(cfg: GemmConfig, out_dtype) -> dict:
       barriers=plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS))
 
 
-def _kernel(case_ref, a8, b8, ra, rb, a, b, a_deq, b_deq, out_ref, *,
-            cfg: GemmConfig, a_t: bool, b_t: bool, **scratch):
+def _kernel(case_ref, a8, b8, ra, rb, a, b, out_ref, *, cfg: GemmConfig,
+            a_t: bool, b_t: bool, **scratch):
   # Every thread reads the decisions (case a.accepted + 2 * b.accepted) and
   # runs one branch; the branches allocate the same shared memory (a switch
   # takes the largest of its branches' needs).
-  run = functools.partial(_run, a8_ref=a8, b8_ref=b8, ra_ref=ra, rb_ref=rb,
-                          out_ref=out_ref, cfg=cfg, a_t=a_t, b_t=b_t,
-                          **scratch)
+  run = functools.partial(_run, out_ref=out_ref, cfg=cfg, **scratch)
   lax.switch(case_ref[...], [
-      functools.partial(run, _WIDE, a_ref=a, b_ref=b),
-      functools.partial(run, _WIDE, a_ref=a_deq, b_ref=b),
-      functools.partial(run, _WIDE, a_ref=a, b_ref=b_deq),
-      functools.partial(run, _FP8, a_ref=a, b_ref=b)])
+      functools.partial(run, _WIDE, a_ref=a, b_ref=b, a_t=a_t, b_t=b_t),
+      functools.partial(run, _DEQ, a8_ref=a8, ra_ref=ra, b_ref=b, b_t=b_t),
+      # B accepted: the same loop computes the output's transpose, B^T's
+      # codes dequantized times A^T.
+      functools.partial(run, _DEQ, a8_ref=b8, ra_ref=rb, b_ref=a, b_t=a_t,
+                        swap=True),
+      functools.partial(run, _FP8, a8_ref=a8, b8_ref=b8, ra_ref=ra,
+                        rb_ref=rb)])
 
 
 def wide_tiles(a_ref, b_ref, out_ref, *, cfg: GemmConfig,
@@ -313,39 +332,52 @@ def wide_tiles(a_ref, b_ref, out_ref, *, cfg: GemmConfig,
   ``b_ref`` alike; ``cfg``'s tile divides M and N, ``tile_k_wide`` K.
   """
   pl.run_scoped(
-      functools.partial(_run, _WIDE, a8_ref=None, b8_ref=None, ra_ref=None,
-                        rb_ref=None, a_ref=a_ref, b_ref=b_ref,
+      functools.partial(_run, _WIDE, a_ref=a_ref, b_ref=b_ref,
                         out_ref=out_ref, cfg=cfg, a_t=transposed[0],
                         b_t=transposed[1]),
       **scratch_types(cfg, out_ref.dtype), collective_axes="wg")
 
 
-def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, a8_ref, b8_ref,
-         ra_ref, rb_ref, a_ref, b_ref, out_ref, cfg: GemmConfig, a_t: bool,
-         b_t: bool) -> None:
-  """One K loop over every output tile of this block (the codes and the row
-  factors' refs are unused, and may be None, in the 16-bit loop)."""
-  m, n = out_ref.shape
-  k = a_ref.shape[0 if a_t else 1]
+def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, out_ref,
+         cfg: GemmConfig, a8_ref=None, b8_ref=None, ra_ref=None, rb_ref=None,
+         a_ref=None, b_ref=None, a_t: bool = False, b_t: bool = False,
+         swap: bool = False) -> None:
+  """One K loop over every output tile of this block, on the refs it reads:
+  _WIDE a_ref and b_ref; _DEQ a8_ref, ra_ref and b_ref, computing the
+  output's transpose if ``swap``; _FP8 the codes and both row factors."""
+  m, n = out_ref.shape[::-1] if swap else out_ref.shape
   tm, tn, bn = cfg.tile_m, cfg.tile_n, cfg.block_n
   m_iters, n_iters = m // cfg.m_multiple, n // cfg.n_multiple
   room = _room(cfg, out_ref.dtype)
+  # The dequantizing loop's rows per warpgroup, whose factors it keeps in
+  # the first half of the warpgroup's row of ra_smem.
+  hm = tm // _COMPUTE_WGS
 
-  fp8 = loop == _FP8
+  def ra_half(wg):
+    return ra_smem.at[wg, pl.ds(0, hm)]
+
+  fp8, deq = loop == _FP8, loop == _DEQ
   tile_k = cfg.tile_k_fp8 if fp8 else cfg.tile_k_wide
   # Per operand: the GMEM array whose tiles the pipeline loads, and
   # whether it is stored [K, rows] (16-bit values in the x's layout).
-  a_gmem, a_kr = (a8_ref, False) if fp8 else (a_ref, a_t)
+  a_gmem, a_kr = (a8_ref, False) if fp8 or deq else (a_ref, a_t)
   b_gmem, b_kr = (b8_ref, False) if fp8 else (b_ref, b_t)
+  k = a_gmem.shape[0 if a_kr else 1]
   step_bytes = (tm * tile_k * jnp.dtype(a_gmem.dtype).itemsize +
                 bn * tile_k * jnp.dtype(b_gmem.dtype).itemsize)
 
   stages = _stages(cfg, room, step_bytes)
   steps = k // tile_k
-  chained = (cfg.chain_fp8 if fp8 else cfg.chain_wide) and steps % stages == 0
+  # The dequantizing loop waits for each wgmma before its next step
+  # converts codes: a wgmma reads its A from registers while it runs, and
+  # converting the next step's codes meanwhile gave wrong outputs on the
+  # H200 (registers reused under it; docs/benchmarks.md, thirtieth session).
+  release = 0 if deq else cfg.delay_release
+  chained = (not deq and (cfg.chain_fp8 if fp8 else cfg.chain_wide) and
+             steps % stages == 0)
   # A chained pipeline releases each step's slot itself (delay_release
   # 0 in its specs); releasing late takes the steps doing it themselves.
-  manual = chained and cfg.delay_release > 0
+  manual = chained and release > 0
 
   def spec(rows, gmem, k_rows, shared):
     # A tile both blocks of a cluster read arrives in both through one
@@ -355,7 +387,7 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, a8_ref, b8_ref,
     return plgpu.BlockSpec(
         shape, index, transforms=smem_transforms(shape[1], gmem.dtype),
         memory_space=plgpu.SMEM,
-        delay_release=0 if chained else cfg.delay_release,
+        delay_release=0 if chained else release,
         collective_axes=("cluster",) if shared else ())
 
   def pipeline(body, compute_context, state=None):
@@ -392,20 +424,32 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, a8_ref, b8_ref,
         im = im * 2 + cta
       elif cfg.cluster == "n":
         jn = jn * 2 + cta
-      rows = pl.ds(im * tm, tm)
-      cols = pl.ds(jn * bn + wg * tn, tn)  # this warpgroup's columns
+      # This warpgroup's window: its half of the columns, or in the
+      # dequantizing loop its half of the rows (so that each warpgroup
+      # converts only the codes it multiplies).
+      if deq:
+        rows = pl.ds(im * tm + wg * hm, hm)
+        cols = pl.ds(jn * bn, bn)
+      else:
+        rows = pl.ds(im * tm, tm)
+        cols = pl.ds(jn * bn + wg * tn, tn)
 
       def compute_context(run_pipeline):
-        @functools.partial(pl.run_scoped,
-                           acc_ref=plgpu.ACC((tm, tn), jnp.float32))
+        @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC(
+            (hm, bn) if deq else (tm, tn), jnp.float32))
         def _(acc_ref):
           # This tile's row factors, which the FP8 loop applies to the
-          # accumulator, load while it runs.
+          # accumulator, load while it runs; the dequantizing loop needs
+          # A's from its first step.
           if fp8:
             plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_smem.at[wg],
                                     barriers.at[2 * wg])
             plgpu.copy_gmem_to_smem(rb_ref.at[cols], rb_smem.at[wg],
                                     barriers.at[2 * wg + 1])
+          if deq:
+            plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_half(wg),
+                                    barriers.at[2 * wg])
+            plgpu.barrier_wait(barriers.at[2 * wg])
           run_pipeline(acc_ref)
           acc = acc_ref[...]
           if fp8:
@@ -419,11 +463,23 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, a8_ref, b8_ref,
                                   plgpu.Layout.WGMMA.reduce(0))
             acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
                    lax.broadcast_in_dim(rb, (tm, tn), [1]))
-          write_tile(acc.astype(out_ref.dtype), out_smem, wg,
-                     out_ref.at[rows, cols])
+          dst = out_ref.at[cols, rows] if swap else out_ref.at[rows, cols]
+          write_tile(acc.astype(out_ref.dtype), out_smem, wg, dst,
+                     transposed=swap)
 
       def mma(indices, a_smem, b_smem, *rest):
         *consumed, acc_ref = rest
+        if deq:
+          # The values of the emulated path, bit for bit: each code times
+          # its row's factor, flushed and saturated, in B's dtype.
+          q = a_smem[pl.ds(wg * hm, hm)].astype(jnp.float32)
+          r = load_with_layout(ra_half(wg), plgpu.Layout.WGMMA.reduce(1))
+          a = _numerics.dequantize_values(
+              q, lax.broadcast_in_dim(r, q.shape, [0]), b_gmem.dtype,
+              q_finite=True)
+          plgpu.wgmma(acc_ref, a, b_smem if b_kr else b_smem.T)
+          plgpu.wgmma_wait(release)
+          return acc_ref
         # wgmma takes A as [tm, tk] and B as [tk, tn]; 16-bit tiles
         # stored either way (FP8 ones K-major only).
         a = a_smem.T if a_kr else a_smem
@@ -433,11 +489,12 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, a8_ref, b8_ref,
         if manual:
           _release_late(indices[0], steps, stages, consumed)
         else:
-          plgpu.wgmma_wait(cfg.delay_release)
+          plgpu.wgmma_wait(release)
         return acc_ref
 
-      a_tiles = a_gmem.at[:, rows] if a_kr else a_gmem.at[rows, :]
-      b_cols = pl.ds(jn * bn, bn)
+      # The block's tiles (the loading warpgroup's ``rows`` are not).
+      a_rows, b_cols = pl.ds(im * tm, tm), pl.ds(jn * bn, bn)
+      a_tiles = a_gmem.at[:, a_rows] if a_kr else a_gmem.at[a_rows, :]
       b_tiles = b_gmem.at[:, b_cols] if b_kr else b_gmem.at[b_cols, :]
       # A block's first tile fills the pipeline; its last leaves the
       # slots loaded (the kernel ends: nothing waits for them).
@@ -460,13 +517,13 @@ def _padded_shape(m: int, n: int, k: int, config: GemmConfig
   """The shape the kernel runs, and the config it runs with.
 
   A cluster that would pad the operands further (a copy of each) than
-  single blocks do is left out. Every dimension is also a multiple of
-  kernels/wide.py's blocks, which the dequantized operands are written in.
+  single blocks do is left out. M and N are multiples of both the rows and
+  the columns of a cluster's tile: with B accepted alone, the kernel
+  computes the output's transpose.
   """
   def shape(c):
-    return tuple(round_up(d, math.lcm(multiple, wide_values.BLOCK))
-                 for d, multiple in ((m, c.m_multiple), (n, c.n_multiple),
-                                     (k, c.k_multiple)))
+    rows = math.lcm(c.m_multiple, c.n_multiple)
+    return (round_up(m, rows), round_up(n, rows), round_up(k, c.k_multiple))
 
   single = dataclasses.replace(config, cluster=None)
   if shape(config) != shape(single):
@@ -502,14 +559,7 @@ def _local_gemm(case, a8, b8, ra, rb, a, b, *, out_dtype, config: GemmConfig,
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch_types(config, out_dtype),
   )
-  # Case 1 (A accepted, B rejected) reads A's codes dequantized in x's
-  # layout and dtype, case 2 B's (one factor per row for all of K); in any
-  # other case the writer's programs read the case and stop.
-  a_deq, b_deq = wide_values.values(*(
-      wide_values.Request(q, r, None, x, case, t, when=c)
-      for q, r, x, c, t in ((a8, ra, a, 1, transposed[0]),
-                            (b8, rb, b, 2, transposed[1]))))
-  y = call(case, a8, b8, ra, rb, a, b, a_deq, b_deq)
+  y = call(case, a8, b8, ra, rb, a, b)
   return y[:m, :n] if (mp, np_) != (m, n) else y
 
 

@@ -1,4 +1,4 @@
-"""The GEMMs' 16-bit operands, written only where their BF16 loops read.
+"""The block GEMM's 16-bit operands, written only where its BF16 loop reads.
 
 kernels/block_gemm.py multiplies a pair of 128x128 blocks (at one step of
 K) on BF16 tensor cores when either block is not in FP8, from the values of
@@ -18,23 +18,16 @@ them), the others the original values. The GEMM alone now pays for the
 values it reads: at (16384, 8192, 8192) with 10-100% of X's blocks BF16,
 0.16-0.29 ms before its kernel, where W's values are all read.
 
-kernels/gemm.py writes an accepted operand's values here too, for its
-16-bit loop where the other operand is rejected: one factor per row for
-all of K, and the GEMM's case for every block, so that in any other case
-each program reads the case and stops. Its kernel dequantized each tile at
-every K step instead, which took twice cuBLAS BF16's time
-(docs/benchmarks.md).
-
-A GEMM's operands are written in one launch: where nothing is written, the
-launch is the whole cost. In a chain of 72 GEMMs of 4096^3 on the H200,
-timed in turns against the same kernels without a writer, a launch per
-operand added 4.0%, one launch 2.8-2.9%, one whose programs read the case
-once (not once per block) 1.9% (docs/benchmarks.md, twenty-ninth
-session).
+Its two operands are written in one launch: where nothing is
+written, the launch is the whole cost (kernels/gemm.py, whose 16-bit loop
+read an accepted operand's values written here, lost 1.9% of a chain of
+72 GEMMs of 4096^3 to this launch on the H200, and now dequantizes in
+registers instead: docs/benchmarks.md, twenty-ninth and thirtieth
+sessions).
 
 Backend: Triton, as the quantization passes (kernels/quantize.py says why);
-``interpret=True`` runs it on a CPU. It runs inside the GEMMs' per-shard
-functions, on one device's padded operands.
+``interpret=True`` runs it on a CPU. It runs inside the block GEMM's per-shard
+function, on one device's padded operands.
 """
 
 from __future__ import annotations
@@ -62,27 +55,21 @@ class Request(NamedTuple):
 
   Attributes:
     codes: [R, K] FP8 codes, R and K multiples of 128.
-    recip: [R, K / 128] float32 reciprocals of the scales, per row; or [R],
-      one per row for all of K.
+    recip: [R, K / 128] float32 reciprocals of the scales, per row.
     own: [R, K / 128] int32, nonzero where the row's block is in the codes'
-      format (its values are the codes dequantized); None: every row's
-      blocks are (``wide`` then gives the result's layout and dtype, and is
-      not read).
+      format (its values are the codes dequantized).
     wide: [R, K], or [K, R] if ``transposed``, the values elsewhere (in a
       16-bit or float32 dtype).
-    read: [R / 128, K / 128] int32, per block; or a scalar for all of them.
-      A block is written where it equals ``when``.
+    read: [R / 128, K / 128] int32, nonzero where the block is written.
     transposed: ``wide`` (and the result) stored [K, R].
-    when: the value of ``read`` that writes a block.
   """
 
   codes: jax.Array
   recip: jax.Array
-  own: jax.Array | None
+  own: jax.Array
   wide: jax.Array
   read: jax.Array
   transposed: bool
-  when: int = 1
 
 
 class _Static(NamedTuple):
@@ -92,10 +79,6 @@ class _Static(NamedTuple):
   rows: int
   fmt: jnp.dtype
   transposed: bool
-  per_block: bool
-  has_own: bool
-  per_row_recip: bool
-  when: int
 
 
 def _kernel(*refs, statics: tuple[_Static, ...], span: int):
@@ -103,26 +86,17 @@ def _kernel(*refs, statics: tuple[_Static, ...], span: int):
   ins = iter(refs[:len(refs) - len(statics)])
   i = pl.program_id(0)
   for st, out_ref in zip(statics, outs):
-    read_ref, codes_ref, recip_ref = next(ins), next(ins), next(ins)
-    own_ref, wide_ref = (next(ins), next(ins)) if st.has_own else (None,) * 2
+    read_ref, codes_ref, recip_ref, own_ref, wide_ref = (
+        next(ins) for _ in range(5))
     pl.when((i >= st.start) & (i < st.start + st.rows))(functools.partial(
         _write_row, st, span, read_ref, codes_ref, recip_ref, own_ref,
         wide_ref, out_ref))
 
 
 def _write_row(st: _Static, span: int, read_ref, *refs):
-  blocks = [functools.partial(_write_block, j, st, *refs)
-            for j in range(span)]  # the program's blocks along K
-  if st.per_block:
-    for j, block in enumerate(blocks):
-      pl.when(read_ref[0, j] == st.when)(block)
-  else:
-    # One flag for every block, read once: a load and a branch per block
-    # are a latency each, paid by every program of every launch.
-    @pl.when(read_ref[0, 0] == st.when)
-    def _():
-      for block in blocks:
-        block()
+  for j in range(span):  # the program's blocks along K
+    pl.when(read_ref[0, j] != 0)(
+        functools.partial(_write_block, j, st, *refs))
 
 
 def _write_block(j, st: _Static, codes_ref, recip_ref, own_ref, wide_ref,
@@ -135,15 +109,8 @@ def _write_block(j, st: _Static, codes_ref, recip_ref, own_ref, wide_ref,
     at, grid = (cols, slice(None)), (slice(j, j + 1), slice(None))
   else:
     at, grid = (slice(None), cols), (slice(None), slice(j, j + 1))
-  if st.per_row_recip:  # one factor per row along all of K
-    r = recip_ref[...]
-    r = r[None, :] if st.transposed else r[:, None]
-  else:
-    r = recip_ref[grid]
-  v = _numerics.dequantize_values(q, r, out_ref.dtype)
-  if own_ref is not None:
-    v = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
-  out_ref[at] = v
+  v = _numerics.dequantize_values(q, recip_ref[grid], out_ref.dtype)
+  out_ref[at] = jnp.where(own_ref[grid] != 0, v, wide_ref[at])
 
 
 def _row_of(start: int, rows: int):
@@ -177,19 +144,6 @@ def values(*requests: Request, interpret: bool = False
     ...                               transposed=False), interpret=True)
     >>> v[0, 0], v[127, 0]
     (Array(1.5, dtype=bfloat16), Array(7, dtype=bfloat16))
-
-    kernels/gemm.py's form: one factor per row for all of K, every row in
-    the codes' format (``x`` only gives the layout and dtype), the GEMM's
-    case for every block, each operand written in its own case:
-
-    >>> case = jnp.int32(2)
-    >>> a, b = wide.values(
-    ...     wide.Request(codes, jnp.full((128,), 0.25), None, x, case,
-    ...                  transposed=False, when=1),
-    ...     wide.Request(codes, jnp.full((128,), 0.25), None, x, case,
-    ...                  transposed=True, when=2), interpret=True)
-    >>> b[0, 0], b[127, 127]
-    (Array(0.75, dtype=bfloat16), Array(0.75, dtype=bfloat16))
   """
   ks = {q.codes.shape[1] for q in requests}
   for q in requests:
@@ -219,26 +173,15 @@ def values(*requests: Request, interpret: bool = False
       grid_rows = pl.BlockSpec((BLOCK, span), lambda i, j, row=row: (row(i), j))
       out = tile
     grid = lambda g, t=q.transposed: g.T if t else g  # noqa: E731
-    per_block = q.read.ndim == 2
     # Triton moves the codes as bytes; the kernel bitcasts them back.
-    args += [q.read.reshape(q.read.shape if per_block else (1, 1)
-                            ).astype(jnp.int32),
+    args += [q.read.astype(jnp.int32),
              jax.lax.bitcast_convert_type(q.codes, jnp.uint8),
-             (q.recip if q.recip.ndim == 1 else grid(q.recip)
-              ).astype(jnp.float32)]
-    in_specs += [
-        pl.BlockSpec((1, span), lambda i, j, row=row: (row(i), j))
-        if per_block else pl.BlockSpec((1, 1), lambda i, j: (0, 0)),
-        tile,
-        pl.BlockSpec((BLOCK,), lambda i, j, row=row: (row(i),))
-        if q.recip.ndim == 1 else grid_rows]
-    if q.own is not None:
-      args += [grid(q.own).astype(jnp.int32), q.wide]
-      in_specs += [grid_rows, out]
+             grid(q.recip).astype(jnp.float32), grid(q.own).astype(jnp.int32),
+             q.wide]
+    in_specs += [pl.BlockSpec((1, span), lambda i, j, row=row: (row(i), j)),
+                 tile, grid_rows, grid_rows, out]
     out_specs.append(out)
-    statics.append(_Static(start, rows, q.codes.dtype, q.transposed,
-                           per_block, q.own is not None, q.recip.ndim == 1,
-                           q.when))
+    statics.append(_Static(start, rows, q.codes.dtype, q.transposed))
     start += rows
   return tuple(pl.pallas_call(
       functools.partial(_kernel, statics=tuple(statics), span=span),

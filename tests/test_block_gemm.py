@@ -363,37 +363,6 @@ def test_values_kernel_takes_both_operands_in_one_launch():
     _assert_written(g, want, read, t)
 
 
-def _row_factor_case(r, k, seed):
-  """Codes [r, k] with one factor per row, and NumPy's values."""
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal((r, k)).astype(np.float32)
-  codes = (x * 8).astype(ml_dtypes.float8_e4m3fn)
-  recip = rng.uniform(0.01, 2, r).astype(np.float32)
-  want = (codes.astype(np.float32) * recip[:, None]).astype(ml_dtypes.bfloat16)
-  return jnp.asarray(codes), jnp.asarray(recip), want
-
-
-@pytest.mark.parametrize("case", [1, 2])
-@pytest.mark.parametrize("transposed", [(False, True), (True, False)], ids=str)
-def test_values_kernel_writes_each_request_in_its_case(transposed, case):
-  """kernels/gemm.py's use: two operands of different rows in one launch,
-  one factor per row for all of K, every row in the codes' format
-  (``wide`` not read), the GEMM's case for every block: the operand whose
-  case it is comes out bit for bit."""
-  k = 1536
-  ops = [_row_factor_case(r, k, seed) for r, seed in ((256, 5), (384, 6))]
-  # Values that are not the codes': nothing may come from them.
-  likes = [jnp.full((k, r) if t else (r, k), np.nan, jnp.bfloat16)
-           for r, t in zip((256, 384), transposed)]
-  got = wide.values(*(
-      wide.Request(q, recip, None, like, jnp.int32(case), t, when=c)
-      for (q, recip, _), like, t, c in zip(ops, likes, transposed, (1, 2))),
-      interpret=True)
-  got, want = got[case - 1], ops[case - 1][2]
-  got = np.asarray(got.T if transposed[case - 1] else got)
-  np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
-
-
 def test_values_kernel_needs_whole_blocks():
   args, _, _ = _values_case(False, False, 384)
   with pytest.raises(ValueError, match="multiples of 128"):
@@ -402,11 +371,9 @@ def test_values_kernel_needs_whole_blocks():
 
 
 def test_values_requests_must_share_k():
-  args, _, _ = _values_case(False, False, 384)
-  q, recip, _ = _row_factor_case(256, 256, 0)
+  (a, _, _), (b, _, _) = (_values_case(False, False, k) for k in (384, 256))
   with pytest.raises(ValueError, match="share K"):
-    wide.values(wide.Request(*args, False),
-                wide.Request(q, recip, None, q, jnp.int32(1), False),
+    wide.values(wide.Request(*a, False), wide.Request(*b, False),
                 interpret=True)
 
 

@@ -526,10 +526,10 @@ def test_gemm_kernel_lowers_for_cuda(transposed, k, config):
       lambda a, b: kernels.gemm.gemm(a, b, out_dtype=jnp.bfloat16,
                                      config=kernels.GemmConfig(**config)),
       *ops)
-  # The kernel, and one launch writing the operands its 16-bit loop reads
-  # dequantized (kernels/wide.py).
-  assert "mosaic_gpu" in module and "mor_wide_values" in module
-  assert module.count("custom_call @__gpu$xla.gpu.triton(") == 1
+  # The kernel alone: where one operand is accepted, its codes are
+  # dequantized in registers, with no launch before the kernel's.
+  assert "mosaic_gpu" in module
+  assert "xla.gpu.triton" not in module
 
 
 def test_mixed_fp8_pair_lowers_where_the_kernel_takes_it():
@@ -670,17 +670,23 @@ def test_sharded_gemm_bf16_path(spec):
                                      "collective-permute"))
 
 
-@pytest.mark.parametrize("mnk,padded,cluster", [
-    ((512, 512, 512), (512, 512, 512), "m"),
-    # 384 rows: a pair of 128-row blocks would pad them to 512.
-    ((384, 512, 512), (384, 512, 512), None),
-    ((200, 130, 300), (256, 256, 384), "m"),
-    ((100, 130, 300), (128, 256, 384), None),
+@pytest.mark.parametrize("mnk,asked,padded,cluster", [
+    ((512, 512, 512), "m", (512, 512, 512), "m"),
+    # M and N pad to both extents of a cluster's tile (256 x 256 for "m"):
+    # with B accepted alone the kernel computes the output's transpose.
+    ((384, 512, 512), "m", (512, 512, 512), "m"),
+    ((100, 130, 300), "m", (256, 256, 384), "m"),
+    ((100, 130, 300), None, (256, 256, 384), None),
+    # A pair of blocks along N spans 512 rows of B: it would pad 256 to 512.
+    ((256, 512, 512), "n", (256, 512, 512), None),
+    ((512, 1024, 512), "n", (512, 1024, 512), "n"),
 ])
-def test_gemm_clusters_only_where_they_add_no_padding(mnk, padded, cluster):
-  shape, config = kernels.gemm._padded_shape(*mnk, kernels.GemmConfig())
+def test_gemm_clusters_only_where_they_add_no_padding(mnk, asked, padded,
+                                                      cluster):
+  shape, config = kernels.gemm._padded_shape(
+      *mnk, kernels.GemmConfig(cluster=asked))
   assert shape == padded
-  assert config == dataclasses.replace(kernels.GemmConfig(), cluster=cluster)
+  assert config == kernels.GemmConfig(cluster=cluster)
 
 
 def _assert_same_decisions(a, b):
@@ -735,6 +741,37 @@ def test_gemm_kernel_equals_reference(m, k, n, fmts, config, transposed):
         precision=jax.lax.Precision.HIGHEST)
     assert got.shape == (m, n)
     assert _rel(got, want) <= 1e-3, acc
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gemm_one_accepted_over_many_tiles(out_dtype, transposed):
+  """One operand accepted: its codes dequantized in registers, block after
+  block (more tiles than blocks, ragged M and N), and with B accepted the
+  output written through transposed tiles; within the output's rounding of
+  the twin on the same values."""
+  cfg = kernels.GemmConfig()
+  m, k, n = 8 * cfg.m_multiple + 56, 512, 16 * cfg.n_multiple - 40
+  assert ((m // cfg.m_multiple + 1) * (n // cfg.n_multiple + 1) >
+          jax.devices()[0].core_count // cfg.cluster_size)
+  out_dtype = data.DTYPES[out_dtype]
+  # E5M2 holds _gemm_operand's codes (E4M3 would make NaNs of the largest).
+  ops = [_gemm_operand(r, k, True, transposed, ml_dtypes.bfloat16,
+                       ml_dtypes.float8_e5m2, seed=r)[0]
+         for r in (m, n)]
+  fn = jax.jit(functools.partial(kernels.gemm.gemm, out_dtype=out_dtype,
+                                 config=cfg))
+  bound = 1e-5 if out_dtype == jnp.float32 else 4e-3
+  for acc in ((True, False), (False, True)):
+    a, b = (dataclasses.replace(op, accepted=jnp.bool_(x))
+            for op, x in zip(ops, acc))
+    want = kernels.gemm.gemm_reference(a, b, out_dtype=jnp.float32,
+                                       precision=jax.lax.Precision.HIGHEST)
+    got = fn(a, b)
+    assert got.shape == (m, n) and got.dtype == out_dtype
+    assert _rel(got, want) <= bound, acc
 
 
 @pytest.mark.gpu
