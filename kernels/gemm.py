@@ -102,7 +102,7 @@ class GemmConfig:
     delay_release: K steps a compute warpgroup keeps in flight: 0 waits for
       each wgmma before releasing its shared-memory slot; 1 releases the
       previous step's slot instead, so that the next wgmma is issued while
-      one runs.
+      one runs. The dequantizing loop (one operand accepted) always waits.
     cluster: None, or the output dimension ("m" or "n") along which two
       blocks form a cluster and take their common operand tile through one
       multicast TMA load: "m" pairs blocks of the same columns (B's tile is
