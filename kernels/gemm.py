@@ -32,7 +32,10 @@ GEMM, measured, see docs/benchmarks.md):
   values before the launch (kernels/wide.py) 1.07-1.10x, but its launch
   cost every GEMM 1.9% of the 72-GEMM chain, written or not, and each of
   its outputs held an operand's size in device memory (docs/benchmarks.md,
-  twenty-eighth to thirtieth sessions).
+  twenty-eighth to thirtieth sessions). Skipping the flush and saturation
+  in tiles whose factors cannot need them took it to 1.08-1.17x, but with
+  two wgmma sites under ``pl.when`` the kernel's other loops ran 11%
+  slower, so it is not here (docs/benchmarks.md, thirty-first session).
 
 Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
