@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +55,24 @@ class NamedMoRStats(_mor.MoRStats):
     return cls(fraction_blocks=vec, fraction_elements=vec, error=vec,
                chosen_error=scalar, amax=scalar, dynamic_range=scalar,
                nonfinite=scalar, names=recipe.names)
+
+
+def _state_dict(stats: NamedMoRStats) -> dict[str, jax.Array]:
+  return {f.name: getattr(stats, f.name)
+          for f in dataclasses.fields(_mor.MoRStats)}
+
+
+def _from_state_dict(target: NamedMoRStats, state: dict) -> NamedMoRStats:
+  # The names are the target's, as when a pytree is restored onto a target.
+  return dataclasses.replace(target, **{
+      name: flax.serialization.from_state_dict(value, state[name], name)
+      for name, value in _state_dict(target).items()})
+
+
+# flax.serialization (``to_bytes``, ``to_state_dict``) handles a model's
+# whole variables, statistics included.
+flax.serialization.register_serialization_state(
+    NamedMoRStats, _state_dict, _from_state_dict)
 
 
 def flatten_stats(mor_stats: Mapping | None = None,
