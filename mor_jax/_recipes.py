@@ -70,6 +70,9 @@ class ErrorNotAbove:
 
   yardstick: Representation = E5M2
 
+  def __post_init__(self):
+    _formats.as_fp8(self.yardstick, name="ErrorNotAbove's yardstick")
+
   def __call__(self, m: "Measurements", fmt: Representation) -> jax.Array:
     return m.error(fmt) <= m.error(self.yardstick)
 

@@ -511,7 +511,7 @@ def intercept(policy: PolicyLike = Policy()) -> Iterator[None]:
 
 
 def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
-            methods: Sequence[str] | None = None) -> nn.Module:
+            methods: str | Sequence[str] | None = None) -> nn.Module:
   """A copy of ``model`` whose Flax Dense, DenseGeneral and Einsum run with MoR.
 
   The copy is an instance of a subclass of ``type(model)`` whose methods
@@ -523,10 +523,11 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
   Args:
     model: an unbound linen Module (the top of the model).
     policy: a ``mor_jax.Policy`` or a ``mor_jax.PolicyRules``.
-    methods: the methods that run with MoR; None (the default): ``__call__``
-      and every public method the model's classes define (Flax's own, such
-      as ``init`` and ``apply``, excepted), so ``apply(..., method="encode")``
-      is quantized too.
+    methods: the methods that run with MoR, by name (one name may be given
+      as a string); None (the default): ``__call__`` and every public method
+      the model's classes define (Flax's own, such as ``init`` and
+      ``apply``, excepted), so ``apply(..., method="encode")`` is quantized
+      too.
 
   Returns:
     The converted model.
@@ -551,6 +552,8 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
     raise TypeError(f"model must be a flax.linen Module, got {model!r}.")
   _policy.check(policy)
   cls = type(model)
+  if isinstance(methods, str):
+    methods = (methods,)
   namespace = {}
   for name in _convert.public_methods(cls) if methods is None else methods:
     method = getattr(cls, name, None)

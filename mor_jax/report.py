@@ -91,10 +91,13 @@ def role_mean(stats: Mapping[str, Any], metric: str) -> dict[str, np.ndarray]:
   return out
 
 
-def markdown_table(rows: Sequence[Mapping[str, str]]) -> str:
-  """Rows of cells (the first row's keys are the columns) as Markdown."""
-  cols = list(rows[0])
-  widths = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
+def markdown_table(rows: Sequence[Mapping[str, str]],
+                   columns: Sequence[str] | None = None) -> str:
+  """Rows of cells as Markdown; the columns default to the first row's keys."""
+  if columns is None and not rows:
+    raise ValueError("markdown_table: no rows and no columns given.")
+  cols = list(rows[0] if columns is None else columns)
+  widths = [max([len(c)] + [len(r[c]) for r in rows]) for c in cols]
   lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
   lines += ["| " + " | ".join(r[c].rjust(w) if i else r[c].ljust(w)
@@ -126,7 +129,8 @@ def layer_table(metrics: Mapping[str, Any]) -> str:
 
   Returns:
     A Markdown table, a row per layer (the path; "-" for a top-level
-    layer), a column per ``<gemm>/<role>`` present.
+    layer), a column per ``<gemm>/<role>`` present; the header alone
+    where ``metrics`` holds no quantization (a model without MoR layers).
   """
   cells: dict[str, dict[str, str]] = {}
   heads = sorted({split_key(k)[1:3] for k in metrics},
@@ -147,7 +151,7 @@ def layer_table(metrics: Mapping[str, Any]) -> str:
   rows = [{"layer": layer, **{f"{g}/{r}": c.get(f"{g}/{r}", "-")
                               for g, r in heads}}
           for layer, c in cells.items()]
-  return markdown_table(rows)
+  return markdown_table(rows, ["layer", *(f"{g}/{r}" for g, r in heads)])
 
 
 class CsvWriter:

@@ -105,6 +105,10 @@ def test_convert_quantizes_every_public_method():
   only_call = dense.convert(_AutoEncoder(), methods=("__call__",))
   _, state = only_call.apply(v, x, method="encode", mutable=["mor_stats"])
   assert not _quantized_layers(state)
+  # One name as a string, not a sequence of one-letter names.
+  only_encode = dense.convert(_AutoEncoder(), methods="encode")
+  _, state = only_encode.apply(v, x, method="encode", mutable=["mor_stats"])
+  assert _quantized_layers(state) == {"enc"}
 
 
 class _Block(nn.Module):

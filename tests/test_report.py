@@ -128,6 +128,11 @@ def test_layer_table_cells():
   assert rows["b/1"][0] == "E4M3 5.00%"
 
 
+def test_layer_table_of_no_quantization_is_its_header():
+  # A model without MoR layers: flatten_stats gives {}.
+  assert report.layer_table({}).splitlines() == ["| layer |", "|-------|"]
+
+
 def test_csv_writer_appends_and_keeps_columns(tmp_path):
   path = tmp_path / "m.csv"
   summary = jax.jit(mor_jax.summarize)(FWD, BWD)

@@ -384,6 +384,11 @@ def _():
   mor_jax.mor_quantize(jnp.ones(4), mor_jax.TensorLevelMoR())
 
 
+@row("yardstick that is not a format", "ErrorNotAbove('E5M2')", ValueError)
+def _():
+  mor_jax.ErrorNotAbove("E5M2")
+
+
 @dataclasses.dataclass(frozen=True)
 class PerElement:
   """A wrong predicate: one bool per element, not per decision unit."""
