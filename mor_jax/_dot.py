@@ -49,7 +49,9 @@ from mor_jax import _block
 from mor_jax import _dispatch
 from mor_jax import _fp8
 from mor_jax import _mor
+from mor_jax import _partition
 from mor_jax import _policy
+from mor_jax import _quantize
 from mor_jax import _stats
 
 # (GEMM, roles of its two operands), in the order of the docstring above.
@@ -91,10 +93,20 @@ def _check_policy(policy) -> _policy.Policy:
 
 def _check_operand(x, name: str) -> jax.Array:
   x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(
-        f"{name} must be a floating-point array, got dtype {x.dtype}.")
+  _quantize.check_input(x, name)
   return x
+
+
+def _check_output_size(dims, lhs_shape, rhs_shape) -> None:
+  """The output's size: the backward pass quantizes its gradient."""
+  (lc, rc), (_, rb) = dims
+  size = (math.prod(n for d, n in enumerate(lhs_shape) if d not in lc) *
+          math.prod(n for d, n in enumerate(rhs_shape) if d not in rc + rb))
+  if size > _partition.MAX_ELEMENTS:
+    raise ValueError(
+        f"the output (whose gradient the backward pass quantizes) has {size} "
+        "elements; at most 2**31 - 1 are supported (block statistics are "
+        "counted in int32).")
 
 
 def _canonical(dimension_numbers, lhs_shape, rhs_shape) -> tuple:
@@ -453,6 +465,7 @@ def dot_general_with_stats(
   policy = _check_policy(policy)
   lhs, rhs = _check_operand(lhs, "lhs"), _check_operand(rhs, "rhs")
   dims = _canonical(dimension_numbers, lhs.shape, rhs.shape)
+  _check_output_size(dims, lhs.shape, rhs.shape)
   expected = zero_probes(policy)
   if probes is None:
     probes = expected

@@ -373,6 +373,26 @@ def _():
                  jax.ShapeDtypeStruct((2**31,), jnp.float32))
 
 
+@row("dot_general operand of more than 2**31 - 1 elements",
+     "dot_general of a (2**19 + 1, 4096) lhs, default policy (under "
+     "eval_shape)", ValueError)
+def _():
+  jax.eval_shape(
+      lambda x, w: mor_jax.dot_general(x, w, DIMS, policy=mor_jax.Policy()),
+      jax.ShapeDtypeStruct((2**19 + 1, 4096), jnp.bfloat16),
+      jax.ShapeDtypeStruct((4096, 16), jnp.bfloat16))
+
+
+@row("dot_general output of more than 2**31 - 1 elements",
+     "dot_general of (2**16, 64) by (64, 2**15) (under eval_shape)",
+     ValueError)
+def _():
+  jax.eval_shape(
+      lambda x, w: mor_jax.dot_general(x, w, DIMS, policy=mor_jax.Policy()),
+      jax.ShapeDtypeStruct((2**16, 64), jnp.bfloat16),
+      jax.ShapeDtypeStruct((64, 2**15), jnp.bfloat16))
+
+
 @row("recipe that is not a Recipe", "mor_quantize(x, 'e4m3')", TypeError)
 def _():
   mor_jax.mor_quantize(jnp.ones(4), "e4m3")
