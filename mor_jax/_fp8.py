@@ -40,6 +40,7 @@ from mor_jax import _mor
 from mor_jax import _numerics
 from mor_jax import _passes
 from mor_jax import _policy
+from mor_jax import _quantize
 from mor_jax import _recipes
 from mor_jax import _scaling
 from mor_jax import _stats
@@ -119,7 +120,9 @@ class Side:
       return x
     deq = _numerics.dequantize_values(self.codes.astype(jnp.float32),
                                       self.recip[:, None], dtype)
-    return jnp.where(self.accepted, deq, x)
+    # Straight-through, as mor_quantize's values: a second-order gradient
+    # differentiates the backward pass, whose operands these are.
+    return _quantize.straight_through(x, jnp.where(self.accepted, deq, x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,15 +225,20 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
     # One kernel reads both decisions and runs FP8, or BF16 on each
     # operand's dequantized codes (written before it, only where read) or
     # its x as it came (16-bit, one dtype).
-    return kernels.gemm.gemm(
+    out = kernels.gemm.gemm(
         *(kernels.gemm.Operand(s.x, s.codes, s.recip, s.accepted,
                                s.transposed) for s in (a, b)),
         out_dtype=out_dtype, config=impl.config.gemm)
-  return jax.lax.cond(
-      a.accepted & b.accepted,
-      lambda: kernels.gemm.fp8_dot(a.codes, b.codes, a.recip, b.recip,
-                                   out_dtype=out_dtype, precision=precision),
-      emulated)
+  else:
+    out = jax.lax.cond(
+        a.accepted & b.accepted,
+        lambda: kernels.gemm.fp8_dot(a.codes, b.codes, a.recip, b.recip,
+                                     out_dtype=out_dtype, precision=precision),
+        emulated)
+  # Differentiated (a second-order gradient, through the backward pass),
+  # the GEMM is the emulated one: the codes carry no gradient. Otherwise
+  # nothing reads the emulated product and XLA removes it.
+  return _quantize.straight_through(emulated(), out)
 
 
 _STATIC = dict(static=True)

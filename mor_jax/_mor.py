@@ -95,7 +95,10 @@ def whole(st: _passes.BlockStats) -> _passes.BlockStats:
   One variadic reduce instead of four small kernels: max, min, or and
   integer sums are exact in any order, so the bits are those of four
   separate reductions. The identities make an empty grid reduce too.
+  Statistics take no gradient: JAX differentiates no variadic reduce, and
+  a second-order gradient (through a backward pass) reaches this one.
   """
+  st = jax.tree.map(jax.lax.stop_gradient, st)
   init = tuple(jnp.asarray(v, a.dtype)
                for v, a in zip((0, False, 0, jnp.inf), st))
 

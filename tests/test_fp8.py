@@ -113,6 +113,42 @@ def test_fp8_equals_emulation(policy, dtype, tol):
     assert _rel(got, want) <= tol
 
 
+@pytest.mark.parametrize("execution", ["emulate", "fp8"])
+def test_second_order_gradients_are_the_view_paths(execution):
+  # A gradient penalty differentiates the backward pass: its quantized
+  # operands are straight-through, as on the view path, where the same
+  # recipe runs with group_shape spelled out. It used to fail (a variadic
+  # reduce has no derivative), then gave zeros (codes carry no gradient).
+  x, w = _operands((16, 32), (32, 8), jnp.float32)
+  view = dataclasses.replace(PER_ROW, group_shape=(None, None))
+
+  def penalty(recipe):
+    policy = mor_jax.Policy.uniform(recipe, execution=execution)
+
+    def grad_norm(x, w):
+      g = jax.grad(lambda x, w: jnp.sum(
+          mor_jax.dot_general(x, w, DENSE, policy=policy) ** 2), (0, 1))
+      return sum(jnp.sum(d ** 2) for d in g(x, w))
+
+    return jax.grad(grad_norm, (0, 1))(x, w)
+
+  for got, want in zip(penalty(PER_ROW), penalty(view)):
+    assert float(jnp.abs(want).max()) > 0
+    assert _rel(got, want) <= 1e-5
+
+
+def test_straight_through_products_are_removed_when_not_differentiated():
+  # Each FP8 GEMM carries its emulated product for a second-order gradient;
+  # a first-order step compiles two dots per GEMM (XLA's FP8 dot and its
+  # BF16 fallback inside the cond), not three.
+  x, w = _operands((32, 64), (64, 16), jnp.bfloat16)
+  policy = _with(mor_jax.Policy(), "fp8")
+  step = jax.jit(jax.grad(lambda x, w: jnp.sum(mor_jax.dot_general(
+      x, w, DENSE, policy=policy).astype(jnp.float32) ** 2), (0, 1)))
+  hlo = step.lower(x, w).compile().as_text()
+  assert len(re.findall(r"= \S+ dot\(", hlo)) == 6
+
+
 def test_per_row_recipe_with_a_yardstick():
   """A per-row recipe whose predicate also measures E5M2, no candidate: the
   dual passes give E4M3's codes and errors, the single-orientation passes
