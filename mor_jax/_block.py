@@ -28,6 +28,7 @@ from mor_jax import _dispatch
 from mor_jax import _formats
 from mor_jax import _fp8
 from mor_jax import _mor
+from mor_jax import _quantize
 from mor_jax import _recipes
 from mor_jax import _scaling
 from mor_jax import _stats
@@ -137,16 +138,25 @@ def gemm(a, b, out_dtype, precision,
   blocked = [isinstance(op, bg.BlockOperand) for op in (a, b)]
   dtype = jnp.result_type(*(op.wide if bo else op
                             for op, bo in zip((a, b), blocked)))
+  # The emulated path's operands, straight-through: a second-order gradient
+  # differentiates the backward pass, and the codes carry no gradient.
+  ste = [_quantize.straight_through(op.wide.T if op.transposed else op.wide,
+                                    op.values) if bo else op
+         for op, bo in zip((a, b), blocked)]
+  emulated = jax.lax.dot_general(
+      ste[0].astype(dtype), ste[1].astype(dtype), _fp8.TN,
+      precision=precision, preferred_element_type=jnp.float32
+  ).astype(out_dtype)
   if not all(blocked):
-    values = [op.values if bo else op for op, bo in zip((a, b), blocked)]
-    return jax.lax.dot_general(
-        values[0].astype(dtype), values[1].astype(dtype), _fp8.TN,
-        precision=precision, preferred_element_type=jnp.float32
-    ).astype(out_dtype)
+    return emulated
   # The kernel takes one 16-bit dtype (``dtype`` then is it); the twin casts
   # the values it computes.
   if _dispatch.gemm_backend(impl, dtype,
                            (a.codes.dtype, b.codes.dtype)) == "pallas":
-    return bg.block_gemm(a, b, out_dtype=out_dtype)
-  return bg.block_gemm_reference(a, b, out_dtype=out_dtype,
-                                 precision=precision)
+    out = bg.block_gemm(a, b, out_dtype=out_dtype)
+  else:
+    out = bg.block_gemm_reference(a, b, out_dtype=out_dtype,
+                                  precision=precision)
+  # Differentiated, the GEMM is the emulated one; otherwise nothing reads
+  # that product and XLA removes it.
+  return _quantize.straight_through(emulated, out)

@@ -137,6 +137,29 @@ def test_second_order_gradients_are_the_view_paths(execution):
     assert _rel(got, want) <= 1e-5
 
 
+@pytest.mark.parametrize("recipe", [mor_jax.TensorLevelMoR(),
+                                    mor_jax.SubTensorMoR()],
+                         ids=["tensor_level", "sub_tensor"])
+def test_block_second_order_gradients_are_emulations(recipe):
+  # The block GEMM's operands are straight-through as well (they gave
+  # zeros); bfloat16 (where the block GEMM runs), to bfloat16's tolerance.
+  x, w = _operands((256, 256), (256, 128), jnp.bfloat16)
+
+  def penalty(execution):
+    policy = mor_jax.Policy.uniform(recipe, execution=execution)
+
+    def grad_norm(x, w):
+      g = jax.grad(lambda x, w: jnp.sum(mor_jax.dot_general(
+          x, w, DENSE, policy=policy).astype(jnp.float32) ** 2), (0, 1))
+      return sum(jnp.sum(d.astype(jnp.float32) ** 2) for d in g(x, w))
+
+    return jax.grad(grad_norm, (0, 1))(x, w)
+
+  for got, want in zip(penalty("fp8"), penalty("emulate")):
+    assert float(jnp.abs(want).max()) > 0
+    assert _rel(got, want) <= 1e-2
+
+
 def test_straight_through_products_are_removed_when_not_differentiated():
   # Each FP8 GEMM carries its emulated product for a second-order gradient;
   # a first-order step compiles two dots per GEMM (XLA's FP8 dot and its
