@@ -728,7 +728,8 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   def fp8_step(acc, xs):
     pa, pb, sa, sb, on = xs
     part = dot(pa.astype(jnp.float32), pb.astype(jnp.float32))
-    return acc + jnp.where(expand(on), part * sa[:, None] * sb[None, :],
+    return acc + jnp.where(expand(on),
+                           gemm.scale_rows_and_columns(part, sa, sb),
                            0.0), None
 
   def wide_step(acc, xs):

@@ -762,7 +762,24 @@ def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,
     a8, b8 = a8.astype(jnp.bfloat16), b8.astype(jnp.bfloat16)
   acc = lax.dot_general(a8, b8, TN, precision=precision,
                         preferred_element_type=jnp.float32)
-  return (acc * ra[:, None] * rb[None, :]).astype(out_dtype)
+  # Scaled in float32, or in float64 for a float64 output.
+  wide = jnp.promote_types(out_dtype, jnp.float32)
+  return scale_rows_and_columns(*(v.astype(wide) for v in (acc, ra, rb))
+                                ).astype(out_dtype)
+
+
+def scale_rows_and_columns(acc: jax.Array, ra: jax.Array,
+                           rb: jax.Array) -> jax.Array:
+  """acc * ra[:, None] * rb[None, :] with no intermediate
+  overflow or underflow that the result itself does not have.
+
+  Where both factors lie on the same side of 1, acc * ra lies between acc
+  and the result; where they lie on opposite sides, ra * rb lies between
+  them. One fixed order is not enough: a row of 1e36 (ra ~ 2e33) against a
+  column of 1e-3 overflowed acc * ra to inf, where the product was 1e33.
+  """
+  ra, rb = ra[:, None], rb[None, :]
+  return jnp.where((ra >= 1) == (rb >= 1), acc * ra * rb, acc * (ra * rb))
 
 
 def _reference(case, a8, b8, ra, rb, a, b, *, transposed, out_dtype,

@@ -145,7 +145,8 @@ def gemm(a, b, out_dtype, precision,
          for op, bo in zip((a, b), blocked)]
   emulated = jax.lax.dot_general(
       ste[0].astype(dtype), ste[1].astype(dtype), _fp8.TN,
-      precision=precision, preferred_element_type=jnp.float32
+      precision=precision,
+      preferred_element_type=jnp.promote_types(dtype, jnp.float32)
   ).astype(out_dtype)
   if not all(blocked):
     return emulated

@@ -71,6 +71,8 @@ class ErrorNotAbove:
   yardstick: Representation = E5M2
 
   def __post_init__(self):
+    # BF16 would measure no error (and the per-row path quantizes the
+    # yardstick with the candidate's scales): FP8 formats only.
     _formats.as_fp8(self.yardstick, name="ErrorNotAbove's yardstick")
 
   def __call__(self, m: "Measurements", fmt: Representation) -> jax.Array:

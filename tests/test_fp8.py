@@ -535,6 +535,25 @@ def _gemm_kernel(a, b, out_dtype):
                            config=kernels.GemmConfig())
 
 
+def test_gemm_twin_scales_without_spurious_overflow():
+  # Rows of factor 2e33 against columns of 1e-6: the product of the
+  # accumulator and the row factor alone passes float32's maximum.
+  rng = np.random.default_rng(2)
+  m, k, n = 128, 256, 96
+  a8, b8 = (np.asarray(rng.standard_normal((r, k)) * 100,
+                       ml_dtypes.float8_e4m3fn) for r in (m, n))
+  ra = np.where(np.arange(m) % 2, 2e33, 1e-3).astype(np.float32)
+  rb = np.where(np.arange(n) % 2, 1e-6, 1e-10).astype(np.float32)
+  want = (a8.astype(np.float64) @ b8.astype(np.float64).T) * (
+      ra[:, None].astype(np.float64) * rb[None, :])
+  a, b = (kernels.gemm.Operand(jnp.zeros(q.shape, jnp.bfloat16),
+                               jnp.asarray(q), jnp.asarray(r), jnp.bool_(True),
+                               False) for q, r in ((a8, ra), (b8, rb)))
+  got = np.asarray(kernels.gemm.gemm_reference(a, b, out_dtype=jnp.float32))
+  assert np.isfinite(want).all() and np.isfinite(got).all()
+  assert _rel(got, want) <= 1e-6
+
+
 @pytest.mark.parametrize("gemm", [
     kernels.gemm.gemm_reference,
     pytest.param(_gemm_kernel, marks=[

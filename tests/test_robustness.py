@@ -221,6 +221,22 @@ def _():
           "codes +-F, not flagged non-finite")
 
 
+@row("float64 dot_general (x64 enabled)",
+     "dot_general(full((2, 8), 1e300), ones((8, 2))), float64, default policy")
+def _():
+  with jax.enable_x64(True):
+    x, w = jnp.full((2, 8), 1e300), jnp.ones((8, 2))
+    for execution in ("emulate", "fp8"):
+      y = mor_jax.dot_general(
+          x, w, DIMS, policy=mor_jax.Policy(execution=execution))
+      assert y.dtype == jnp.float64
+      # FP8 execution scales the codes' product (448 times the factor).
+      np.testing.assert_allclose(np.asarray(y), 8 * F32_MAX,
+                                 rtol=0 if execution == "emulate" else 1e-6)
+  return ("each operand saturated to +-3.4028235e38, the products summed "
+          "and scaled in float64: 8 x 3.4028235e38 (FP8 execution: to 1e-6)")
+
+
 @row("NaN or +-inf in a block",
      "mor_quantize([[1, 3], [inf, 0.3]], Static(E4M3, block_shape=(1, None)))")
 def _():
@@ -233,6 +249,34 @@ def _():
   assert float(s[2, 0]) == 224.0  # 448 / 2: the finite values' scale
   return ("the block falls back to BF16 and passes through unchanged; "
           "stats.nonfinite set; its scale is that of its finite values")
+
+
+@row("FP8 execution of a huge operand against a small one",
+     "dot_general(x ~ 1e36, w ~ 1e-3, execution='fp8') in bfloat16, "
+     "per-row and 128x128 recipes")
+def _():
+  x = jnp.asarray(data.make("normal", (256, 256), np.float32) * 1e36,
+                  jnp.bfloat16)
+  w = jnp.asarray(data.make("normal", (256, 128), np.float32, seed=1) * 1e-3,
+                  jnp.bfloat16)
+  for recipe in (mor_jax.TensorLevelMoR(block_shape=(1, None)),
+                 mor_jax.TensorLevelMoR()):
+    runs = []
+    for execution in ("emulate", "fp8"):
+      policy = mor_jax.Policy.uniform(recipe, execution=execution)
+      loss = lambda x, w, p=policy: jnp.sum(  # noqa: E731
+          mor_jax.dot_general(x, w, DIMS, policy=p).astype(jnp.float32)
+          * 1e-30)
+      y = mor_jax.dot_general(x, w, DIMS, policy=policy)
+      runs.append((y, *jax.grad(loss, (0, 1))(x, w)))
+    for got, want in zip(*runs[::-1]):
+      got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+      assert _finite(got) and _finite(want), recipe
+      assert np.linalg.norm(got - want) <= 1e-2 * np.linalg.norm(want)
+  return ("finite, as emulation's to bfloat16's tolerance: XLA's FP8 path "
+          "applies the two scales in an order that overflows only where the "
+          "product does (docs/numerics.md 6.1; the Hopper kernels do not "
+          "yet)")
 
 
 @row("ratio max/min beyond float32", "mor_quantize([1e-30, 1e30], ...)"
@@ -404,8 +448,11 @@ def _():
   mor_jax.mor_quantize(jnp.ones(4), mor_jax.TensorLevelMoR())
 
 
-@row("yardstick that is not a format", "ErrorNotAbove('E5M2')", ValueError)
+@row("yardstick that is not an FP8 format", "ErrorNotAbove(BF16), "
+     "ErrorNotAbove('E5M2')", ValueError)
 def _():
+  with pytest.raises(ValueError, match="yardstick"):
+    mor_jax.ErrorNotAbove(BF16)
   mor_jax.ErrorNotAbove("E5M2")
 
 
