@@ -495,7 +495,9 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
   six MoR quantizations, each on the operand's 2-D [rows, K] view (see the
   module docstring), of which a tensor with square blocks or one scale,
   whose two views are transposes, runs one and reads it twice.
-  Reverse-mode only (no jvp).
+  Reverse-mode only (no jvp); a second-order gradient (a gradient
+  penalty) differentiates the backward pass with its quantized operands
+  straight-through.
   To read the statistics, use ``dot_general_with_stats`` or the Flax layers
   of ``mor_jax.dense``.
 
