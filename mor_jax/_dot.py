@@ -49,7 +49,6 @@ from mor_jax import _block
 from mor_jax import _dispatch
 from mor_jax import _fp8
 from mor_jax import _mor
-from mor_jax import _partition
 from mor_jax import _policy
 from mor_jax import _quantize
 from mor_jax import _stats
@@ -102,11 +101,8 @@ def _check_output_size(dims, lhs_shape, rhs_shape) -> None:
   (lc, rc), (_, rb) = dims
   size = (math.prod(n for d, n in enumerate(lhs_shape) if d not in lc) *
           math.prod(n for d, n in enumerate(rhs_shape) if d not in rc + rb))
-  if size > _partition.MAX_ELEMENTS:
-    raise ValueError(
-        f"the output (whose gradient the backward pass quantizes) has {size} "
-        "elements; at most 2**31 - 1 are supported (block statistics are "
-        "counted in int32).")
+  _quantize.check_size(
+      size, "the output (whose gradient the backward pass quantizes)")
 
 
 def _canonical(dimension_numbers, lhs_shape, rhs_shape) -> tuple:

@@ -59,9 +59,13 @@ def check_input(x: jax.Array, name: str = "x") -> None:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
         f"{name} must be a floating-point array, got dtype {x.dtype}.")
-  if x.size > _partition.MAX_ELEMENTS:
+  check_size(x.size, name)
+
+
+def check_size(size: int, name: str) -> None:
+  if size > _partition.MAX_ELEMENTS:
     raise ValueError(
-        f"{name} has {x.size} elements; at most 2**31 - 1 are supported "
+        f"{name} has {size} elements; at most 2**31 - 1 are supported "
         "(block statistics are counted in int32).")
 
 
