@@ -93,7 +93,17 @@ def role_mean(stats: Mapping[str, Any], metric: str) -> dict[str, np.ndarray]:
 
 def markdown_table(rows: Sequence[Mapping[str, str]],
                    columns: Sequence[str] | None = None) -> str:
-  """Rows of cells as Markdown; the columns default to the first row's keys."""
+  """Rows of cells as Markdown; the columns default to the first row's keys.
+
+  Examples:
+    >>> print(markdown_table([{"layer": "fc1", "error": "1.2%"}]))
+    | layer | error |
+    |-------|-------|
+    | fc1   |  1.2% |
+    >>> print(markdown_table([], columns=["layer"]))  # no rows: the header
+    | layer |
+    |-------|
+  """
   if columns is None and not rows:
     raise ValueError("markdown_table: no rows and no columns given.")
   cols = list(rows[0] if columns is None else columns)
