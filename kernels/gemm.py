@@ -464,8 +464,13 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, out_ref,
                                   plgpu.Layout.WGMMA.reduce(1))
             rb = load_with_layout(rb_smem.at[wg],
                                   plgpu.Layout.WGMMA.reduce(0))
-            acc = (acc * lax.broadcast_in_dim(ra, (tm, tn), [0]) *
-                   lax.broadcast_in_dim(rb, (tm, tn), [1]))
+            ra = lax.broadcast_in_dim(ra, (tm, tn), [0])
+            rb = lax.broadcast_in_dim(rb, (tm, tn), [1])
+            # No intermediate overflow the product does not have (as
+            # scale_rows_and_columns): one factor first where both lie on
+            # the same side of 1, their product first elsewhere.
+            acc = jnp.where((ra >= 1) == (rb >= 1), acc * ra * rb,
+                            acc * (ra * rb))
           dst = out_ref.at[cols, rows] if swap else out_ref.at[rows, cols]
           write_tile(acc.astype(out_ref.dtype), out_smem, wg, dst,
                      transposed=swap)
