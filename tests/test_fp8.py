@@ -132,9 +132,11 @@ def test_second_order_gradients_are_the_view_paths(execution):
 
     return jax.grad(grad_norm, (0, 1))(x, w)
 
+  # F32_TOL: on a GPU the penalty reads "fp8"'s first-order gradients,
+  # which FP8 tensor cores accumulate in fewer bits (failed at 1e-5 there).
   for got, want in zip(penalty(PER_ROW), penalty(view)):
     assert float(jnp.abs(want).max()) > 0
-    assert _rel(got, want) <= 1e-5
+    assert _rel(got, want) <= F32_TOL
 
 
 @pytest.mark.parametrize("recipe", [mor_jax.TensorLevelMoR(),
@@ -163,13 +165,14 @@ def test_block_second_order_gradients_are_emulations(recipe):
 def test_straight_through_products_are_removed_when_not_differentiated():
   # Each FP8 GEMM carries its emulated product for a second-order gradient;
   # a first-order step compiles two dots per GEMM (XLA's FP8 dot and its
-  # BF16 fallback inside the cond), not three.
+  # BF16 fallback inside the cond), not three, and none beside the Hopper
+  # kernel (a custom call).
   x, w = _operands((32, 64), (64, 16), jnp.bfloat16)
   policy = _with(mor_jax.Policy(), "fp8")
   step = jax.jit(jax.grad(lambda x, w: jnp.sum(mor_jax.dot_general(
       x, w, DENSE, policy=policy).astype(jnp.float32) ** 2), (0, 1)))
   hlo = step.lower(x, w).compile().as_text()
-  assert len(re.findall(r"= \S+ dot\(", hlo)) == 6
+  assert len(re.findall(r"= \S+ dot\(", hlo)) == (0 if _hopper() else 6)
 
 
 def test_per_row_recipe_with_a_yardstick():
