@@ -25,17 +25,19 @@ GEMM, measured, see docs/benchmarks.md):
   the accepted operand's FP8 tile to 16 bits in registers and passes them
   to wgmma as its A; with B accepted, the loop runs on the swapped pair
   and computes the output's transpose, written through transposed tiles.
-  At (16384, 8192, 8192) on the H200 it takes 1.29x cuBLAS BF16's time: a
-  warpgroup waits for each wgmma before converting the next codes (doing
-  it while the wgmma ran gave wrong outputs). Dequantizing each tile in
-  shared memory took twice cuBLAS BF16's time; writing the operand's
-  values before the launch (kernels/wide.py) 1.07-1.10x, but its launch
-  cost every GEMM 1.9% of the 72-GEMM chain, written or not, and each of
-  its outputs held an operand's size in device memory (docs/benchmarks.md,
-  twenty-eighth to thirtieth sessions). Skipping the flush and saturation
-  in tiles whose factors cannot need them took it to 1.08-1.17x, but with
-  two wgmma sites under ``pl.when`` the kernel's other loops ran 11%
-  slower, so it is not here (docs/benchmarks.md, thirty-first session).
+  A warpgroup waits for each wgmma before converting the next codes
+  (doing it while the wgmma ran gave wrong outputs). In a tile whose 64
+  row factors cannot need the flush or the saturation (checked once per
+  tile), the conversion is the bare product. At (16384, 8192, 8192) on the
+  H200 it takes 1.13-1.15x cuBLAS BF16's time in such tiles, 1.38-1.52x
+  in the others (1.29x with the full conversion everywhere). Dequantizing
+  each tile in shared memory took twice cuBLAS BF16's time; writing the
+  operand's values before the launch (kernels/wide.py) 1.07-1.10x, but its
+  launch cost every GEMM 1.9% of the 72-GEMM chain, written or not, and
+  each of its outputs held an operand's size in device memory. The two
+  conversions share one wgmma site (a ``lax.cond`` on the tile's check):
+  with a site under each ``pl.when`` the kernel's other loops ran 11%
+  slower (docs/benchmarks.md, twenty-eighth to thirty-third sessions).
 
 Backend: Mosaic GPU (the upstream default for Hopper). The FP8 loop needs
 ``wgmma`` on FP8 operands fed by TMA at the rate of cuBLAS, and Mosaic GPU
@@ -291,6 +293,17 @@ def _release_late(step, steps: int, stages: int, consumed) -> None:
       plgpu.barrier_arrive(barrier)
 
 
+def _plain_rows(recip_smem, fmt, dtype) -> jax.Array:
+  """Whether every row factor in ``recip_smem`` dequantizes its codes
+  without flush or saturation (``_numerics.dequantize_is_plain``): one
+  scalar for the warpgroup, read factor by factor from shared memory once
+  per tile, where a check of the whole tile costs less than a K step."""
+  plain = jnp.bool_(True)
+  for i in range(recip_smem.shape[0]):
+    plain = plain & _numerics.dequantize_is_plain(recip_smem[i], fmt, dtype)
+  return plain
+
+
 # The kernel's K loops: on two 16-bit operands; on A's FP8 codes,
 # dequantized in registers, and a 16-bit B; on two FP8 operands.
 _WIDE, _DEQ, _FP8 = range(3)
@@ -437,6 +450,9 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, out_ref,
         rows = pl.ds(im * tm, tm)
         cols = pl.ds(jn * bn + wg * tn, tn)
 
+      # What the dequantizing loop's compute context finds for its steps.
+      tile = {}
+
       def compute_context(run_pipeline):
         @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC(
             (hm, bn) if deq else (tm, tn), jnp.float32))
@@ -453,6 +469,8 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, out_ref,
             plgpu.copy_gmem_to_smem(ra_ref.at[rows], ra_half(wg),
                                     barriers.at[2 * wg])
             plgpu.barrier_wait(barriers.at[2 * wg])
+            tile["plain"] = _plain_rows(ra_half(wg), a_gmem.dtype,
+                                        b_gmem.dtype)
           run_pipeline(acc_ref)
           acc = acc_ref[...]
           if fp8:
@@ -479,12 +497,16 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, out_ref,
         *consumed, acc_ref = rest
         if deq:
           # The values of the emulated path, bit for bit: each code times
-          # its row's factor, flushed and saturated, in B's dtype.
+          # its row's factor, flushed and saturated, in B's dtype; in a
+          # tile whose factors need neither, the product alone.
           q = a_smem[pl.ds(wg * hm, hm)].astype(jnp.float32)
           r = load_with_layout(ra_half(wg), plgpu.Layout.WGMMA.reduce(1))
-          a = _numerics.dequantize_values(
-              q, lax.broadcast_in_dim(r, q.shape, [0]), b_gmem.dtype,
-              q_finite=True)
+          r = lax.broadcast_in_dim(r, q.shape, [0])
+          a = lax.cond(
+              tile["plain"],
+              lambda q, r: (q * r).astype(b_gmem.dtype),
+              lambda q, r: _numerics.dequantize_values(
+                  q, r, b_gmem.dtype, q_finite=True), q, r)
           plgpu.wgmma(acc_ref, a, b_smem if b_kr else b_smem.T)
           plgpu.wgmma_wait(release)
           return acc_ref

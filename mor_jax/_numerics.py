@@ -101,6 +101,32 @@ def dequantize_values(q: jax.Array, recip: jax.Array, dtype, *,
   return out.astype(dtype)
 
 
+def dequantize_is_plain(recip: jax.Array, fmt, dtype) -> jax.Array:
+  """Whether ``dequantize_values(q, recip, dtype)`` is ``(q * recip)
+  .astype(dtype)`` for every finite code ``q`` of ``fmt``.
+
+  It is where no product needs the flush or the saturation: the smallest
+  nonzero code times ``recip`` is at least float32's smallest normal (a
+  product of exact reals at least that rounds to at least that), and the
+  largest code times ``recip``, rounded, at most ``dtype``'s largest value
+  (rounding is monotonic, so smaller codes' products are no larger). A
+  kernel checks this once per tile of rows and skips four operations per
+  element where it holds. NaN factors are not plain.
+
+  Args:
+    recip: float32 reciprocals of the scales.
+    fmt: the codes' FP8 dtype.
+    dtype: the output dtype.
+
+  Returns:
+    bool, elementwise over ``recip``.
+  """
+  info = jnp.finfo(fmt)
+  lowest = np.float32(TINY / float(info.smallest_subnormal))
+  big = min(float(jnp.finfo(dtype).max), float(_F32.max))
+  return (recip >= lowest) & (recip * np.float32(info.max) <= big)
+
+
 def exponent(x: jax.Array) -> jax.Array:
   """Unbiased exponent of a positive normal float32 (int32)."""
   return ((_bits(x) >> _MANT_BITS) & _EXP_MASK) - _BIAS

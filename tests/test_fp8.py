@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import mor_jax
 from mor_jax import _dispatch
+from mor_jax import _numerics
 from mor_jax import kernels
 from mor_jax.dense import MoRDense
 from mor_jax.kernels import tile
@@ -504,15 +505,17 @@ def test_dual_passes_lower_for_cuda(ptx):
     assert len(re.findall(r"= stablehlo\.reduce\(", module)) == reduces
 
 
-def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed):
+def _gemm_operand(rows, k, accepted, transposed, dtype, fmt, seed,
+                  recip=None):
   """(kernels.gemm.Operand, what the BF16 path must take for it, NumPy)."""
   rng = np.random.default_rng(seed)
   x = np.asarray(rng.standard_normal((rows, k)), dtype)
   codes = np.asarray(rng.standard_normal((rows, k)) * 100, fmt)
-  # Row reciprocals whose products are float32 subnormals (flushed), and
-  # large ones whose products float16 cannot hold (saturated).
-  recip = rng.uniform(0.01, 1000, rows).astype(np.float32)
-  recip[::5] = np.float32(2e-38)
+  if recip is None:
+    # Row reciprocals whose products are float32 subnormals (flushed), and
+    # large ones whose products float16 cannot hold (saturated).
+    recip = rng.uniform(0.01, 1000, rows).astype(np.float32)
+    recip[::5] = np.float32(2e-38)
   if accepted:
     with np.errstate(over="ignore"):
       want = reference.to_dtype(
@@ -531,6 +534,63 @@ def _identity(k, accepted, dtype):
   return kernels.gemm.Operand(
       jnp.asarray(eye, dtype), jnp.asarray(eye, jnp.float8_e4m3fn),
       jnp.ones((k,), jnp.float32), jnp.bool_(accepted), False)
+
+
+@pytest.mark.parametrize("fmt", [ml_dtypes.float8_e4m3fn,
+                                 ml_dtypes.float8_e5m2], ids=str)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_plain_dequantization_is_the_emulated_one(fmt, dtype):
+  """Where ``dequantize_is_plain`` holds for a factor, the bare product of
+  every finite code with it, cast, is the emulated value (flushed,
+  saturated; NumPy) bit for bit; a factor of two past its bounds, some
+  code needs the flush or the saturation."""
+  dtype = data.DTYPES[dtype]
+  q = np.arange(256, dtype=np.uint8).view(fmt).astype(np.float32)
+  q = q[np.isfinite(q)]
+  big = min(float(ml_dtypes.finfo(dtype).max), float(reference.F32_MAX))
+
+  def bare_and_emulated(r):
+    with np.errstate(over="ignore"):
+      v = q * np.float32(r)
+      return (v.astype(dtype).view(np.uint8),
+              np.clip(reference.flush(v), -big, big).astype(dtype
+                                                           ).view(np.uint8))
+
+  def plain(r):
+    return bool(_numerics.dequantize_is_plain(jnp.float32(r), fmt, dtype))
+
+  def edge(lo, hi):
+    # Binary search over float32 bit patterns (positive floats are ordered
+    # as their bits) for where ``plain`` flips between lo and hi.
+    lo, hi = np.float32(lo).view(np.int32), np.float32(hi).view(np.int32)
+    want = plain(hi.view(np.float32))
+    while hi - lo > 1:
+      mid = np.int32((int(lo) + int(hi)) // 2)
+      if plain(mid.view(np.float32)) == want:
+        hi = mid
+      else:
+        lo = mid
+    return lo.view(np.float32), hi.view(np.float32)
+
+  below, first = edge(reference.F32_TINY, 1.0)
+  last, above = edge(1.0, 2.0**126)
+  assert not plain(below) and plain(first) and plain(last)
+  assert not plain(above)
+  rs = np.concatenate([np.geomspace(first, last, 2000, dtype=np.float32),
+                       [first, np.nextafter(first, np.float32(1)), last]])
+  for r in rs:
+    got, want = bare_and_emulated(r)
+    np.testing.assert_array_equal(got, want, err_msg=str(r))
+  # At half the lower bound the smallest codes need the flush where the
+  # dtype holds float32's subnormals (just below it, rounding may still
+  # lift their products to normal); at twice the upper one the largest need
+  # the saturation.
+  past = [2 * last]
+  if ml_dtypes.finfo(dtype).smallest_subnormal < below:
+    past.append(below / 2)
+  for r in past:
+    got, want = bare_and_emulated(r)
+    assert (got != want).any(), r
 
 
 def _gemm_kernel(a, b, out_dtype):
@@ -588,6 +648,28 @@ def test_gemm_bf16_path_takes_emulated_operands(gemm, accepted, eye_accepted,
   fn = jax.jit(functools.partial(gemm, out_dtype=jnp.float32))
   for got in (fn(op, eye), fn(eye, op).T):
     # Equal values (a flushed -0 comes back as +0 from the sum).
+    np.testing.assert_array_equal(np.asarray(got),
+                                  np.asarray(want, np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the GEMM kernel needs sm_90")
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gemm_dequantizes_plain_tiles_as_the_others(transposed, dtype):
+  """The dequantizing loop multiplies plainly in tiles of 64 rows whose
+  factors need neither flush nor saturation (rows 64-127, 192-199) and in
+  full elsewhere (a factor that flushes in rows 0-63, one that saturates in
+  128-191, the padded rows after 200): as A and as B, both layouts, the BF16
+  path gives back the emulated values bit for bit."""
+  dtype = data.DTYPES[dtype]
+  recip = np.random.default_rng(5).uniform(0.01, 1, 200).astype(np.float32)
+  recip[7], recip[150] = np.float32(2e-38), np.float32(1e35)
+  op, want = _gemm_operand(200, 300, True, transposed, dtype,
+                           ml_dtypes.float8_e5m2, seed=4, recip=recip)
+  eye = _identity(300, False, dtype)
+  fn = jax.jit(functools.partial(_gemm_kernel, out_dtype=jnp.float32))
+  for got in (fn(op, eye), fn(eye, op).T):
     np.testing.assert_array_equal(np.asarray(got),
                                   np.asarray(want, np.float32))
 
