@@ -700,7 +700,9 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   Every K block pair that runs in FP8 is a float32 dot of the codes, scaled
   by the two blocks' reciprocals and added to a float32 sum in K order; the
   BF16 pairs' products are summed apart and the two sums added, as the
-  kernel's two loops do. ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
+  kernel's two loops do. For float64 values (the kernel's are 16-bit) the
+  scaling and both sums are float64, as the emulated path's dot.
+  ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
   """
   _check(a, b)
   m, k = a.codes.shape
@@ -717,9 +719,9 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   dtype = jnp.result_type(aw, bw)
   aw, bw = aw.astype(dtype), bw.astype(dtype)
   blocks = lambda x: x.reshape(x.shape[0], kb, BLOCK).swapaxes(0, 1)  # noqa: E731
+  acc_t = gemm.accumulator_dtype(dtype)
   dot = functools.partial(lax.dot_general, dimension_numbers=gemm.TN,
-                          precision=precision,
-                          preferred_element_type=jnp.float32)
+                          precision=precision)
 
   # The step's pairs, one per output element (made per step: at full size
   # all of K's would take gigabytes).
@@ -727,16 +729,19 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
 
   def fp8_step(acc, xs):
     pa, pb, sa, sb, on = xs
-    part = dot(pa.astype(jnp.float32), pb.astype(jnp.float32))
-    return acc + jnp.where(expand(on),
-                           gemm.scale_rows_and_columns(part, sa, sb),
-                           0.0), None
+    # 128 products of codes: exact enough in float32 for any dtype.
+    part = dot(pa.astype(jnp.float32), pb.astype(jnp.float32),
+               preferred_element_type=jnp.float32)
+    scaled = gemm.scale_rows_and_columns(
+        *(v.astype(acc_t) for v in (part, sa, sb)))
+    return acc + jnp.where(expand(on), scaled, 0.0), None
 
   def wide_step(acc, xs):
     pa, pb, on = xs
-    return acc + jnp.where(expand(on), 0.0, dot(pa, pb)), None
+    return acc + jnp.where(expand(on), 0.0,
+                           dot(pa, pb, preferred_element_type=acc_t)), None
 
-  zero = jnp.zeros((mp, np_), jnp.float32)
+  zero = jnp.zeros((mp, np_), acc_t)
   acc8, _ = lax.scan(fp8_step, zero, (blocks(a8), blocks(b8), ra, rb, on))
   acc, _ = lax.scan(wide_step, zero, (blocks(aw), blocks(bw), on))
   return (acc + acc8)[:m, :n].astype(out_dtype)

@@ -790,9 +790,16 @@ def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,
   acc = lax.dot_general(a8, b8, TN, precision=precision,
                         preferred_element_type=jnp.float32)
   # Scaled in float32, or in float64 for a float64 output.
-  wide = jnp.promote_types(out_dtype, jnp.float32)
+  wide = accumulator_dtype(out_dtype)
   return scale_rows_and_columns(*(v.astype(wide) for v in (acc, ra, rb))
                                 ).astype(out_dtype)
+
+
+def accumulator_dtype(dtype) -> jnp.dtype:
+  """float64 for float64, float32 for every other float (FP8 ones too,
+  which ``jnp.promote_types`` refuses to promote)."""
+  return jnp.dtype(jnp.float64 if jnp.dtype(dtype) == jnp.float64
+                   else jnp.float32)
 
 
 def scale_rows_and_columns(acc: jax.Array, ra: jax.Array,

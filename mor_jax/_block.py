@@ -146,7 +146,7 @@ def gemm(a, b, out_dtype, precision,
   emulated = jax.lax.dot_general(
       ste[0].astype(dtype), ste[1].astype(dtype), _fp8.TN,
       precision=precision,
-      preferred_element_type=jnp.promote_types(dtype, jnp.float32)
+      preferred_element_type=kernels.gemm.accumulator_dtype(dtype)
   ).astype(out_dtype)
   if not all(blocked):
     return emulated

@@ -216,8 +216,8 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
     # float32 accumulation, float64 for float64 operands (as the view path).
     return jax.lax.dot_general(a.emulated(dtype), b.emulated(dtype), TN,
                                precision=precision,
-                               preferred_element_type=jnp.promote_types(
-                                   dtype, jnp.float32)
+                               preferred_element_type=(
+                                   kernels.gemm.accumulator_dtype(dtype))
                                ).astype(out_dtype)
 
   if execution == "emulate" or a.codes is None or b.codes is None:
