@@ -258,7 +258,9 @@ def convert(model: nnx.Module,
   statistics variables of ``MoRLinear``. The policy is chosen as on the
   linen route: ``PolicyRules`` match the layer's path (its attribute
   names, e.g. "blocks/0/mlp/fc1") and size; a rule that matches no layer
-  warns, naming it. Converting twice changes nothing.
+  warns, naming it. Converting twice changes nothing. Layers stacked by
+  ``nnx.vmap`` (scan over layers) are a ValueError: convert each inside
+  the vmapped constructor.
 
   Args:
     model: the NNX model, changed in place.
@@ -284,16 +286,48 @@ def convert(model: nnx.Module,
     >>> sorted({k.split("/")[0] for k in flatten_stats(model)})
     ['fc1']
   """
+  _check_model(model, "convert")
   _policy.check(policy)
   with _policy.tracking(policy):
     for path, layer, hook, gemm in list(_layers(model)):
-      if not _is_default_hook(layer, hook):
+      mor = isinstance(getattr(layer, hook), (MoRDotGeneral, MoREinsumOp))
+      if not (mor or _is_default_hook(layer, hook)):
         continue
+      _check_unstacked(path, layer)
+      # A layer converted before is matched again (so its rule is not
+      # reported unused) and left as it is.
       chosen = _policy.policy_at(policy, path, gemm)
-      if chosen is not None:
+      if chosen is not None and not mor:
         op = MoREinsumOp if hook == "einsum_op" else MoRDotGeneral
         setattr(layer, hook, nnx.data(op(chosen)))
   return model
+
+
+def _check_model(model, fn: str) -> None:
+  if not isinstance(model, nnx.Module):
+    raise TypeError(
+        f"model must be a flax.nnx Module (for linen, mor_jax.dense.{fn}), "
+        f"got {type(model).__name__}.")
+
+
+def _check_unstacked(path: str, layer: nnx.Module) -> None:
+  """A layer built under ``nnx.vmap`` holds a kernel with a leading stack
+  axis; MoR's statistics variables would be unstacked beside it and break
+  ``nnx.scan`` deep inside."""
+  if isinstance(layer, nnx.Linear):
+    rank = 2
+  elif isinstance(layer, nnx.LinearGeneral):
+    rank = (len(layer.batch_axis) + len(layer.in_features) +
+            len(layer.out_features))
+  else:
+    rank = len(layer.kernel_shape)
+  shape = layer.kernel.shape
+  if len(shape) != rank:
+    raise ValueError(
+        f"{path or 'the model'}: kernel of shape {shape} has "
+        f"{len(shape) - rank} stacked "
+        "axes (built under nnx.vmap): call mor_jax.nnx.convert on each "
+        "layer inside the vmapped constructor instead.")
 
 
 def _layers(model: nnx.Module):
@@ -357,6 +391,7 @@ def flatten_stats(model: nnx.Module,
   Returns:
     A dict of 0-d float32 arrays.
   """
+  _check_model(model, "flatten_stats")
   fwd = _by_layer(nnx.to_pure_dict(nnx.state(model, ForwardStats)))
   bwd = (None if grads is None else _by_layer(
       nnx.to_pure_dict(nnx.filter_state(grads, GradProbes))))

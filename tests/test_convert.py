@@ -341,6 +341,18 @@ def test_nnx_convert_in_place():
       model, grads)
 
 
+def test_nnx_convert_twice_reports_no_unused_rule():
+  # The second call matches the converted layers again: no rule warns that
+  # it matched nothing (it did, and "converting twice changes nothing").
+  model = _NnxModel(nnx.Rngs(0))
+  rules = mor_jax.PolicyRules(rules=((r"qkv", NOQUANT), (r"lm_head", None)))
+  for _ in range(2):
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      mor_nnx.convert(model, rules)
+  assert model.qkv.dot_general.policy == NOQUANT
+
+
 def test_small_and_filtered_layers_stay_plain_on_nnx():
   model = mor_nnx.convert(_NnxModel(nnx.Rngs(0)), _size_rules())
   # qkv 32 x 64, heads 64 x 64, out 64 x 48, fc2 filtered, lm_head 16 x 10.

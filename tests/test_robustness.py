@@ -15,6 +15,7 @@ through the Pallas kernels (interpret mode off a GPU) as well.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 from collections.abc import Callable
 
@@ -23,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 import mor_jax
+import mor_jax.nnx  # noqa: F401  (mor_jax.nnx.convert)
 from mor_jax.dense import MoRDense
 from mor_jax.dense import flatten_stats
 from tests import cases
@@ -222,19 +226,36 @@ def _():
 
 
 @row("float64 dot_general (x64 enabled)",
-     "dot_general(full((2, 8), 1e300), ones((8, 2))), float64, default policy")
+     "dot_general(full((2, 8), 1e300), ones((8, 2))), float64, default "
+     "policy and 128x128 blocks")
 def _():
   with jax.enable_x64(True):
     x, w = jnp.full((2, 8), 1e300), jnp.ones((8, 2))
-    for execution in ("emulate", "fp8"):
-      y = mor_jax.dot_general(
-          x, w, DIMS, policy=mor_jax.Policy(execution=execution))
+    for execution, recipe in itertools.product(
+        ("emulate", "fp8"), (mor_jax.Policy().activation,
+                             mor_jax.TensorLevelMoR())):
+      y = mor_jax.dot_general(x, w, DIMS, policy=mor_jax.Policy.uniform(
+          recipe, execution=execution))
       assert y.dtype == jnp.float64
-      # FP8 execution scales the codes' product (448 times the factor).
+      # FP8 execution scales the codes' product (448 times the factor);
+      # the block GEMM's sums were float32 and overflowed.
       np.testing.assert_allclose(np.asarray(y), 8 * F32_MAX,
                                  rtol=0 if execution == "emulate" else 1e-6)
   return ("each operand saturated to +-3.4028235e38, the products summed "
           "and scaled in float64: 8 x 3.4028235e38 (FP8 execution: to 1e-6)")
+
+
+@row("float8 operands of dot_general",
+     "dot_general of float8_e4m3fn (4, 8) by (8, 3) ones, default policy")
+def _():
+  x, w = (jnp.ones(s, jnp.float8_e4m3fn) for s in ((4, 8), (8, 3)))
+  for execution in ("emulate", "fp8"):
+    y = mor_jax.dot_general(x, w, DIMS,
+                            policy=mor_jax.Policy(execution=execution))
+    assert y.dtype == jnp.float8_e4m3fn, y.dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32), 8.0)
+  return ("accepted, as by lax.dot_general: computed in float32, the output "
+          "in float8_e4m3fn (it raised a TypePromotionError)")
 
 
 @row("NaN or +-inf in a block",
@@ -508,6 +529,30 @@ def _():
 def _():
   with mor_jax.use_implementation("cuda"):
     pass
+
+
+@row("mor_jax.nnx.convert of a linen model",
+     "mor_jax.nnx.convert(MoRDense(4), Policy())", TypeError)
+def _():
+  mor_jax.nnx.convert(MoRDense(4), mor_jax.Policy())
+
+
+@row("mor_jax.nnx.flatten_stats of linen variables",
+     "mor_jax.nnx.flatten_stats({'mor_stats': ...})", TypeError)
+def _():
+  mor_jax.nnx.flatten_stats({"mor_stats": {}})
+
+
+@row("NNX layers stacked by nnx.vmap (scan over layers)",
+     "mor_jax.nnx.convert of an nnx.Linear whose kernel is (3, 16, 16)",
+     ValueError)
+def _():
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def stack(rngs):
+    return nnx.Linear(16, 16, rngs=rngs)
+
+  mor_jax.nnx.convert(stack(nnx.Rngs(0)), mor_jax.Policy())
 
 
 # ---------------------------------------------------------------------------
