@@ -21,6 +21,8 @@ costs no pass writing them.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -72,6 +74,10 @@ def applies(execution: _fp8.Execution, dims, policy, dtype) -> bool:
   return execution == "fp8"
 
 
+# jit: called eagerly, op by op, its error sums would be added in another
+# order than ``mor_quantize``'s (jitted) and the statistics differ in the
+# last bits from "emulate"'s.
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def quantize(x: jax.Array, recipe: _recipes.Recipe,
              impl: _dispatch.Implementation
              ) -> tuple[bg.BlockOperand | jax.Array, _stats.NamedMoRStats]:

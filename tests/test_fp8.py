@@ -424,6 +424,19 @@ def test_auto_runs_block_recipes_where_the_kernel_runs(capability, dtype, impl,
     assert not _block.applies("fp8", DENSE, mor_jax.Policy(), dtype)
 
 
+@pytest.mark.parametrize("policy", [mor_jax.Policy(), MOR_BLOCK],
+                         ids=["per_row", "block"])
+def test_eager_statistics_are_emulations(policy):
+  # Called without jit, the block path ran its selection op by op and its
+  # error sums came out in another order than mor_quantize's (jitted): the
+  # last bits differed, and a threshold between them flips a decision.
+  x, w = _operands((130, 140), (140, 9), jnp.float32)
+  em, f8 = (mor_jax.dot_general_with_stats(
+      x, w, DENSE, mor_jax.zero_probes(policy),
+      policy=_with(policy, execution))[1] for execution in ("emulate", "fp8"))
+  _assert_same_stats(em, f8)
+
+
 @pytest.mark.skipif(ON_GPU, reason="the jnp twin")
 def test_block_fp8_layout_and_bf16_gradients(monkeypatch):
   """bfloat16; two contracting dimensions, listed out of axis order on both
