@@ -797,7 +797,15 @@ def fp8_dot(a8: jax.Array, b8: jax.Array, ra: jax.Array, rb: jax.Array, *,
 
 def accumulator_dtype(dtype) -> jnp.dtype:
   """float64 for float64, float32 for every other float (FP8 ones too,
-  which ``jnp.promote_types`` refuses to promote)."""
+  which ``jnp.promote_types`` refuses to promote).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mor_jax.kernels import gemm
+    >>> [str(gemm.accumulator_dtype(t)) for t in (jnp.bfloat16, jnp.float64,
+    ...                                           jnp.float8_e4m3fn)]
+    ['float32', 'float64', 'float32']
+  """
   return jnp.dtype(jnp.float64 if jnp.dtype(dtype) == jnp.float64
                    else jnp.float32)
 

@@ -611,13 +611,17 @@ def _gemm_kernel(a, b, out_dtype):
                            config=kernels.GemmConfig())
 
 
-@pytest.mark.parametrize("gemm", [
+# The jnp twin everywhere, the kernel where it runs.
+TWIN_AND_KERNEL = pytest.mark.parametrize("gemm", [
     kernels.gemm.gemm_reference,
     pytest.param(_gemm_kernel, marks=[
         pytest.mark.gpu,
         pytest.mark.skipif(not _hopper(),
                            reason="the GEMM kernel needs sm_90")])],
-                         ids=["twin", "kernel"])
+    ids=["twin", "kernel"])
+
+
+@TWIN_AND_KERNEL
 def test_gemm_scales_without_spurious_overflow(gemm):
   # Rows of factor 2e33 against columns of 1e-6: the product of the
   # accumulator and the row factor alone passes float32's maximum.
@@ -637,13 +641,7 @@ def test_gemm_scales_without_spurious_overflow(gemm):
   assert _rel(got, want) <= (1e-3 if ON_GPU else 1e-6)
 
 
-@pytest.mark.parametrize("gemm", [
-    kernels.gemm.gemm_reference,
-    pytest.param(_gemm_kernel, marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not _hopper(),
-                           reason="the GEMM kernel needs sm_90")])],
-                         ids=["twin", "kernel"])
+@TWIN_AND_KERNEL
 @pytest.mark.parametrize("accepted,eye_accepted", [
     (True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("transposed", [False, True])
