@@ -52,14 +52,16 @@ def block_capable(recipe: _recipes.Recipe) -> bool:
           all(f in (_formats.E4M3, _formats.E5M2) for f in fp8))
 
 
-def applies(execution: _fp8.Execution, dims, policy, dtype) -> bool:
+def applies(execution: _fp8.Execution, dims, policy, dtype,
+            shapes) -> bool:
   """Whether this dot_general's GEMMs run through the block GEMM.
 
   "fp8" asks for it by name (the kernel where it runs, its jnp twin
   elsewhere); "auto" takes it where the kernel itself runs (Hopper, a
-  16-bit compute ``dtype``, the codes' pairs this jax's Mosaic GPU takes:
-  ``_dispatch.gemm_backend``), as on an H200 it trained the ~1B preset
-  1.14x faster than emulation (docs/benchmarks.md); the twin would not.
+  16-bit compute ``dtype``, the codes' pairs this jax's Mosaic GPU takes,
+  arrays of ``shapes`` it indexes: ``_dispatch.gemm_backend``), as on an
+  H200 it trained the ~1B preset 1.14x faster than emulation
+  (docs/benchmarks.md); the twin would not.
   """
   (_, _), (lb, _) = dims
   recipes = (policy.activation, policy.weight, policy.gradient)
@@ -69,8 +71,8 @@ def applies(execution: _fp8.Execution, dims, policy, dtype) -> bool:
   if execution == "auto":
     codes = [r.formats[0].dtype for r in recipes if block_capable(r)]
     # The kernel runs on Hopper only, so FP8 tensor cores come with it.
-    return _dispatch.gemm_backend(_dispatch.current(), dtype,
-                                  codes) == "pallas"
+    return _dispatch.gemm_backend(_dispatch.current(), dtype, codes,
+                                  shapes) == "pallas"
   return execution == "fp8"
 
 
@@ -128,7 +130,7 @@ def transpose(op: bg.BlockOperand | jax.Array,
     return op.T
   codes = (kernels.transpose.transpose_codes(op.codes,
                                              interpret=impl.interpret)
-           if impl.uses_pallas() else op.codes.T)
+           if impl.uses_pallas(op.codes.shape) else op.codes.T)
   return bg.BlockOperand(codes, op.recip.T, op.rep.T, op.wide,
                          not op.transposed)
 
@@ -158,8 +160,9 @@ def gemm(a, b, out_dtype, precision,
     return emulated
   # The kernel takes one 16-bit dtype (``dtype`` then is it); the twin casts
   # the values it computes.
-  if _dispatch.gemm_backend(impl, dtype,
-                           (a.codes.dtype, b.codes.dtype)) == "pallas":
+  shapes = (a.codes.shape, b.codes.shape, emulated.shape)
+  if _dispatch.gemm_backend(impl, dtype, (a.codes.dtype, b.codes.dtype),
+                           shapes) == "pallas":
     out = bg.block_gemm(a, b, out_dtype=out_dtype)
   else:
     out = bg.block_gemm_reference(a, b, out_dtype=out_dtype,

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mor_jax import _partition
 from mor_jax import _passes
@@ -33,6 +35,10 @@ from mor_jax import kernels
 
 NAMES = ("auto", "pallas", "xla")
 ENV_VAR = "MOR_JAX_IMPL"
+# The kernels index in int32 and never ran on larger arrays (a sharded
+# array's global size counts: the choice is made before partitioning).
+# Larger ones take the XLA path: the same bits, at XLA's speed.
+MAX_KERNEL_ELEMENTS = int(np.iinfo(np.int32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +55,19 @@ class Implementation:
       raise TypeError("config must be a mor_jax.kernels.KernelConfig, got "
                       f"{self.config!r}.")
 
-  def uses_pallas(self) -> bool:
-    return self.name == "pallas" or (self.name == "auto" and nvidia_gpu())
+  def uses_pallas(self, *shapes) -> bool:
+    """Whether the kernels run, on arrays of these ``shapes``."""
+    return _fit(shapes) and (self.name == "pallas" or
+                             (self.name == "auto" and nvidia_gpu()))
 
   @property
   def interpret(self) -> bool:
     """Whether the kernels run in interpret mode (off a GPU)."""
     return not on_gpu()
+
+
+def _fit(shapes) -> bool:
+  return all(math.prod(s) <= MAX_KERNEL_ELEMENTS for s in shapes)
 
 
 def on_gpu() -> bool:
@@ -143,26 +155,28 @@ def _capability() -> tuple[int, int]:
   return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def dual(impl: Implementation) -> _passes.DualPasses:
-  """Both orientations' passes of a matrix (kernels/dual.py)."""
-  if impl.uses_pallas():
+def dual(impl: Implementation, shape) -> _passes.DualPasses:
+  """Both orientations' passes of a matrix of ``shape`` (kernels/dual.py)."""
+  if impl.uses_pallas(shape):
     return kernels.dual.PallasDual(impl.config.dual, impl.interpret,
                                    ptx=nvidia_gpu())
   return _xla.XlaDual()
 
 
-def gemm_backend(impl: Implementation, dtype, codes_dtypes=()) -> str:
+def gemm_backend(impl: Implementation, dtype, codes_dtypes=(),
+                 shapes=()) -> str:
   """"pallas" (kernels/gemm.py, kernels/block_gemm.py) or "xla" for a GEMM.
 
   The kernels run on Hopper GPUs (sm_90) for 16-bit compute dtypes, unless
-  the setting is "xla", and on FP8 codes of two dtypes (``codes_dtypes``:
-  E4M3 x E5M2) only where this jax's Mosaic GPU takes such a pair
-  (``kernels.gemm.takes_mixed_fp8``: jax 0.11, not 0.10).
+  the setting is "xla" or an array of ``shapes`` (operands, output) is
+  larger than ``MAX_KERNEL_ELEMENTS``, and on FP8 codes of two dtypes
+  (``codes_dtypes``: E4M3 x E5M2) only where this jax's Mosaic GPU takes
+  such a pair (``kernels.gemm.takes_mixed_fp8``: jax 0.11, not 0.10).
   """
   hopper = on_gpu() and _capability()[0] == 9
   wide_16 = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16),
                                  jnp.dtype(jnp.float16))
-  if impl.name == "xla" or not hopper or not wide_16:
+  if impl.name == "xla" or not hopper or not wide_16 or not _fit(shapes):
     return "xla"
   mixed = len({jnp.dtype(t) for t in codes_dtypes}) > 1
   return "xla" if mixed and not kernels.gemm.takes_mixed_fp8() else "pallas"
@@ -191,7 +205,7 @@ PASSES: dict[str, Callable[[_partition.Partition, Implementation],
 
 def passes(part: _partition.Partition, impl: Implementation) -> _passes.Passes:
   """The passes that run ``part`` under the setting ``impl``."""
-  if impl.uses_pallas():
+  if impl.uses_pallas(part.shape):
     chosen = PASSES["pallas"](part, impl)
     if chosen is not None:
       return chosen

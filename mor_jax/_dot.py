@@ -96,13 +96,26 @@ def _check_operand(x, name: str) -> jax.Array:
   return x
 
 
-def _check_output_size(dims, lhs_shape, rhs_shape) -> None:
-  """The output's size: the backward pass quantizes its gradient."""
-  (lc, rc), (_, rb) = dims
-  size = (math.prod(n for d, n in enumerate(lhs_shape) if d not in lc) *
-          math.prod(n for d, n in enumerate(rhs_shape) if d not in rc + rb))
-  _quantize.check_size(
-      size, "the output (whose gradient the backward pass quantizes)")
+def _out_shape(dims, lhs_shape, rhs_shape) -> tuple[int, ...]:
+  """``lax.dot_general``'s output shape: batch, lhs free, rhs free."""
+  (lc, rc), (lb, rb) = dims
+  return tuple([lhs_shape[d] for d in lb] +
+               [n for d, n in enumerate(lhs_shape) if d not in lc + lb] +
+               [n for d, n in enumerate(rhs_shape) if d not in rc + rb])
+
+
+def _check_blocks(dims, lhs_shape, rhs_shape, policy) -> None:
+  """Every block of the six quantizations can be counted
+  (``_mor.partition``), checked before the forward pass: the backward's
+  gradient is the output's shape."""
+  shapes = {"activation": lhs_shape, "weight": rhs_shape,
+            "gradient": _out_shape(dims, lhs_shape, rhs_shape)}
+  for (gemm, role), (rows, k) in _views(dims, len(lhs_shape),
+                                        len(rhs_shape)).items():
+    shape = shapes[role]
+    view = (math.prod(shape[d] for d in rows), math.prod(shape[d] for d in k))
+    _mor.partition(view, getattr(policy, role),
+                   f"the {role} in {gemm} (its [rows, K] view)")
 
 
 def _canonical(dimension_numbers, lhs_shape, rhs_shape) -> tuple:
@@ -338,7 +351,9 @@ def _uses_blocks(dims, policy, lhs, rhs) -> bool:
   """Whether the GEMMs run through the block GEMM (``mor_jax._block``)."""
   return bool(lhs.size and rhs.size and
               _block.applies(policy.execution, dims, policy,
-                             jnp.result_type(lhs.dtype, rhs.dtype)))
+                             jnp.result_type(lhs.dtype, rhs.dtype),
+                             (lhs.shape, rhs.shape,
+                              _out_shape(dims, lhs.shape, rhs.shape))))
 
 
 def _forward_blocks(lhs, rhs, dims, views, policy, precision, pet):
@@ -461,7 +476,7 @@ def dot_general_with_stats(
   policy = _check_policy(policy)
   lhs, rhs = _check_operand(lhs, "lhs"), _check_operand(rhs, "rhs")
   dims = _canonical(dimension_numbers, lhs.shape, rhs.shape)
-  _check_output_size(dims, lhs.shape, rhs.shape)
+  _check_blocks(dims, lhs.shape, rhs.shape, policy)
   expected = zero_probes(policy)
   if probes is None:
     probes = expected

@@ -168,7 +168,7 @@ def quantize(t: jax.Array, recipe: _recipes.Recipe,
                         _stats.NamedMoRStats.of(st, recipe.names), i == 1))
     return tuple(sides)
 
-  dual = _dispatch.dual(impl)
+  dual = _dispatch.dual(impl, t.shape)
   per_tensor = recipe.block_shape == (None, None)
   stats = dual.stats(t)
   # The whole tensor's statistics, the same bits for both orientations
@@ -222,8 +222,9 @@ def gemm(a: Side, b: Side, execution: Execution, out_dtype, precision,
 
   if execution == "emulate" or a.codes is None or b.codes is None:
     return emulated()
-  if _dispatch.gemm_backend(impl, dtype,
-                           (a.codes.dtype, b.codes.dtype)) == "pallas":
+  shapes = (a.x.shape, b.x.shape, (a.codes.shape[0], b.codes.shape[0]))
+  if _dispatch.gemm_backend(impl, dtype, (a.codes.dtype, b.codes.dtype),
+                           shapes) == "pallas":
     # One kernel reads both decisions and runs FP8, or BF16 on each
     # operand's dequantized codes (written before it, only where read) or
     # its x as it came (16-bit, one dtype).

@@ -47,7 +47,8 @@ class Measurements:
     dynamic_range: log2(amax / min_nonzero), in bits (0 where there is no
       nonzero element).
     nonfinite: whether the unit holds a NaN or an infinity.
-    count: number of finite nonzero elements.
+    count: number of finite nonzero elements, in float32 (rounded once
+      past 2**24, as dividing by an int32 count would round it).
     whole: the whole tensor's ``BlockStats``, 0-d (``whole(stats)``; the
       caller's ``whole_stats`` where it has them, to spare a reduction).
   """
@@ -63,7 +64,8 @@ class Measurements:
     self.whole = whole(self.stats) if whole_stats is None else whole_stats
     unit = self.whole if self._tensor else self.stats
     self.amax, self.min_nonzero = unit.amax, unit.min_nonzero
-    self.nonfinite, self.count = unit.nonfinite, unit.count
+    self.nonfinite = unit.nonfinite
+    self.count = unit.count.astype(jnp.float32)
     self.dynamic_range = _dynamic_range(self.amax, self.min_nonzero)
 
   def quantized(self, fmt: Representation
@@ -95,19 +97,26 @@ def whole(st: _passes.BlockStats) -> _passes.BlockStats:
   One variadic reduce instead of four small kernels: max, min, or and
   integer sums are exact in any order, so the bits are those of four
   separate reductions. The identities make an empty grid reduce too.
+  The count is summed as an exact (hi, lo) pair and comes out in float32,
+  rounded once (``_numerics.count_to_float32``): a sharded tensor may hold
+  more than int32's 2**31 - 1 elements. Below that its bits are the int32
+  count's, which every reader divides by in float32.
   Statistics take no gradient: JAX differentiates no variadic reduce, and
   a second-order gradient (through a backward pass) reaches this one.
   """
-  st = jax.tree.map(jax.lax.stop_gradient, st)
+  amax, nonfinite, count, low = jax.tree.map(jax.lax.stop_gradient, st)
+  ops = (amax, nonfinite, *_numerics.count_pair(count), low)
   init = tuple(jnp.asarray(v, a.dtype)
-               for v, a in zip((0, False, 0, jnp.inf), st))
+               for v, a in zip((0, False, 0, 0, jnp.inf), ops))
 
   def combine(a, b):
-    return (jnp.maximum(a[0], b[0]), a[1] | b[1], a[2] + b[2],
-            jnp.minimum(a[3], b[3]))
+    return (jnp.maximum(a[0], b[0]), a[1] | b[1],
+            *_numerics.add_counts(a[2:4], b[2:4]), jnp.minimum(a[4], b[4]))
 
-  return _passes.BlockStats(*jax.lax.reduce(tuple(st), init, combine,
-                                            tuple(range(st.amax.ndim))))
+  amax, nonfinite, hi, lo, low = jax.lax.reduce(ops, init, combine,
+                                                tuple(range(amax.ndim)))
+  return _passes.BlockStats(amax, nonfinite,
+                            _numerics.count_to_float32((hi, lo)), low)
 
 
 def _log2(x: jax.Array) -> jax.Array:
@@ -214,6 +223,7 @@ def _check(x, recipe) -> jax.Array:
     raise ValueError(
         f"recipe.block_shape {recipe.block_shape} has {len(recipe.block_shape)} "
         f"entries but x has {x.ndim} dimensions (shape {x.shape}).")
+  partition(x.shape, recipe)  # its blocks' sizes, before tracing
   return x
 
 
@@ -329,10 +339,19 @@ def chosen_value(x: jax.Array, choice: jax.Array, recipe: Recipe,
   return value
 
 
-def partition(shape, recipe: Recipe) -> _partition.Partition:
-  """The partition a recipe decides on (one block for BF16-only recipes)."""
-  return _partition.Partition.build(
-      shape, recipe.block_shape or (None,) * len(shape))
+def partition(shape, recipe: Recipe, name: str = "x"
+              ) -> _partition.Partition:
+  """The partition a recipe decides on (one block for BF16-only recipes).
+
+  Raises a ValueError where a block is too large to count
+  (``Partition.check_blocks``). A BF16-only recipe's block is exempt:
+  nothing reads its count (its error statistics are 0).
+  """
+  if recipe.block_shape is None:
+    return _partition.Partition.build(shape, (None,) * len(shape))
+  part = _partition.Partition.build(shape, recipe.block_shape)
+  part.check_blocks(name)
+  return part
 
 
 def select(x: jax.Array, passes: _passes.Passes, recipe: Recipe,

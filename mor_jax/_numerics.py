@@ -211,3 +211,43 @@ def special_codes(fmt: _formats.Representation) -> tuple[int, int, int]:
   """
   vals = np.array([np.nan, np.inf, -np.inf], np.float32).astype(fmt.dtype)
   return tuple(int(c) for c in vals.view(np.uint8))
+
+
+# Element counts past int32 (a sharded tensor's can be): a canonical pair
+# (hi, lo), count = hi * 2**24 + lo with 0 <= lo < 2**24, whose sum is exact
+# integer arithmetic in any order. Both halves are integers a float32 holds
+# exactly (its significand has 24 bits), so the float32 of the count costs
+# one rounding.
+_COUNT_LO_BITS = _MANT_BITS + 1
+_COUNT_LO_MASK = (1 << _COUNT_LO_BITS) - 1
+
+
+def count_pair(count: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A non-negative int32 count as its canonical (hi, lo) pair."""
+  return count >> _COUNT_LO_BITS, count & _COUNT_LO_MASK
+
+
+def add_counts(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]
+               ) -> tuple[jax.Array, jax.Array]:
+  """The sum of two canonical pairs, canonical (lo's carry moved to hi)."""
+  lo = a[1] + b[1]  # < 2**25
+  return a[0] + b[0] + (lo >> _COUNT_LO_BITS), lo & _COUNT_LO_MASK
+
+
+def count_to_float32(pair: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """A canonical pair's count in float32, rounded once (to nearest even).
+
+  Exact below 2**24 and, below 2**31, the bits of the int32 count's
+  conversion; rounded once below 2**48 (hi * 2**24 is exact for hi < 2**24,
+  and one addition of two exact terms rounds once).
+  """
+  hi, lo = pair
+  return (hi.astype(jnp.float32) * pow2(jnp.int32(_COUNT_LO_BITS)) +
+          lo.astype(jnp.float32))
+
+
+def total_count(counts: jax.Array) -> jax.Array:
+  """The sum of a non-negative int32 array, as ``count_to_float32``."""
+  init = (jnp.int32(0), jnp.int32(0))
+  return count_to_float32(jax.lax.reduce(
+      count_pair(counts), init, add_counts, tuple(range(counts.ndim))))

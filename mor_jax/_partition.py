@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 BlockShape = Sequence[int | None]
-# Block statistics are counted in int32.
-MAX_ELEMENTS = 2**31 - 1
+# A block's statistics count its elements in int32; the whole tensor's
+# count is summed exactly past that (``mor_jax._mor.whole``).
+MAX_BLOCK_ELEMENTS = int(np.iinfo(np.int32).max)
 
 
 def _entry(value, where: str) -> int | None:
@@ -89,6 +90,16 @@ class Partition:
   def block_size(self) -> int:
     return math.prod(self.block)
 
+  def check_blocks(self, name: str) -> None:
+    """Raises a ValueError where a block holds more elements than int32
+    counts (``MAX_BLOCK_ELEMENTS``)."""
+    if self.block_size > MAX_BLOCK_ELEMENTS:
+      raise ValueError(
+          f"{name} of shape {self.shape} is cut in blocks of {self.block}, "
+          f"{self.block_size} elements each; a block may hold at most "
+          f"{MAX_BLOCK_ELEMENTS} (its statistics count them in int32). Use "
+          "smaller blocks (on a matrix, one per row: block_shape=(1, None)).")
+
   def block_sizes(self) -> np.ndarray:
     """Number of array elements in each block (edge blocks hold fewer)."""
     per_dim = [np.minimum(b, d - b * np.arange(g))
@@ -120,7 +131,7 @@ class Partition:
 
 # Longest run a single reduction stage adds up; longer axes are cut in chunks
 # so that float32 sums over huge blocks keep their precision on every backend.
-_SUM_CHUNK = 4096
+SUM_CHUNK = 4096
 
 
 def block_sum(values: jax.Array, part: Partition) -> jax.Array:
@@ -128,12 +139,12 @@ def block_sum(values: jax.Array, part: Partition) -> jax.Array:
   out = values
   for axis in reversed(part.block_axes):
     n = out.shape[axis]
-    if n > _SUM_CHUNK:
-      chunks = -(-n // _SUM_CHUNK)
+    if n > SUM_CHUNK:
+      chunks = -(-n // SUM_CHUNK)
       pad = [(0, 0)] * out.ndim
-      pad[axis] = (0, chunks * _SUM_CHUNK - n)
+      pad[axis] = (0, chunks * SUM_CHUNK - n)
       out = jnp.pad(out, pad)
-      out = out.reshape(out.shape[:axis] + (chunks, _SUM_CHUNK) +
+      out = out.reshape(out.shape[:axis] + (chunks, SUM_CHUNK) +
                         out.shape[axis + 1:])
       out = jnp.sum(out, axis=axis + 1)
     out = jnp.sum(out, axis=axis)

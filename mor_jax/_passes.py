@@ -31,7 +31,8 @@ class BlockStats(NamedTuple):
   Attributes:
     amax: max |x| over the finite elements (float32, 0 for none).
     nonfinite: whether the block holds a NaN or an infinity.
-    count: number of finite nonzero elements (int32).
+    count: number of finite nonzero elements (int32; ``_mor.whole``'s
+      total of a grid is float32, as int32 could not hold it).
     min_nonzero: min |x| over the finite nonzero elements (+inf for none).
   """
 

@@ -42,6 +42,7 @@ class QuantSpec:
     check_input(x)
     fmt = _formats.as_fp8(fmt)
     block_shape = _partition.check_shape_arg(block_shape, x.ndim, "block_shape")
+    _partition.Partition.build(x.shape, block_shape).check_blocks("x")
     scaling = _scaling.check_scaling(scaling)
     group_shape = _scaling.check_group_shape(group_shape, block_shape, scaling)
     return cls(fmt, block_shape, scaling, group_shape)
@@ -59,14 +60,6 @@ def check_input(x: jax.Array, name: str = "x") -> None:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
         f"{name} must be a floating-point array, got dtype {x.dtype}.")
-  check_size(x.size, name)
-
-
-def check_size(size: int, name: str) -> None:
-  if size > _partition.MAX_ELEMENTS:
-    raise ValueError(
-        f"{name} has {size} elements; at most 2**31 - 1 are supported "
-        "(block statistics are counted in int32).")
 
 
 # ----------------------------------------------------------------------------
@@ -358,5 +351,8 @@ def _relative_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
   term = jnp.where(counted, jnp.abs(xn - xhn) / jnp.abs(jnp.where(counted, xn, 1.0)), 0.0)
   part = _partition.Partition.build(term.shape, (None,))
   total = jnp.sum(_partition.block_sum(part.to_blocks(term), part))  # 0 or 1 block
-  count = jnp.sum(counted, dtype=jnp.int32)
+  # Each chunk's count fits int32; their total need not.
+  chunks = _partition.Partition.build(term.shape, (_partition.SUM_CHUNK,))
+  count = _numerics.total_count(
+      jnp.sum(chunks.to_blocks(counted), axis=1, dtype=jnp.int32))
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)

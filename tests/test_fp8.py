@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 
 import jax
@@ -416,12 +417,13 @@ def test_auto_runs_block_recipes_where_the_kernel_runs(capability, dtype, impl,
   monkeypatch.setattr(_dispatch, "on_gpu", lambda: capability is not None)
   monkeypatch.setattr(_dispatch, "nvidia_gpu", lambda: capability is not None)
   monkeypatch.setattr(_dispatch, "_capability", lambda: capability or (0, 0))
+  shapes = ((256, 128), (128, 64), (256, 64))
   with mor_jax.use_implementation(impl):
     for policy in (MOR_BLOCK, MOR_SUB2, MOR_SUB3):
-      assert _block.applies("auto", DENSE, policy, dtype) is want
-      assert _block.applies("fp8", DENSE, policy, dtype)
-      assert not _block.applies("emulate", DENSE, policy, dtype)
-    assert not _block.applies("fp8", DENSE, mor_jax.Policy(), dtype)
+      assert _block.applies("auto", DENSE, policy, dtype, shapes) is want
+      assert _block.applies("fp8", DENSE, policy, dtype, shapes)
+      assert not _block.applies("emulate", DENSE, policy, dtype, shapes)
+    assert not _block.applies("fp8", DENSE, mor_jax.Policy(), dtype, shapes)
 
 
 @pytest.mark.parametrize("policy", [mor_jax.Policy(), MOR_BLOCK],
@@ -766,13 +768,85 @@ def test_dispatch_by_gpu_vendor(monkeypatch, capability, nvidia):
   assert _dispatch.Implementation("auto").uses_pallas() == nvidia
   pallas = _dispatch.Implementation("pallas")
   assert pallas.uses_pallas() and not pallas.interpret
-  assert _dispatch.dual(pallas).ptx == nvidia
+  assert _dispatch.dual(pallas, (256, 256)).ptx == nvidia
   part = _partition.Partition.build((256, 256), (1, None))
   assert _dispatch.passes(part, pallas).ptx == nvidia
   assert _fp8.resolve("auto", DENSE, mor_jax.Policy()) == (
       "fp8" if nvidia else "emulate")
   assert _dispatch.gemm_backend(pallas, jnp.bfloat16) == (
       "pallas" if capability == "9.0" else "xla")
+
+
+def test_arrays_past_int32_take_xla(monkeypatch):
+  """The kernels index in int32: on a (pretended) Hopper GPU, a
+  quantization or GEMM with an array past 2**31 - 1 elements (a sharded
+  array's global size) takes XLA's passes and GEMM, which give the same
+  bits; a block GEMM policy then runs "auto" as "emulate"."""
+  from mor_jax import _block  # pylint: disable=g-import-not-at-top
+  from mor_jax import _partition  # pylint: disable=g-import-not-at-top
+  from mor_jax import _xla  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(_dispatch, "on_gpu", lambda: True)
+  monkeypatch.setattr(_dispatch, "_capability", lambda: (9, 0))
+  cols = 2**15
+  small = (_dispatch.MAX_KERNEL_ELEMENTS // cols, cols)
+  big = (small[0] + 1, cols)
+  pallas = _dispatch.Implementation("pallas")
+  assert pallas.uses_pallas(small) and not pallas.uses_pallas(small, big)
+  assert not isinstance(_dispatch.dual(pallas, small), _xla.XlaDual)
+  assert isinstance(_dispatch.dual(pallas, big), _xla.XlaDual)
+  for shape in (small, big):
+    part = _partition.Partition.build(shape, (1, None))
+    assert isinstance(_dispatch.passes(part, pallas),
+                      _xla.XlaPasses) == (shape == big)
+  e4 = (jnp.float8_e4m3fn,) * 2
+  assert _dispatch.gemm_backend(pallas, jnp.bfloat16, e4,
+                                (small, small, small)) == "pallas"
+  assert _dispatch.gemm_backend(pallas, jnp.bfloat16, e4,
+                                (small, small, big)) == "xla"
+  with mor_jax.use_implementation("pallas"):
+    for out, want in ((small, True), (big, False)):
+      assert _block.applies("auto", DENSE, MOR_BLOCK, jnp.bfloat16,
+                            ((8, 8), (8, 8), out)) is want
+
+
+def _largest_kernel_operand(jaxpr) -> int:
+  """The most elements of any operand or result of a pallas_call in
+  ``jaxpr``, nested jaxprs included (0 if there is none)."""
+  most = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      most = max([most] + [math.prod(v.aval.shape)
+                           for v in eqn.invars + eqn.outvars])
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          most = max(most, _largest_kernel_operand(sub))
+  return most
+
+
+@pytest.mark.parametrize("execution", ["emulate", "fp8"])
+def test_dot_general_past_int32_keeps_big_arrays_off_the_kernels(execution):
+  """A dot_general whose activation has 2**31 + 4096 elements traces, its
+  value and both gradients, under the "pallas" setting; the activation
+  reaches no kernel (the weight's quantizations still run them), while
+  with 256 rows it does."""
+  policy = mor_jax.Policy(execution=execution)
+
+  def loss(x, w):
+    y = mor_jax.dot_general(x, w, DENSE, policy=policy)
+    return jnp.sum(y.astype(jnp.float32))
+
+  with mor_jax.use_implementation("pallas"):
+    for rows in (256, 2**19 + 1):
+      jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, (0, 1)))(
+          jax.ShapeDtypeStruct((rows, 4096), jnp.bfloat16),
+          jax.ShapeDtypeStruct((4096, 16), jnp.bfloat16)).jaxpr
+      most = _largest_kernel_operand(jaxpr)
+      if rows == 256:
+        assert most == rows * 4096
+      else:
+        assert 0 < most <= _dispatch.MAX_KERNEL_ELEMENTS, most
 
 
 def test_gemm_rejects_mismatched_operands():

@@ -65,3 +65,18 @@ def test_fake_quantization_does_not_vanish_in_a_fusion(fmt, expected):
       v, mor_jax.fake_quantize(v, FMTS[fmt], block_shape=(None,),
                                scaling="e8m0")))(x)
   np.testing.assert_allclose(float(err), expected, rtol=0.02)
+
+
+def test_a_tensor_past_int32_elements():
+  """2**31 + 2**15 bf16 elements under per-row MoR (XLA's passes at that
+  size): each row alternates 1.0 and 0.515625, which E4M3 at the scale
+  448 / 1 rounds from 231 to 224, so the mean error is 7 / 462 at any row
+  count. A count wrapped in int32 made it absurd and rejected the tensor.
+  Too large for CI's CPU machine (XLA's passes there allocate 26 GB)."""
+  recipe = mor_jax.TensorLevelMoR(block_shape=(1, None))
+  cols = 2**15
+  for rows in (64, 2**16 + 1):
+    x = jnp.tile(jnp.array([1.0, 0.515625], jnp.bfloat16), (rows, cols // 2))
+    r = mor_jax.mor_codes(x, recipe)
+    assert int(r.choice) == 0, rows
+    np.testing.assert_allclose(float(r.stats.error[0]), 7 / 462, rtol=1e-4)

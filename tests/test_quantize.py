@@ -154,6 +154,30 @@ def test_large_blocks_sum_stably():
                              ref.relative_error(x, np.asarray(fq)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("counts", [
+    np.full(3, 2**30 + 12345),                  # past 2**31
+    np.full(20000, 2**31 - 1),                  # past 2**40
+    np.random.default_rng(0).integers(2**30, 2**31, 7),
+    np.random.default_rng(1).integers(0, 2**20, 1000),  # below 2**31
+    np.zeros(0, np.int64),
+], ids=["2**31", "2**45", "random-large", "random-small", "empty"])
+def test_element_counts_past_int32_are_summed_exactly(counts):
+  """A tensor's element count (a sharded one's may pass int32) is the
+  exact sum of its blocks' int32 counts, rounded once to float32: a
+  wrapped count would make the mean error absurd and reject the tensor
+  without a word. Reference: Python's integers."""
+  from mor_jax import _mor  # pylint: disable=g-import-not-at-top
+  from mor_jax import _numerics  # pylint: disable=g-import-not-at-top
+  from mor_jax import _passes  # pylint: disable=g-import-not-at-top
+  want = np.float32(int(counts.sum()))  # exact in float64, then one rounding
+  grid = jnp.asarray(counts, jnp.int32)
+  st = _passes.BlockStats(jnp.ones(grid.shape), jnp.zeros(grid.shape, bool),
+                          grid, jnp.ones(grid.shape))
+  for got in (jax.jit(_mor.whole)(st).count,
+              jax.jit(_numerics.total_count)(grid)):
+    assert got.dtype == jnp.float32 and got == want, (got, want)
+
+
 @pytest.mark.parametrize("fmt", list(FMTS))
 @pytest.mark.parametrize("impl", cases.IMPLS)
 def test_non_finite_values(impl, fmt):

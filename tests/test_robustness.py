@@ -431,29 +431,47 @@ def _():
                    group_shape=(3, 2))
 
 
-@row("more than 2**31 - 1 elements",
-     "quantize of a (2**31,) array (under eval_shape)", ValueError)
+@row("block of more than 2**31 - 1 elements",
+     "quantize of a (2**31,) array, block_shape=(None,) (under eval_shape)",
+     ValueError)
 def _():
   jax.eval_shape(lambda v: mor_jax.quantize(v, E4M3, block_shape=(None,)),
                  jax.ShapeDtypeStruct((2**31,), jnp.float32))
 
 
-@row("dot_general operand of more than 2**31 - 1 elements",
-     "dot_general of a (2**19 + 1, 4096) lhs, default policy (under "
-     "eval_shape)", ValueError)
+@row("tensor of more than 2**31 - 1 elements in smaller blocks",
+     "quantize of a (2**31,) array, block_shape=(2**20,) (under eval_shape)")
 def _():
-  jax.eval_shape(
-      lambda x, w: mor_jax.dot_general(x, w, DIMS, policy=mor_jax.Policy()),
+  q = jax.eval_shape(
+      lambda v: mor_jax.quantize(v, E4M3, block_shape=(2**20,)),
+      jax.ShapeDtypeStruct((2**31,), jnp.float32))
+  assert q.scale.shape == (2**11,)
+  return "runs: each block is counted alone"
+
+
+@row("dot_general operand of more than 2**31 - 1 elements",
+     "value and gradients of dot_general of a (2**19 + 1, 4096) lhs, default "
+     "policy (under eval_shape)")
+def _():
+  dx, dw = jax.eval_shape(
+      jax.grad(lambda x, w: jnp.sum(mor_jax.dot_general(
+          x, w, DIMS, policy=mor_jax.Policy()).astype(jnp.float32)), (0, 1)),
       jax.ShapeDtypeStruct((2**19 + 1, 4096), jnp.bfloat16),
       jax.ShapeDtypeStruct((4096, 16), jnp.bfloat16))
+  assert (dx.shape, dw.shape) == ((2**19 + 1, 4096), (4096, 16))
+  return ("runs: per-row blocks, the tensor's count summed exactly; XLA's "
+          "passes and GEMM for that array (the kernels index in int32)")
 
 
-@row("dot_general output of more than 2**31 - 1 elements",
-     "dot_general of (2**16, 64) by (64, 2**15) (under eval_shape)",
+@row("per-tensor gradient of more than 2**31 - 1 elements",
+     "dot_general of (2**16, 64) by (64, 2**15), gradient recipe "
+     "TensorLevelMoR(block_shape=(None, None)) (under eval_shape)",
      ValueError)
 def _():
+  policy = mor_jax.Policy(
+      gradient=mor_jax.TensorLevelMoR(block_shape=(None, None)))
   jax.eval_shape(
-      lambda x, w: mor_jax.dot_general(x, w, DIMS, policy=mor_jax.Policy()),
+      lambda x, w: mor_jax.dot_general(x, w, DIMS, policy=policy),
       jax.ShapeDtypeStruct((2**16, 64), jnp.bfloat16),
       jax.ShapeDtypeStruct((64, 2**15), jnp.bfloat16))
 
