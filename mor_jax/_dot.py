@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _axes
 from mor_jax import _block
 from mor_jax import _dispatch
 from mor_jax import _fp8
@@ -435,6 +436,7 @@ def dot_general_with_stats(
     lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike, dimension_numbers,
     probes: Stats | None = None, *, policy: _policy.Policy,
     precision: Any = None, preferred_element_type: Any = None,
+    out_sharding: Any = None,
 ) -> tuple[jax.Array, Stats]:
   """``dot_general`` that also returns its statistics, for use outside Flax.
 
@@ -452,6 +454,11 @@ def dot_general_with_stats(
     policy: a ``mor_jax.Policy``.
     precision: as for ``jax.lax.dot_general``.
     preferred_element_type: as for ``jax.lax.dot_general``.
+    out_sharding: as for ``jax.lax.dot_general``: the output is resharded
+      to it where it is not None. Under a mesh with Explicit axes the output
+      takes the sharding ``jax.lax.dot_general`` would give it (and its
+      errors, such as a contraction sharded on both sides without
+      ``out_sharding``); the statistics are replicated.
 
   Returns:
     ``(out, {"fprop": {"activation": s, "weight": s}})`` with each ``s`` a
@@ -489,8 +496,19 @@ def dot_general_with_stats(
           f"shapes and float32 dtype); got {got}, want {want}.")
   if preferred_element_type is not None:
     preferred_element_type = np.dtype(preferred_element_type)
-  return _mor_dot_general(lhs, rhs, probes, dims, policy, precision,
-                          preferred_element_type)
+  like = None
+  if _axes.explicit():
+    like = jax.eval_shape(functools.partial(
+        jax.lax.dot_general, dimension_numbers=dimension_numbers,
+        precision=precision, preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding), lhs, rhs)
+  out, stats = _axes.run(
+      lambda lhs, rhs, probes: _mor_dot_general(
+          lhs, rhs, probes, dims, policy, precision, preferred_element_type),
+      lhs, rhs, probes, like=like)
+  if out_sharding is not None:
+    out = jax.sharding.reshard(out, out_sharding)
+  return out, stats
 
 
 def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
@@ -520,7 +538,7 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
     precision: as for ``jax.lax.dot_general``.
     preferred_element_type: as for ``jax.lax.dot_general``.
     out_sharding: as for ``jax.lax.dot_general`` (Flax NNX's layers pass
-      it): the output is resharded to it where it is not None.
+      it); see ``dot_general_with_stats``.
     policy: a ``mor_jax.Policy``.
 
   Returns:
@@ -543,8 +561,7 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
     ...     mor_jax.dot_general, policy=mor_jax.Policy()))(x).shape
     (4, 2)
   """
-  out = dot_general_with_stats(
+  return dot_general_with_stats(
       lhs, rhs, dimension_numbers, policy=policy, precision=precision,
-      preferred_element_type=preferred_element_type)[0]
-  return out if out_sharding is None else jax.sharding.reshard(out,
-                                                               out_sharding)
+      preferred_element_type=preferred_element_type,
+      out_sharding=out_sharding)[0]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _axes
 from mor_jax import _dispatch
 from mor_jax import _formats
 from mor_jax import _numerics
@@ -253,8 +254,9 @@ def mor_quantize(x: jax.typing.ArrayLike, recipe: Recipe) -> MoRResult:
            [0, 0]], dtype=int32))
   """
   x = _check(x, recipe)
-  value, choice, stats = _mor(jax.lax.stop_gradient(x), recipe, "values",
-                              _dispatch.current())
+  impl = _dispatch.current()
+  value, choice, stats = _axes.run(lambda x: _mor(x, recipe, "values", impl),
+                                   jax.lax.stop_gradient(x))
   return MoRResult(_quantize.straight_through(x, value), choice, stats,
                    recipe.names)
 
@@ -293,8 +295,9 @@ def mor_codes(x: jax.typing.ArrayLike, recipe: Recipe) -> MoRCodes:
     raise ValueError(
         f"mor_codes needs a recipe with exactly one FP8 candidate, got "
         f"{recipe.names}: codes of one array hold one FP8 format.")
-  (codes, scale), choice, stats = _mor(jax.lax.stop_gradient(x), recipe,
-                                       "codes", _dispatch.current())
+  impl = _dispatch.current()
+  (codes, scale), choice, stats = _axes.run(
+      lambda x: _mor(x, recipe, "codes", impl), jax.lax.stop_gradient(x))
   qa = _quantize.QuantizedArray(codes, scale, fp8[0], recipe.block_shape,
                                 recipe.scaling, recipe.group_shape,
                                 np.dtype(x.dtype))

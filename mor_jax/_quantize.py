@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mor_jax import _axes
 from mor_jax import _dispatch
 from mor_jax import _formats
 from mor_jax import _numerics
@@ -130,9 +131,9 @@ def compute_scales(x: jax.typing.ArrayLike, fmt: Representation, *,
            [896.]], dtype=float32)
   """
   x = jnp.asarray(x)
-  return _compute_scales(
-      x, QuantSpec.build(x, fmt, block_shape, scaling, group_shape),
-      _dispatch.current())
+  spec = QuantSpec.build(x, fmt, block_shape, scaling, group_shape)
+  impl = _dispatch.current()
+  return _axes.run(lambda x: _compute_scales(x, spec, impl), x)
 
 
 # The public functions validate their arguments, then call a jitted body with
@@ -173,7 +174,8 @@ def quantize(x: jax.typing.ArrayLike, fmt: Representation, *, block_shape,
   """
   x = jnp.asarray(x)
   spec = QuantSpec.build(x, fmt, block_shape, scaling, group_shape)
-  codes, scale = _quantize(x, spec, "codes", _dispatch.current())
+  impl = _dispatch.current()
+  codes, scale = _axes.run(lambda x: _quantize(x, spec, "codes", impl), x)
   return QuantizedArray(codes, scale, spec.fmt, spec.block_shape, spec.scaling,
                         spec.group_shape, np.dtype(x.dtype))
 
@@ -218,7 +220,9 @@ def dequantize(qa: QuantizedArray, dtype=None) -> jax.Array:
   dtype = np.dtype(qa.dtype if dtype is None else dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"dtype must be a floating-point dtype, got {dtype}.")
-  return _dequantize(qa.data, qa.scale, qa.block_shape, dtype)
+  return _axes.run(
+      lambda data, scale: _dequantize(data, scale, qa.block_shape, dtype),
+      qa.data, qa.scale)
 
 
 def _check_quantized(qa) -> None:
@@ -295,8 +299,9 @@ def fake_quantize(x: jax.typing.ArrayLike, fmt: Representation, *,
   """
   x = jnp.asarray(x)
   spec = QuantSpec.build(x, fmt, block_shape, scaling, group_shape)
-  values, _ = _quantize(jax.lax.stop_gradient(x), spec, "values",
-                        _dispatch.current())
+  impl = _dispatch.current()
+  values, _ = _axes.run(lambda x: _quantize(x, spec, "values", impl),
+                        jax.lax.stop_gradient(x))
   return straight_through(x, values)
 
 
@@ -335,7 +340,7 @@ def relative_error(x: jax.typing.ArrayLike,
   if not fits:
     raise ValueError(f"x_hat of shape {x_hat.shape} does not broadcast to x's "
                      f"shape {x.shape}.")
-  return _relative_error(x, x_hat)
+  return _axes.run(_relative_error, x, x_hat)
 
 
 @jax.jit

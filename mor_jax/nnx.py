@@ -99,9 +99,10 @@ class _MoRGemm(nnx.Module):
         lhs, rhs, dimension_numbers,
         {"dgrad": self.dgrad.get_value(), "wgrad": self.wgrad.get_value()},
         policy=self.policy, precision=precision,
-        preferred_element_type=preferred_element_type)
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding)
     self.fprop.set_value(stats["fprop"])
-    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
+    return y
 
 
 class MoRDotGeneral(_MoRGemm):

@@ -9,15 +9,21 @@ statistic of the six quantizations equal the single-device run. A
 tensor-level decision is taken on the whole global tensor, never one shard:
 the crafted cases below hold one shard that alone would go to BF16 while the
 whole tensor goes to E4M3.
+
+Under ``jax.set_mesh`` with Explicit axes (``jax.make_mesh``'s default) the
+layer and the functions run where ``nn.Dense`` and ``jax.lax`` do, with
+their shardings and errors.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import chex
+import flax.linen as nn
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import mor_jax
@@ -71,18 +77,22 @@ LAYOUTS = {
 }
 
 
-def _mesh(shape, axes):
-  return Mesh(np.array(jax.devices()[:8]).reshape(shape), axes)
+def _mesh(layout, axis_type=AxisType.Auto):
+  shape, axes = LAYOUTS[layout][:2]
+  return jax.make_mesh(shape, axes, devices=jax.devices()[:8],
+                       axis_types=(axis_type,) * len(axes))
 
 
-def _run_sharded(layout, params, probes, x):
-  shape, axes, x_spec, k_spec, b_spec = LAYOUTS[layout]
-  mesh = _mesh(shape, axes)
+def _put(layout, mesh, params, probes, x):
+  x_spec, k_spec, b_spec = LAYOUTS[layout][2:]
   put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
   params = {"kernel": put(params["kernel"], k_spec),
             "bias": put(params["bias"], b_spec)}
-  probes = jax.tree.map(lambda a: put(a, P()), probes)
-  x = put(x, x_spec)
+  return params, jax.tree.map(lambda a: put(a, P()), probes), put(x, x_spec)
+
+
+def _run_sharded(layout, params, probes, x):
+  params, probes, x = _put(layout, _mesh(layout), params, probes, x)
   # A new function: JAX reuses the trace of one it has seen, which would keep
   # the implementation setting of that trace.
   step = jax.jit(lambda *args: _step(*args))
@@ -174,3 +184,122 @@ def test_global_decision_with_kernel_sharded_on_output_features():
   assert _shard_alone(kernel[:, : N // 8], columns) == 1  # alone: BF16
   assert _shard_alone(kernel, columns) == 0  # the whole tensor: E4M3
   assert float(got[-1]["fprop/weight/fraction_e4m3"]) == 1.0
+
+
+def _dense_step(params, x):
+  """nn.Dense's output and gradients (params, input), as ``_step``."""
+
+  def loss(params, x):
+    y = nn.Dense(N).apply({"params": params}, x)
+    return jnp.sum(y * DY), y
+
+  (_, y), (g_params, g_x) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      params, x)
+  return y, g_params, g_x
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_explicit_axes_step_runs_as_nn_dense(setup, layout, impl):
+  """With the contraction sharded on both sides (tensor_in) jax asks for an
+  output sharding, for nn.Dense and MoRDense alike; elsewhere the step
+  equals the single-device run, with nn.Dense's shardings."""
+  params, probes, x, want = setup
+  mesh = _mesh(layout, AxisType.Explicit)
+  with jax.set_mesh(mesh), mor_jax.use_implementation(impl):
+    params, probes, x = _put(layout, mesh, params, probes, x)
+    step = jax.jit(lambda *args: _step(*args))
+    if "tensor_in" in layout:
+      with pytest.raises(Exception, match="ambiguous") as dense_error:
+        jax.eval_shape(_dense_step, params, x)
+      with pytest.raises(dense_error.type, match="ambiguous"):
+        step(params, probes, x)
+      return
+    dense = jax.eval_shape(_dense_step, params, x)
+    got = step(params, probes, x)
+  _assert_same(got, want)
+  y, _, g_params, g_x, metrics = got
+  for a, b in ((y, dense[0]), (g_params["kernel"], dense[1]["kernel"]),
+               (g_params["bias"], dense[1]["bias"]), (g_x, dense[2])):
+    assert jax.typeof(a).sharding.spec == b.sharding.spec
+  assert y.sharding.spec == dense[0].sharding.spec != P()
+  assert all(v.sharding.is_fully_replicated for v in metrics.values())
+
+
+ROWS = mor_jax.TensorLevelMoR(block_shape=(1, None))
+E4M3 = mor_jax.E4M3
+FUNCTIONS = {
+    "mor_quantize": lambda x: mor_jax.mor_quantize(x, ROWS),
+    "mor_quantize, sub-tensor": lambda x: mor_jax.mor_quantize(
+        x, mor_jax.SubTensorMoR(block_shape=(32, 32))),
+    "mor_quantize, gradient": jax.grad(
+        lambda x: jnp.sum(jnp.sin(mor_jax.mor_quantize(x, ROWS).value))),
+    "mor_codes": lambda x: mor_jax.mor_codes(x, ROWS),
+    "quantize": lambda x: mor_jax.quantize(x, E4M3, block_shape=(1, None)),
+    "dequantize": lambda x: mor_jax.dequantize(
+        mor_jax.quantize(x, E4M3, block_shape=(32, 32))),
+    "fake_quantize": lambda x: mor_jax.fake_quantize(
+        x, E4M3, block_shape=(None, 32)),
+    "compute_scales": lambda x: mor_jax.compute_scales(
+        x, E4M3, block_shape=(32, 32)),
+    "relative_error": lambda x: mor_jax.relative_error(x, x * 1.01),
+}
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_explicit_axes_functions(name, impl):
+  """Results shaped like x keep its sharding, the rest are replicated; the
+  values are the single-device ones (sums of statistics to rounding)."""
+  x = _outliers((64, 128), 3, axis=0)
+  fn = FUNCTIONS[name]
+  with mor_jax.use_implementation(impl):
+    want = jax.jit(fn)(x)
+    mesh = jax.make_mesh((2, 4), ("data", "model"), devices=jax.devices()[:8],
+                         axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+      got = jax.jit(fn)(jax.device_put(x, P("data", "model")))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    if a.shape == x.shape:
+      assert a.sharding.spec == P("data", "model")
+    else:
+      assert a.sharding.is_fully_replicated, (a.shape, a.sharding)
+    np.testing.assert_allclose(np.asarray(a, np.float32),
+                               np.asarray(b, np.float32), rtol=1e-6)
+
+
+def test_explicit_axes_nnx_linear_with_out_sharding():
+  """NoQuant through nnx.Linear's dot_general is nnx.Linear, bit for bit,
+  gradients and the out_sharding NNX passes included."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from mor_jax import nnx as mor_nnx  # pylint: disable=g-import-not-at-top
+
+  policy = mor_jax.Policy.uniform(mor_jax.NoQuant())
+  mesh = jax.make_mesh((2, 4), ("data", "model"), devices=jax.devices()[:8],
+                       axis_types=(AxisType.Explicit,) * 2)
+
+  def run(dot_general):
+    kwargs = {} if dot_general is None else {"dot_general": dot_general}
+
+    @nnx.jit
+    def step(layer, x):
+      def loss(layer, x):
+        y = layer(x, out_sharding=P("data", "model"))
+        return jnp.sum(y * DY[:, 0]), y
+      (_, y), (g_layer, g_x) = nnx.value_and_grad(
+          loss, argnums=(0, 1), has_aux=True)(layer, x)
+      return y, g_layer.kernel.get_value(), g_x
+
+    with jax.set_mesh(mesh):
+      layer = nnx.Linear(K, N, rngs=nnx.Rngs(0), **kwargs)
+      layer.kernel.set_value(jax.device_put(layer.kernel.get_value(),
+                                            P(None, "model")))
+      return step(layer, jax.device_put(_outliers((B, K), 4),
+                                        P("data", None)))
+
+  got, want = run(mor_nnx.MoRDotGeneral(policy)), run(None)
+  chex.assert_trees_all_equal(got, want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.sharding == b.sharding
+  assert got[0].sharding.spec == P("data", "model")
