@@ -111,7 +111,9 @@ class MoRDotGeneral(_MoRGemm):
   Hand it to ``nnx.Linear(..., dot_general=MoRDotGeneral(policy))`` or
   ``nnx.LinearGeneral``: it becomes the layer's child, with the variables
   of ``MoRLinear`` (``flatten_stats`` names them by the layer's path).
-  ``convert`` puts one into every layer it converts.
+  ``convert`` puts one into every layer it converts. One per layer: its
+  variables hold one layer's statistics, and ``flatten_stats`` refuses one
+  shared by several layers.
 
   Args:
     policy: a ``mor_jax.Policy``, or None (plain ``lax.dot_general``).
@@ -391,8 +393,14 @@ def flatten_stats(model: nnx.Module,
 
   Returns:
     A dict of 0-d float32 arrays.
+
+  Raises:
+    ValueError: one ``MoRDotGeneral`` is injected into several layers (as
+      ``functools.partial(nnx.Linear, dot_general=MoRDotGeneral(p))``
+      does): it holds one set of statistics for all of them.
   """
   _check_model(model, "flatten_stats")
+  _check_unshared(model)
   fwd = _by_layer(nnx.to_pure_dict(nnx.state(model, ForwardStats)))
   bwd = (None if grads is None else _by_layer(
       nnx.to_pure_dict(nnx.filter_state(grads, GradProbes))))
@@ -401,6 +409,23 @@ def flatten_stats(model: nnx.Module,
 
 # The attributes of Flax's layers that hold an injected MoRDotGeneral.
 _HOOKS = ("dot_general", "einsum_op")
+
+
+def _check_unshared(model: nnx.Module) -> None:
+  paths = {}
+  for path, node in nnx.iter_graph(model):
+    for hook in _HOOKS:
+      op = vars(node).get(hook) if isinstance(node, nnx.Module) else None
+      if isinstance(op, _MoRGemm):
+        paths.setdefault(id(op), []).append("/".join(map(str, path + (hook,))))
+  for where in paths.values():
+    if len(where) > 1:
+      raise ValueError(
+          f"one MoRDotGeneral is injected into {len(where)} layers "
+          f"({', '.join(where)}): it keeps the last call's forward "
+          "statistics and the sum of all their backward ones, under one "
+          "name. Give each layer its own (build it inside the layer's "
+          "constructor call, or use mor_jax.nnx.convert).")
 
 
 def _by_layer(tree):

@@ -341,6 +341,22 @@ def test_nnx_convert_in_place():
       model, grads)
 
 
+def test_nnx_one_mor_dot_general_in_two_layers_is_refused():
+  """functools.partial shares one op: one set of statistics for both."""
+  make = functools.partial(nnx.Linear, dot_general=mor_nnx.MoRDotGeneral(
+      mor_jax.Policy()), rngs=nnx.Rngs(0))
+  model = nnx.Sequential(make(32, 16), make(16, 8))
+  forward = nnx.jit(lambda m, x: m(x))
+  forward(model, _x((4, 32)))
+  with pytest.raises(ValueError, match=r"2 layers \(layers/0/dot_general, "
+                     r"layers/1/dot_general\).*its own"):
+    mor_nnx.flatten_stats(model)
+  model.layers[1].dot_general = mor_nnx.MoRDotGeneral(mor_jax.Policy())
+  forward(model, _x((4, 32)))
+  layers = {k.rsplit("/", 3)[0] for k in mor_nnx.flatten_stats(model)}
+  assert layers == {"layers/0", "layers/1"}
+
+
 def test_nnx_convert_twice_reports_no_unused_rule():
   # The second call matches the converted layers again: no rule warns that
   # it matched nothing (it did, and "converting twice changes nothing").
