@@ -103,8 +103,11 @@ def summarize(mor_stats: Mapping | None = None,
     BF16 blocks); ``quantizations``: how many quantizations were counted;
   - ``nonfinite``: the quantizations that met a NaN or an Inf.
 
-  A layer applied twice in a step sums its backward statistics (see
-  ``mor_jax.dense``), so its backward shares count twice.
+  A layer applied k times in a step sums its backward statistics (see
+  ``mor_jax.dense``: each unit's fractions sum to k); its shares and
+  errors count as their mean over the applications. A layer not applied
+  in the step (all its fractions 0: its variables as ``init`` made them,
+  or a probe's zero gradient) is no quantization and is left out.
 
   Args:
     mor_stats: the ``"mor_stats"`` collection (or any nesting of it).
@@ -139,36 +142,42 @@ def summarize(mor_stats: Mapping | None = None,
                      "collection and/or the gradient of 'mor_grads'.")
   names = sorted({n for _, s in entries for n in s.names},
                  key=lambda n: (n == "BF16", n))
-  share_sum = {(n, r): jnp.zeros((), jnp.float32) for n in names
-               for r in ROLES + ("all",)}
-  count = dict.fromkeys(ROLES + ("all",), 0)
-  fallbacks = jnp.zeros((), jnp.float32)
-  nonfinite = jnp.zeros((), jnp.float32)
+  zero = jnp.zeros((), jnp.float32)
+  share_sum = {(n, r): zero for n in names for r in ROLES + ("all",)}
+  count = dict.fromkeys(ROLES + ("all",), zero)
+  fallbacks = nonfinite = zero
   errors, locations = [], []
   for path, s in entries:
-    role, n_here = path[-1], int(np.prod(s.amax.shape, dtype=int))
+    role = path[-1]
+    # Each quantization's fractions sum to 1 per unit: k for one applied k
+    # times, 0 for one not applied.
+    applied = jnp.sum(s.fraction_blocks, axis=-1)
+    per_application = 1 / jnp.maximum(applied, 1)
     for i, name in enumerate(s.names):
-      total = jnp.sum(s.fraction_blocks[..., i])
+      total = jnp.sum(s.fraction_blocks[..., i] * per_application)
       share_sum[name, "all"] += total
       if role in ROLES:
         share_sum[name, role] += total
-    count["all"] += n_here
+    ran = jnp.sum(applied > 0).astype(jnp.float32)
+    count["all"] += ran
     if role in ROLES:
-      count[role] += n_here
+      count[role] += ran
     if len(s.names) > 1:  # A recipe with an FP8 candidate; BF16 is the last.
-      fallbacks += jnp.sum(s.fraction_blocks[..., -1])
+      fallbacks += jnp.sum(s.fraction_blocks[..., -1] * per_application)
     nonfinite += jnp.sum(s.nonfinite)
-    errors.append(jnp.ravel(s.chosen_error))
+    errors.append(jnp.ravel(s.chosen_error * per_application))
     module, leaf = path[:-2], path[-2:]
     locations += ["/".join(module + tuple(map(str, idx)) + leaf)
                   for idx in np.ndindex(*s.amax.shape)]
-  scalars = {f"{n.lower()}_share/{r}": share_sum[n, r] / count[r]
-             for n in names for r in ROLES + ("all",) if count[r]}
+  present = {path[-1] for path, _ in entries} | {"all"}
+  scalars = {f"{n.lower()}_share/{r}": share_sum[n, r] /
+             jnp.maximum(count[r], 1)
+             for n in names for r in ROLES + ("all",) if r in present}
   errors = jnp.concatenate(errors)
   scalars.update(
       worst_error=jnp.max(errors),
       worst_error_at=jnp.argmax(errors).astype(jnp.int32),
       bf16_fallbacks=fallbacks,
-      quantizations=jnp.asarray(count["all"], jnp.float32),
+      quantizations=count["all"],
       nonfinite=nonfinite)
   return Summary(scalars=scalars, locations=tuple(locations))

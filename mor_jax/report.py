@@ -132,7 +132,9 @@ def layer_table(metrics: Mapping[str, Any]) -> str:
 
   Each cell is the representation with the largest share (its share added
   where below 100%, as for sub-tensor recipes) and ``chosen_error``, e.g.
-  ``E4M3 1.23%`` or ``BF16 0.00%``.
+  ``E4M3 1.23%`` or ``BF16 0.00%``; for a layer applied k times in the
+  step (backward statistics summed, fractions summing to k) their mean,
+  and ``not run`` for one not applied (all fractions 0).
 
   Args:
     metrics: ``flatten_stats``'s result (arrays or floats).
@@ -154,10 +156,13 @@ def layer_table(metrics: Mapping[str, Any]) -> str:
     shares = {k[len(pre) + len("fraction_"):]: float(v)
               for k, v in metrics.items()
               if k.startswith(pre + "fraction_")}
+    applied = sum(shares.values())
     name = max(shares, key=shares.get)
-    text = name.upper() + (f" {shares[name]:.0%}" if shares[name] < 1 else "")
-    cells.setdefault(layer or "-", {})[f"{gemm}/{role}"] = (
-        f"{text} {float(metrics[pre + 'chosen_error']):.2%}")
+    share = shares[name] / max(applied, 1)
+    error = float(metrics[pre + "chosen_error"]) / max(applied, 1)
+    text = (f"{name.upper()}{f' {share:.0%}' if share < 1 else ''} "
+            f"{error:.2%}" if applied else "not run")
+    cells.setdefault(layer or "-", {})[f"{gemm}/{role}"] = text
   rows = [{"layer": layer, **{f"{g}/{r}": c.get(f"{g}/{r}", "-")
                               for g, r in heads}}
           for layer, c in cells.items()]

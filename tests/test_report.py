@@ -75,6 +75,26 @@ def test_summarize_matches_hand_computed_values(jit):
       "b/1/fprop/activation | BF16 fallbacks 2.25/8 | nonfinite 1")
 
 
+# Layer "c" not applied in the step (init's zeros), and "a" applied twice
+# in the backward pass (its probes' cotangents sum).
+NOT_RUN = jax.tree.map(jnp.zeros_like, FWD["a"])
+TWICE = jax.tree.map(lambda a: 2 * a, BWD)
+
+
+def test_summarize_leaves_out_layers_not_run_and_averages_repeats():
+  s = mor_jax.summarize({**FWD, "c": NOT_RUN}, TWICE).as_dict()
+  assert s.pop("worst_error_at") == "b/1/fprop/activation"
+  for k, v in EXPECTED.items():
+    # Both applications of a/dgrad met the NaN.
+    np.testing.assert_allclose(s[k], 2.0 if k == "nonfinite" else v,
+                               rtol=1e-6, err_msg=k)
+  table = report.layer_table(flatten_stats({**FWD, "c": NOT_RUN}, TWICE))
+  rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+          for r in table.splitlines()[2:]}
+  assert rows["a"] == ["E4M3 2.00%", "BF16 0.00%", "BF16 0.00%", "E4M3 4.00%"]
+  assert rows["c"] == ["not run", "not run", "-", "-"]
+
+
 def test_summarize_forward_only_and_errors():
   s = mor_jax.summarize(FWD)
   assert float(s["quantizations"]) == 6
