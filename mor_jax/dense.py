@@ -115,14 +115,16 @@ _default_bias_init = nn.initializers.zeros_init()
 def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
                     rhs: jax.Array, dimension_numbers, precision=None,
                     preferred_element_type=None, *,
-                    path: str | None = None) -> jax.Array:
+                    path: str | None = None,
+                    name: str | None = None) -> jax.Array:
   """``mor_jax.dot_general`` inside a bound linen module, statistics in its scope.
 
   The building block of every layer here, for writing new ones: the policy
   is resolved from the layer's path and GEMM size; the probes are the
   module's ``"mor_grads"`` variables where present or creatable, else
   constant zeros; the forward statistics go to ``"mor_stats"`` where that
-  is mutable.
+  is mutable. A module with several GEMMs names each (``name``): its
+  variables then nest under the name.
 
   Args:
     module: the bound module that owns the statistics (call this from its
@@ -134,12 +136,40 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
     dimension_numbers: as for ``jax.lax.dot_general``.
     precision: as for ``jax.lax.dot_general``.
     preferred_element_type: as for ``jax.lax.dot_general``.
-    path: the path ``PolicyRules`` match (default: ``module.path``).
+    path: the path ``PolicyRules`` match (default: ``module.path``, then
+      ``name``).
+    name: this GEMM's name in the module, needed where the module calls
+      ``mor_dot_general`` more than once: its statistics are then
+      ``"<module path>/<name>/<gemm>/<role>"``.
 
   Returns:
     The product, as ``jax.lax.dot_general`` shapes it.
+
+  Raises:
+    ValueError: a second call in one module with the same ``name`` (or
+      none), found at ``init``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, mor_jax
+    >>> from mor_jax.dense import mor_dot_general, flatten_stats
+    >>> class TwoGemms(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     w = self.param("w", nn.initializers.lecun_normal(), (16, 16))
+    ...     dims = (((1,), (0,)), ((), ()))
+    ...     h = mor_dot_general(self, mor_jax.Policy(), x, w, dims, name="in")
+    ...     return mor_dot_general(self, mor_jax.Policy(), h, w.T, dims,
+    ...                            name="out")
+    >>> x = jnp.ones((4, 16))
+    >>> v = jax.jit(TwoGemms().init)(jax.random.key(0), x)
+    >>> sorted(v["mor_grads"]), sorted(v["mor_grads"]["in"])
+    (['in', 'out'], ['dgrad', 'wgrad'])
+    >>> _, s = jax.jit(lambda v: TwoGemms().apply(v, x, mutable="mor_stats"))(v)
+    >>> sorted({k.rsplit("/", 3)[0] for k in flatten_stats(s["mor_stats"])})
+    ['in', 'out']
   """
-  path = "/".join(module.path) if path is None else path
+  if path is None:
+    path = "/".join(module.path + (() if name is None else (name,)))
   gemm = _policy.gemm_size(jnp.shape(rhs), dimension_numbers)
   policy = _policy.policy_at(policy, path, gemm)
   _policy.record(path, type(module).__name__, jnp.shape(rhs), gemm, policy)
@@ -157,12 +187,26 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
         f"transform, e.g. variable_axes={{'params': 0, {STATS!r}: 0, "
         f"{GRADS!r}: 0}}.", UserWarning, stacklevel=2)
   probes = _dot.zero_probes(policy)
-  missing = False
-  for gemm, zeros in probes.items():
-    if module.has_variable(GRADS, gemm) or module.is_mutable_collection(GRADS):
-      probes[gemm] = module.variable(GRADS, gemm, lambda z=zeros: z).value
-    else:
-      missing = True
+  if module.is_initializing() and module.has_variable(
+      GRADS, "dgrad" if name is None else name):
+    raise ValueError(
+        f"mor_dot_general: a second GEMM in module {path!r} "
+        f"{'with no name' if name is None else f'named {name!r}'}: its "
+        "statistics would take the first's variables. Give each GEMM of a "
+        "module its own name= (or its own submodule).")
+  if name is None:
+    missing = False
+    for gemm, zeros in probes.items():
+      if (module.has_variable(GRADS, gemm) or
+          module.is_mutable_collection(GRADS)):
+        probes[gemm] = module.variable(GRADS, gemm, lambda z=zeros: z).value
+      else:
+        missing = True
+  else:
+    missing = not (module.has_variable(GRADS, name) or
+                   module.is_mutable_collection(GRADS))
+    if not missing:
+      probes = dict(module.variable(GRADS, name, lambda: probes).value)
   if missing and module.is_mutable_collection(STATS):
     # Collecting statistics without the probes: a train step that forgot
     # them gets the forward statistics only. The message names no layer, so
@@ -172,7 +216,10 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
       lhs, rhs, dimension_numbers, probes, policy=policy, precision=precision,
       preferred_element_type=preferred_element_type)
   if module.is_mutable_collection(STATS):
-    module.put_variable(STATS, "fprop", stats["fprop"])
+    if name is None:
+      module.put_variable(STATS, "fprop", stats["fprop"])
+    else:
+      module.put_variable(STATS, name, {"fprop": stats["fprop"]})
   return out
 
 

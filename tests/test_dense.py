@@ -28,7 +28,7 @@ import mor_jax
 from mor_jax import dense
 from mor_jax import nnx as mor_nnx
 from mor_jax.dense import (MoRDense, MoRDenseGeneral, MoRDotGeneral, MoREinsum,
-                           flatten_stats)
+                           flatten_stats, mor_dot_general)
 from tests import cases
 from tests import dot_reference
 
@@ -456,6 +456,45 @@ def test_policy_rules_through_dot_general_cls_and_per_layer_policy():
   probes = variables["mor_grads"]
   assert probes["c"]["dgrad"]["weight"].names == ("BF16",)
   assert probes["c"]["wgrad"]["gradient"].names == ("E4M3", "BF16")
+
+
+class _TwoGemms(nn.Module):
+  """Two GEMMs in one module through mor_dot_general (an attention core's
+  shape): ``names`` names them."""
+  names: tuple = ("in", "out")
+  policy: object = mor_jax.Policy()
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("w", nn.initializers.lecun_normal(), (8, 8))
+    dims = (((1,), (0,)), ((), ()))
+    h = mor_dot_general(self, self.policy, x, w, dims, name=self.names[0])
+    return mor_dot_general(self, self.policy, h, w.T, dims,
+                           name=self.names[1])
+
+
+def test_mor_dot_general_twice_in_one_module_needs_names():
+  x = _outliers((4, 8), 3)
+  for names in ((None, None), ("a", "a")):
+    with pytest.raises(ValueError, match="second GEMM in module.*own name"):
+      _TwoGemms(names).init(jax.random.key(0), x)
+  model = _TwoGemms(policy=mor_jax.PolicyRules(
+      rules=((r"out$", NOQUANT),), default=mor_jax.Policy()))
+  params, probes = mor_jax.split_variables(model.init(jax.random.key(0), x))
+
+  def loss(params, probes):
+    y, state = model.apply({"params": params, "mor_grads": probes}, x,
+                           mutable=["mor_stats"])
+    return jnp.sum(y ** 2), state["mor_stats"]
+
+  (_, fwd), (_, bwd) = jax.jit(jax.value_and_grad(
+      loss, (0, 1), has_aux=True))(params, probes)
+  flat = flatten_stats(fwd, bwd)
+  # Six quantizations each: 9 metrics under MoR, 6 under NoQuant (by path).
+  assert len(flat) == 6 * 9 + 6 * 6
+  assert {k.rsplit("/", 3)[0] for k in flat} == {"in", "out"}
+  assert float(flat["out/wgrad/gradient/fraction_bf16"]) == 1.0
+  assert float(flat["in/wgrad/gradient/fraction_e4m3"]) == 1.0
 
 
 def test_flatten_stats_keys():
