@@ -370,6 +370,25 @@ def test_lean_steps_change_nothing_logged(train, corpus, tmp_path):
   assert not dense.header["lean_steps"] and dense.stats_steps.size == 0
 
 
+def test_validation_every_eval_every_steps_whatever_log_every(train, corpus,
+                                                               tmp_path):
+  """--eval-every 3 with --log-every 4: validation at 0, 3 (not a logging
+  step) and 6 (the last), each on its own step's parameters; every train and
+  statistics row as with --log-every 1."""
+  every = train("seed0")  # TINY: log_every 1, eval_every 3, 6 steps.
+  cfg = dataclasses.replace(TINY, log_every=4, stats_every=4)
+  assert training.train_recipe(RECIPE, cfg, corpus, tmp_path, progress=False)
+  run = metrics.Run.load(tmp_path / f"{RECIPE}.jsonl")
+  assert run.val["step"].tolist() == [0, 3, 6] == every.val["step"].tolist()
+  np.testing.assert_array_equal(run.val["loss"], every.val["loss"])
+  assert run.train["step"].tolist() == list(range(TINY.steps))
+  np.testing.assert_array_equal(run.train["loss"], every.train["loss"])
+  assert np.all(run.train["step_time"] > 0)
+  assert run.stats_steps.tolist() == [0, 4]
+  for name, values in run.stats.items():
+    np.testing.assert_array_equal(values, every.stats[name][[0, 4]], name)
+
+
 def test_an_empty_metrics_file_is_named_not_a_crash(train, tmp_path, capsys):
   """A run killed while compiling leaves an empty file: a report over its
   directory leaves it out and says so; compare_runs refuses it by name."""

@@ -114,7 +114,8 @@ class Config:
   val_fraction: float = _opt(0.05, "share of files held out for validation")
   val_batches: int = _opt(8, "validation batches (fixed windows)")
   eval_every: int = _opt(50, "validation every N steps (and at the end)")
-  log_every: int = _opt(10, "pull metrics to the host every N steps")
+  log_every: int = _opt(10, "pull metrics to the host every N steps (and "
+                       "at each validation)")
   stats_every: int = _opt(10, "log MoR statistics every N steps")
   execution: str = _opt("auto", "how MoR's GEMMs run: auto (fp8 on GPUs with "
                         "FP8 tensor cores, else emulate), fp8 or emulate")

@@ -363,8 +363,10 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
   """Steps from ``start`` to ``cfg.steps``, or until ``deadline`` passes.
 
   Steps are dispatched asynchronously and their outputs pulled to the host
-  once per ``cfg.log_every`` steps, so the device never waits for the
-  host; the deadline and validation are checked at those points too. With
+  once per window, so the device never waits for the host. A window ends
+  every ``cfg.log_every`` steps, at every ``cfg.eval_every``-th step and at
+  the last one; validation runs after the window that ends at its step (its
+  time left out of the window's), and the deadline is checked there. With
   ``trace_dir`` the windows that hold the first ``cfg.profile_steps`` steps
   are traced with ``jax.profiler`` into it.
 
@@ -387,7 +389,10 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
     pending.append((step, scalars, *((None, None) if lean else
                                      (stats, summary))))
     step += 1
-    if step % cfg.log_every and step != cfg.steps:
+    # A validation step ends its window even off the logging grid: it needs
+    # that step's parameters, and its time stays out of the step times.
+    evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+    if step % cfg.log_every and not evaluate:
       continue
     # The host syncs once per window: the scalars, then the statistics of
     # the logged steps and of every skipped one (to show where the NaN or
@@ -408,7 +413,7 @@ def train_loop(program: Program, state: TrainState, cfg: Config,
     last = next((f[3] for f in reversed(fetched) if f[3] is not None), None)
     if last is not None and "e4m3_share/all" in last:
       postfix["E4M3"] = f"{float(last['e4m3_share/all']):.1%}"
-    if step % cfg.eval_every == 0 or step == cfg.steps:
+    if evaluate:
       postfix["val"] = f"{validate(program, state.params, writer, step):.3f}"
     pending = []
     writer.flush()
@@ -442,8 +447,9 @@ def train_recipe(recipe: str, cfg: Config, corpus: Corpus, out: pathlib.Path,
   """Trains one recipe and writes ``out/<recipe>.jsonl``.
 
   At ``deadline`` (a ``time.monotonic()`` value), checked every
-  ``cfg.log_every`` steps, it saves ``out/<recipe>.<step>.ckpt`` and stops;
-  the same call later resumes from it, bit for bit as if never stopped.
+  ``cfg.log_every`` steps and at each validation, it saves
+  ``out/<recipe>.<step>.ckpt`` and stops; the same call later resumes from
+  it, bit for bit as if never stopped.
 
   With ``mesh_shape`` the step runs on a ``make_mesh`` mesh over all devices
   (every process's): the batch split over data and fsdp, the MoRDense
