@@ -31,7 +31,8 @@ and without host callbacks:
 Each ``s`` is a ``mor_jax.NamedMoRStats`` (float32 leaves). A layer applied
 more than once per step keeps the last application's forward statistics
 and the sum of all applications' backward ones (the cotangent of a shared
-input sums), e.g. ``fraction_e4m3`` of 2.0 for two applications in E4M3.
+input sums), e.g. ``fraction_e4m3`` of 2.0 for two applications in E4M3
+(``mor_jax.summarize`` and ``report.layer_table`` count their mean).
 Under ``nn.scan``, list both collections in ``variable_axes`` so each layer
 gets its own statistics (a layer that cannot create them warns at init).
 ``flatten_stats`` turns them into a flat dict.
