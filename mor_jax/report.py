@@ -118,7 +118,8 @@ def markdown_table(rows: Sequence[Mapping[str, str]],
 
 def _natural(text: str) -> tuple:
   """Sorts 'Block_10' after 'Block_2'."""
-  return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
+  # isdecimal, not isdigit: "²" is a digit that int() refuses.
+  return tuple(int(p) if p.isdecimal() else p for p in re.split(r"(\d+)", text))
 
 
 def _quantization_order(key: str) -> tuple:
@@ -143,7 +144,19 @@ def layer_table(metrics: Mapping[str, Any]) -> str:
     A Markdown table, a row per layer (the path; "-" for a top-level
     layer), a column per ``<gemm>/<role>`` present; the header alone
     where ``metrics`` holds no quantization (a model without MoR layers).
+
+  Raises:
+    TypeError: ``metrics`` is not flat (a nested collection, or a
+      ``Summary``): it would make an empty table.
   """
+  for key, value in metrics.items():
+    if (isinstance(value, Mapping) or np.ndim(value) != 0 or
+        split_key(key)[1:3] not in {(g, r) for g in GEMMS for r in ROLES}):
+      raise TypeError(
+          f"layer_table takes flatten_stats's flat dict of scalars keyed "
+          f"'<layer>/<gemm>/<role>/<metric>'; got {key!r} "
+          f"({type(value).__name__}): pass flatten_stats(mor_stats, "
+          "mor_grads).")
   cells: dict[str, dict[str, str]] = {}
   heads = sorted({split_key(k)[1:3] for k in metrics},
                  key=lambda gr: (GEMMS.index(gr[0]) if gr[0] in GEMMS else 9,

@@ -148,6 +148,17 @@ def test_layer_table_cells():
   assert rows["b/1"][0] == "E4M3 5.00%"
 
 
+def test_layer_table_refuses_what_is_not_flat_and_sorts_any_name():
+  for bad in (FWD, mor_jax.summarize(FWD)):
+    with pytest.raises(TypeError, match="flat dict.*flatten_stats"):
+      report.layer_table(bad)
+  # "²" is a digit that int() refuses; "Block_10" sorts after "Block_2".
+  table = report.layer_table(flatten_stats(
+      {"fc1²": FWD["a"], "Block_10": FWD["a"], "Block_2": FWD["a"]}))
+  assert [r.split("|")[1].strip() for r in table.splitlines()[2:]] == [
+      "Block_2", "Block_10", "fc1²"]
+
+
 def test_layer_table_of_no_quantization_is_its_header():
   # A model without MoR layers: flatten_stats gives {}.
   assert report.layer_table({}).splitlines() == ["| layer |", "|-------|"]
