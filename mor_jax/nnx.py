@@ -397,13 +397,23 @@ def flatten_stats(model: nnx.Module,
   Raises:
     ValueError: one ``MoRDotGeneral`` is injected into several layers (as
       ``functools.partial(nnx.Linear, dot_general=MoRDotGeneral(p))``
-      does): it holds one set of statistics for all of them.
+      does): it holds one set of statistics for all of them; or ``grads``
+      holds no ``GradProbes`` of a model that has them (differentiated
+      with respect to ``nnx.Param`` alone).
   """
   _check_model(model, "flatten_stats")
   _check_unshared(model)
   fwd = _by_layer(nnx.to_pure_dict(nnx.state(model, ForwardStats)))
-  bwd = (None if grads is None else _by_layer(
-      nnx.to_pure_dict(nnx.filter_state(grads, GradProbes))))
+  bwd = None
+  if grads is not None:
+    bwd = _by_layer(nnx.to_pure_dict(nnx.filter_state(grads, GradProbes)))
+    if not bwd and fwd:
+      raise ValueError(
+          "flatten_stats: grads hold no GradProbes, so no backward "
+          "statistics: differentiate with respect to them too, "
+          "argnums=nnx.DiffState(0, nnx.Any(nnx.Param, "
+          "mor_jax.nnx.GradProbes)) (or pass grads=None for the forward "
+          "statistics only).")
   return _stats.flatten_stats(fwd, bwd)
 
 

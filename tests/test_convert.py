@@ -341,7 +341,7 @@ def test_nnx_convert_in_place():
       model, grads)
 
 
-def test_nnx_one_mor_dot_general_in_two_layers_is_refused():
+def test_nnx_flatten_stats_refuses_a_shared_op_and_grads_without_probes():
   """functools.partial shares one op: one set of statistics for both."""
   make = functools.partial(nnx.Linear, dot_general=mor_nnx.MoRDotGeneral(
       mor_jax.Policy()), rngs=nnx.Rngs(0))
@@ -355,6 +355,10 @@ def test_nnx_one_mor_dot_general_in_two_layers_is_refused():
   forward(model, _x((4, 32)))
   layers = {k.rsplit("/", 3)[0] for k in mor_nnx.flatten_stats(model)}
   assert layers == {"layers/0", "layers/1"}
+  # Gradients of the parameters alone hold no backward statistics.
+  grads = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) ** 2)))(model, _x((4, 32)))
+  with pytest.raises(ValueError, match="no GradProbes.*DiffState"):
+    mor_nnx.flatten_stats(model, grads)
 
 
 def test_nnx_convert_twice_reports_no_unused_rule():
