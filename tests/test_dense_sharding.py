@@ -303,3 +303,40 @@ def test_explicit_axes_nnx_linear_with_out_sharding():
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert a.sharding == b.sharding
   assert got[0].sharding.spec == P("data", "model")
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_inside_shard_map_each_device_decides_on_its_shard(impl):
+  """shard_map hands MoR one device's rows: outputs, gradients and
+  decisions are those of each shard alone (README: "Scaling out"); with
+  check_vma=False, which MoR needs there."""
+  x = np.random.default_rng(5).standard_normal((64, K)).astype(np.float32)
+  x[:8, ::16] *= np.float32(1e4)  # device 0's rows only: BF16 there
+  w = np.random.default_rng(6).standard_normal((K, N)).astype(np.float32)
+  policy = mor_jax.Policy()
+  dims = (((1,), (0,)), ((), ()))
+
+  def local(x, w):
+    def loss(x, w, probes):
+      y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes,
+                                              policy=policy)
+      return jnp.sum(y * y), fwd["fprop"]["activation"].fraction_blocks
+    (_, fraction), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+        x, w, mor_jax.zero_probes(policy))
+    return fraction[None], grads[0], grads[1][None]
+
+  mesh = jax.make_mesh((8,), ("d",), devices=jax.devices()[:8],
+                       axis_types=(AxisType.Explicit,))
+  with mor_jax.use_implementation(impl):
+    with jax.set_mesh(mesh):
+      got = jax.jit(jax.shard_map(
+          local, mesh=mesh, in_specs=(P("d"), P()),
+          out_specs=(P("d"), P("d"), P("d")), check_vma=False))(
+              jax.device_put(x, P("d")), w)
+    want = [jax.jit(local)(x[i * 8:(i + 1) * 8], w) for i in range(8)]
+  fraction, dx, dw = (np.concatenate([np.asarray(w_[j]) for w_ in want])
+                      for j in range(3))
+  np.testing.assert_array_equal(np.asarray(got[0]), fraction)
+  assert fraction[0].tolist() == [0.0, 1.0] and fraction[1, 0] == 1.0
+  np.testing.assert_allclose(np.asarray(got[1]), dx, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(got[2]), dw, rtol=1e-6)
