@@ -25,23 +25,28 @@ def explicit() -> tuple[str, ...]:
   return tuple(jax.sharding.get_abstract_mesh().explicit_axes)
 
 
-def run(fun: Callable[..., Any], *arrays: jax.Array, like: Any = None) -> Any:
+def run(fun: Callable[..., Any], *arrays: jax.Array,
+        out_sharding: Any = None) -> Any:
   """``fun(*arrays)`` with the context mesh's Explicit axes made Auto.
 
   Args:
     fun: a function of arrays only (bind anything static first).
     *arrays: its arguments.
-    like: an array or ``jax.ShapeDtypeStruct`` whose sharding the results of
-      its shape take; default: ``arrays[0]``. Other results are replicated.
+    out_sharding: the results' specs (a prefix of their tree), where the
+      caller knows them; by default results shaped like ``arrays[0]`` take
+      its sharding and the others are replicated, which costs a second
+      trace of ``fun`` (jit's cache serves it where ``fun`` is jitted).
   """
   axes = explicit()
   if not axes:
     return fun(*arrays)
-  like = jax.typeof(arrays[0]) if like is None else like
   auto = lambda out_sharding: jax.sharding.auto_axes(  # noqa: E731
       fun, axes=axes, out_sharding=out_sharding)
+  if out_sharding is not None:
+    return auto(out_sharding)(*arrays)
+  like = jax.typeof(arrays[0])
   # The results' shapes, to choose their shardings: a trace with everything
-  # replicated (jit's cache serves the second trace of a jitted ``fun``).
+  # replicated.
   shapes = jax.eval_shape(auto(P()), *arrays)
   return auto(jax.tree.map(
       lambda s: like.sharding.spec if s.shape == like.shape else P(),

@@ -496,16 +496,17 @@ def dot_general_with_stats(
           f"shapes and float32 dtype); got {got}, want {want}.")
   if preferred_element_type is not None:
     preferred_element_type = np.dtype(preferred_element_type)
-  like = None
-  if _axes.explicit():
-    like = jax.eval_shape(functools.partial(
+  specs = None
+  if _axes.explicit():  # lax.dot_general's output sharding; stats replicated
+    specs = (jax.eval_shape(functools.partial(
         jax.lax.dot_general, dimension_numbers=dimension_numbers,
         precision=precision, preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding), lhs, rhs)
+        out_sharding=out_sharding), lhs, rhs).sharding.spec,
+             jax.sharding.PartitionSpec())
   out, stats = _axes.run(
       lambda lhs, rhs, probes: _mor_dot_general(
           lhs, rhs, probes, dims, policy, precision, preferred_element_type),
-      lhs, rhs, probes, like=like)
+      lhs, rhs, probes, out_sharding=specs)
   if out_sharding is not None:
     out = jax.sharding.reshard(out, out_sharding)
   return out, stats
