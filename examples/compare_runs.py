@@ -5,6 +5,9 @@ Run: python examples/compare_runs.py ONE.jsonl[.gz] OTHER.jsonl[.gz]
 
 Meant for a sharded run against the one-device run of the same recipe, seed
 and global batch: losses agree up to the order of sums, decisions exactly.
+Rows are matched by step: only the steps both runs logged are compared, and
+a note names the rows left out (runs logged with other --stats-every or
+--eval-every, or one stopped early).
 """
 
 from __future__ import annotations
@@ -23,41 +26,83 @@ from examples.lm.metrics import EmptyRunError, Run
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def compare(one: Run, other: Run) -> dict[str, float | int | None]:
-  """Differences between two runs over the steps both ran.
+def _rel(a: np.ndarray, b: np.ndarray) -> float | None:
+  """The largest relative difference of a from b; None over no step."""
+  return float(np.max(np.abs(a - b) / np.abs(b))) if a.size else None
 
-  ``first_differing_step`` is the first logged step at which some decision
-  differs (None if none does), and ``train_loss_max_rel_diff_before`` the
-  losses' largest difference over the steps before it: where the runs part,
-  and how far apart they had drifted by then.
+
+def _common(one: np.ndarray, other: np.ndarray):
+  """The steps both runs logged, and their rows' indices in each."""
+  return np.intersect1d(one, other, return_indices=True)
+
+
+def compare(one: Run, other: Run) -> dict[str, float | int | None]:
+  """Differences between two runs at the steps both logged.
+
+  Rows are matched by step, not by position: runs logged with other
+  ``--stats-every`` or ``--eval-every``, or one stopped early, are compared
+  where both have a row (``unmatched`` lists the others). ``steps``,
+  ``val_steps`` and ``stats_steps`` count the steps compared; a difference
+  over no step is None. ``first_differing_step`` is the first of them at
+  which some decision differs (None if none does), and
+  ``train_loss_max_rel_diff_before`` the losses' largest difference over the
+  steps before it: where the runs part, and how far apart they had drifted.
+
+  Raises:
+    ValueError: if the runs have no training step in common.
   """
-  n = min(one.train["loss"].size, other.train["loss"].size)
-  v = min(one.val["loss"].size, other.val["loss"].size)
-  m = min(one.stats_steps.size, other.stats_steps.size)
+  steps, i, j = _common(one.train["step"], other.train["step"])
+  if not steps.size:
+    raise ValueError("the runs have no training step in common; nothing to "
+                     "compare.")
+  loss, other_loss = one.train["loss"][i], other.train["loss"][j]
+  val_steps, vi, vj = _common(one.val["step"], other.val["step"])
+  stats_steps, si, sj = _common(one.stats_steps, other.stats_steps)
+  m = stats_steps.size
   # A decision (one quantization's choice) logs one fraction per candidate.
   decisions: dict[str, np.ndarray] = {}
   for k in one.stats:
     if "/fraction_" in k:
       name = k.rsplit("/fraction_", 1)[0]
-      ne = one.stats[k][:m] != other.stats.get(k, np.full(m, np.nan))[:m]
+      theirs = other.stats[k][sj] if k in other.stats else np.full(m, np.nan)
+      ne = one.stats[k][si] != theirs
       decisions[name] = decisions.get(name, False) | ne
-  unequal = np.array(list(decisions.values())).reshape(-1, m)  # [decision, step]
+  # [decision, step]
+  unequal = np.array(list(decisions.values())).reshape(-1, m)
   differs = unequal.any(axis=0)
-  first = int(one.stats_steps[np.argmax(differs)]) if differs.any() else None
-  rel = lambda a, b: float(np.max(np.abs(a - b) / np.abs(b))) if a.size else 0.0  # noqa: E731
-  before = n if first is None else min(n, first)
+  first = int(stats_steps[np.argmax(differs)]) if differs.any() else None
+  before = steps < first if first is not None else slice(None)
   return {
-      "steps": n,
-      "train_loss_max_rel_diff": rel(other.train["loss"][:n],
-                                     one.train["loss"][:n]),
-      "val_loss_max_rel_diff": rel(other.val["loss"][:v], one.val["loss"][:v]),
+      "steps": steps.size,
+      "val_steps": val_steps.size,
+      "stats_steps": m,
+      "train_loss_max_rel_diff": _rel(other_loss, loss),
+      "val_loss_max_rel_diff": _rel(other.val["loss"][vj], one.val["loss"][vi]),
       "decisions_compared": unequal.size,
       "decisions_differing": int(unequal.sum()),
       "first_differing_step": first,
-      "train_loss_max_rel_diff_before": rel(other.train["loss"][:before],
-                                            one.train["loss"][:before]),
+      "train_loss_max_rel_diff_before": _rel(other_loss[before], loss[before]),
       "tokens_per_s_ratio": other.tokens_per_s() / one.tokens_per_s(),
   }
+
+
+def unmatched(one: Run, other: Run) -> dict[str, tuple[np.ndarray,
+                                                       np.ndarray]]:
+  """Per kind of row, the steps only ``one`` logged and those only ``other``
+  logged: what ``compare`` leaves out."""
+  pairs = {"train": (one.train["step"], other.train["step"]),
+           "val": (one.val["step"], other.val["step"]),
+           "stats": (one.stats_steps, other.stats_steps)}
+  return {kind: (np.setdiff1d(a, b), np.setdiff1d(b, a))
+          for kind, (a, b) in pairs.items()}
+
+
+def _list_steps(steps: np.ndarray, most: int = 10) -> str:
+  """'step 3', 'steps 1, 3, 5', or the first ``most`` and their number."""
+  shown = ", ".join(str(int(s)) for s in steps[:most])
+  if steps.size > most:
+    shown += f", ... ({steps.size} in all)"
+  return f"step {shown}" if steps.size == 1 else f"steps {shown}"
 
 
 def main(argv=None) -> int:
@@ -69,12 +114,22 @@ def main(argv=None) -> int:
     one, other = Run.load(args.one), Run.load(args.other)
   except EmptyRunError as e:
     raise SystemExit(f"error: {e}") from None
+  try:
+    diff = compare(one, other)
+  except ValueError as e:
+    raise SystemExit(f"error: {args.one} and {args.other}: {e}") from None
   print(f"{args.one}: mesh {one.mesh}, {one.step_ms():.1f} ms/step, "
         f"{one.tokens_per_s():,.0f} tokens/s")
   print(f"{args.other}: mesh {other.mesh}, {other.step_ms():.1f} ms/step, "
         f"{other.tokens_per_s():,.0f} tokens/s")
-  for k, val in compare(one, other).items():
+  for k, val in diff.items():
     print(f"{k}: {val:.3g}" if isinstance(val, float) else f"{k}: {val}")
+  for kind, only in unmatched(one, other).items():
+    for path, steps, theirs in ((args.one, only[0], args.other),
+                                (args.other, only[1], args.one)):
+      if steps.size:
+        print(f"note: left out the {kind} rows of {path} at "
+              f"{_list_steps(steps)}: {theirs} has none there.")
   return 0
 
 

@@ -445,6 +445,44 @@ def test_compare_runs_counts_each_decision_once_and_finds_the_first(train):
   assert diff["train_loss_max_rel_diff"] == pytest.approx(0.01)
 
 
+def test_compare_runs_aligns_rows_on_steps(train, tmp_path, capsys):
+  """Runs logged at other steps (--stats-every 2 and --eval-every 6, then
+  killed after step 4) are compared at the steps both logged, and the rows
+  left out are named; runs with no training step in common are refused."""
+  from examples import compare_runs  # pylint: disable=g-import-not-at-top
+  train("seed0")
+  rows = metrics.read_jsonl(train.files["seed0"])
+  # A decision that differs only at step 1, which the other run never logged.
+  flip = next(k for r in rows if r["kind"] == "stats" for k in r["stats"]
+              if "/fraction_" in k)
+  one = [dict(r, stats=dict(r["stats"], **{flip: 1 - r["stats"][flip]}))
+         if r["kind"] == "stats" and r["step"] == 1 else r for r in rows]
+  # --stats-every 2 and --eval-every 6, killed after step 4 (no "done" row).
+  other = [r for r in rows if not (
+      r["kind"] == "stats" and r["step"] % 2 or
+      r["kind"] == "val" and r["step"] == 3 or
+      r["kind"] in ("train", "stats") and r["step"] > 4 or r["kind"] == "done")]
+  # Killed before its first training row: the header and step 0's validation.
+  killed = [r for r in rows if r["kind"] in ("config", "val")][:2]
+  files = {}
+  for name, kept in (("one", one), ("other", other), ("killed", killed)):
+    files[name] = tmp_path / f"{name}.jsonl"
+    files[name].write_text("".join(json.dumps(r) + "\n" for r in kept))
+  assert compare_runs.main([str(files["one"]), str(files["other"])]) == 0
+  printed = capsys.readouterr().out
+  for line in ("steps: 5", "val_steps: 2", "stats_steps: 3",
+               f"decisions_compared: {48 * 3}", "decisions_differing: 0",
+               "first_differing_step: None", "train_loss_max_rel_diff: 0",
+               "val_loss_max_rel_diff: 0"):
+    assert f"\n{line}\n" in printed, line
+  for kind, steps in (("train", "step 5"), ("val", "step 3"),
+                      ("stats", "steps 1, 3, 5")):
+    assert (f"note: left out the {kind} rows of {files['one']} at "
+            f"{steps}: {files['other']} has none there.") in printed
+  with pytest.raises(SystemExit, match="no training step in common"):
+    compare_runs.main([str(files["one"]), str(files["killed"])])
+
+
 def _script(*argv: str, cwd: pathlib.Path) -> str:
   """Runs ``python *argv`` in ``cwd``; its stdout (fails with its stderr)."""
   done = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True,
