@@ -407,6 +407,53 @@ def test_an_empty_metrics_file_is_named_not_a_crash(train, tmp_path, capsys):
     compare_runs.main([str(train.files["seed0"]), str(empty)])
 
 
+def test_ratios_only_against_a_baseline_at_the_same_steps(train, tmp_path):
+  """A bf16 run killed before its first training row is no baseline, and one
+  stopped early has no loss at the steps of the others' final losses: their
+  ratios are '-', not NaN nor losses of other steps, and the report says
+  why, naming the file. A dense run that finished is the baseline then."""
+  train("seed0")
+  rows = metrics.read_jsonl(train.files["seed0"])
+
+  def write(recipe, kept):
+    kept = [dict(r, recipe=recipe) if r["kind"] == "config" else r
+            for r in kept]
+    (tmp_path / f"{recipe}.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in kept))
+
+  def table():
+    text = report.report(tmp_path)
+    lines = {r["recipe"]: r for r in report.summary_rows(
+        metrics.load_runs(tmp_path))}
+    return text, lines
+
+  write(RECIPE, rows)
+  bf16 = tmp_path / "bf16.jsonl"
+  write("bf16", rows[:2])  # Killed: the header and step 0's validation.
+  text, lines = table()
+  assert [rows[0]["kind"], rows[1]["kind"]] == ["config", "val"]
+  for name in ("bf16", RECIPE):
+    assert lines[name]["train / bf16"] == lines[name]["val / bf16"] == "-"
+  assert lines["bf16"]["train loss"] == lines["bf16"]["ms/step"] == "-"
+  assert "nan" not in text
+  assert f"{bf16} holds no training step" in text
+  # Stopped by --time-limit after step 2 (its validation at step 3 done).
+  write("bf16", [r for r in rows if r.get("step", 0) < 3 or
+                 r["kind"] == "val" and r["step"] == 3])
+  text, lines = table()
+  assert lines[RECIPE]["train / bf16"] == lines[RECIPE]["val / bf16"] == "-"
+  assert (lines["bf16"]["train / bf16"] == lines["bf16"]["val / bf16"]
+          == "1.0000")
+  assert (f"Ratios to bf16: '-' for {RECIPE}: {bf16} has no loss at the "
+          "steps of their final losses") in text
+  # A finished dense run (here: the same rows) stands in for the killed bf16.
+  write("bf16", rows[:2])
+  write(config.PLAIN, rows)
+  _, lines = table()
+  assert (lines[RECIPE]["train / bf16"] == lines[RECIPE]["val / bf16"]
+          == "1.0000")
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 virtual "
                     "devices of the root conftest.py")
 def test_compare_runs_reports_equal_decisions(train, capsys):

@@ -148,6 +148,7 @@ class Run:
   end: dict[str, Any]
   # ``mor_jax.summarize`` of each stats row, as ``Summary.as_dict`` gives it.
   summaries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  path: pathlib.Path | None = None  # The metrics file read (``load``).
 
   @classmethod
   def load(cls, path: pathlib.Path) -> Run:
@@ -179,15 +180,20 @@ class Run:
         stats={n: np.array([r["stats"][n] for r in stats], np.float64)
                for n in names},
         end=(by_kind.get("done") or by_kind.get("stopped") or [{}])[-1],
-        summaries=[r["summary"] for r in stats if "summary" in r])
+        summaries=[r["summary"] for r in stats if "summary" in r],
+        path=path)
 
   @property
   def steps_done(self) -> int:
     return int(self.train["step"][-1]) + 1 if self.train["step"].size else 0
 
+  def final_train_steps(self) -> np.ndarray:
+    """The last 5% of the steps run: at least one, if any ran."""
+    return self.train["step"][-max(1, self.steps_done // 20):]
+
   def final_train_loss(self) -> float:
-    """Mean training loss over the last 5% of the steps run."""
-    n = max(1, self.steps_done // 20)
+    """Mean training loss over ``final_train_steps``."""
+    n = self.final_train_steps().size
     return float(np.mean(self.train["loss"][-n:])) if n else math.nan
 
   def final_val_loss(self) -> float:

@@ -6,6 +6,12 @@ recipe's ``mor_jax.summarize`` scalars per stats step to
 role, a heatmap of each layer's and GEMM's error) to PNG files beside them.
 The plots and the CSV writer are ``mor_jax.report``'s; matplotlib is
 imported only when a plot is drawn, without pyplot or a backend switch.
+
+Losses are divided by the baseline's (``baseline``: bf16, else dense) at the
+same steps. A ratio is '-' where the baseline has no loss there, a run killed
+before its first training step is no baseline, and a note under the table
+says why, naming the file: a silent NaN, or a ratio of losses at different
+steps, would read as a result.
 """
 
 from __future__ import annotations
@@ -29,31 +35,73 @@ def baseline(runs: Sequence[Run]) -> Run | None:
 
   ``dense`` trains to bf16's losses bit for bit without its statistics
   (tests/test_train_lm.py), so speed runs that compare with it alone still
-  get loss ratios.
+  get loss ratios. A run killed before its first training step has no loss
+  to divide by and is passed over.
   """
   for name in (BASELINE, PLAIN):
     for r in runs:
-      if r.recipe == name:
+      if r.recipe == name and r.train["step"].size:
         return r
   return None
 
 
+def _losses_at(rows: dict[str, np.ndarray],
+               steps: np.ndarray) -> np.ndarray | None:
+  """``rows``' losses at ``steps``; None unless it has one at each."""
+  common, _, j = np.intersect1d(steps, rows["step"], return_indices=True)
+  return rows["loss"][j] if steps.size and common.size == steps.size else None
+
+
+def loss_ratios(run: Run, base: Run) -> tuple[float | None, float | None]:
+  """``run``'s final training and validation losses over ``base``'s at the
+  same steps; None where ``base`` has no loss there (stopped or killed
+  before them), since losses of different steps are no comparison."""
+  train = _losses_at(base.train, run.final_train_steps())
+  val = _losses_at(base.val, run.val["step"][-1:])
+  return (None if train is None else run.final_train_loss() / np.mean(train),
+          None if val is None else run.final_val_loss() / val[0])
+
+
+def baseline_note(runs: Sequence[Run]) -> str | None:
+  """Why ratio cells of runs with losses say '-'; None if none does."""
+  base = baseline(runs)
+  if base is None:
+    killed = [str(r.path) for r in runs if r.recipe in (BASELINE, PLAIN)]
+    if killed:
+      return (f"No ratios to {BASELINE}: {', '.join(killed)} holds no "
+              "training step (its run was killed before it logged one); "
+              "train it again, or delete it.")
+    return f"No ratios: no {BASELINE} or {PLAIN} run to divide by."
+  missing = [r.recipe for r in runs
+             if r.train["step"].size and None in loss_ratios(r, base)]
+  if not missing:
+    return None
+  return (f"Ratios to {base.recipe}: '-' for {', '.join(missing)}: "
+          f"{base.path} has no loss at the "
+          "steps of their final losses (its last training step is "
+          f"{int(base.train['step'][-1])}, its last validation "
+          f"{int(base.val['step'][-1])}), and losses of different steps are "
+          "not compared; finish that run (the same command resumes one "
+          "stopped by --time-limit).")
+
+
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
-  """One row of formatted cells per run."""
+  """One row of formatted cells per run; '-' where there is no number."""
   base = baseline(runs)
   rows = []
   for r in runs:
-    train, val = r.final_train_loss(), r.final_val_loss()
+    trained = r.train["step"].size > 0
+    ratios = loss_ratios(r, base) if base else (None, None)
     share = {role: float(np.mean(v))
              for role, v in r.role_series("fraction_e4m3").items()}
     row = {
         "recipe": r.recipe,
         "steps": f"{r.steps_done}/{r.header['config']['steps']}",
-        "train loss": f"{train:.4f}",
-        "train / bf16": (f"{train / base.final_train_loss():.4f}"
-                         if base else "-"),
-        "val loss": f"{val:.4f}",
-        "val / bf16": f"{val / base.final_val_loss():.4f}" if base else "-",
+        "train loss": f"{r.final_train_loss():.4f}" if trained else "-",
+        "train / bf16": "-" if ratios[0] is None else f"{ratios[0]:.4f}",
+        "val loss": (f"{r.final_val_loss():.4f}" if r.val["step"].size
+                     else "-"),
+        "val / bf16": "-" if ratios[1] is None else f"{ratios[1]:.4f}",
     }
     for role in ROLES:
       row[f"E4M3 {role}"] = f"{share[role]:.1%}" if role in share else "-"
@@ -61,8 +109,8 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     # so the mean of the three is the share of all of them.
     row["E4M3 all"] = (f"{np.mean(list(share.values())):.1%}"
                        if len(share) == len(ROLES) else "-")
-    row["ms/step"] = f"{r.step_ms():.1f}"
-    row["tokens/s"] = f"{r.tokens_per_s():,.0f}"
+    row["ms/step"] = f"{r.step_ms():.1f}" if trained else "-"
+    row["tokens/s"] = f"{r.tokens_per_s():,.0f}" if trained else "-"
     rows.append(row)
   return rows
 
@@ -88,10 +136,10 @@ def plot_losses(runs: Sequence[Run], path: pathlib.Path) -> None:
     axes[0, 0].plot(r.train["step"], train, lw=1, **style)
     axes[0, 1].plot(r.val["step"], r.val["loss"], "o-", ms=3, **style)
     if base is not None and r is not base:
-      m = min(train.size, base.train["loss"].size)
-      axes[1, 0].plot(r.train["step"][:m],
-                      train[:m] / _smooth(base.train["loss"], n)[:m], lw=1,
-                      **style)
+      common, i, j = np.intersect1d(r.train["step"], base.train["step"],
+                                    return_indices=True)
+      axes[1, 0].plot(common, train[i] / _smooth(base.train["loss"], n)[j],
+                      lw=1, **style)
       common, i, j = np.intersect1d(r.val["step"], base.val["step"],
                                     return_indices=True)
       axes[1, 1].plot(common, r.val["loss"][i] / base.val["loss"][j], "o-",
@@ -188,14 +236,18 @@ def report(directory: pathlib.Path) -> str:
       f"{h['versions']['jax']}.",
       "train loss: mean over the last 5% of steps; val loss: at the last "
       "step, with the recipe's own forward pass; / bf16: against the bf16 "
-      "run, or the dense run (the same losses) where there is none; "
-      "E4M3: share of "
+      "run, or the dense run (the same losses) where there is none or it "
+      "has no training step, at the same steps ('-' where it has no loss "
+      "there); E4M3: share of "
       "quantizations (tensors, or blocks for sub-tensor recipes) in E4M3 "
       "over all layers, both GEMMs of the role and every logged step; "
       "E4M3 all: the same over all three roles (six quantizations per "
       "layer); ms/step: median, excluding compilation and validation; "
       "tokens/s: at that median.",
   ]
+  note = baseline_note(runs)
+  if note:
+    notes.append(note)
   meshes = {r.recipe: r.mesh for r in runs}
   if set(meshes.values()) != {"none"}:
     notes.append("Mesh (" + ", ".join(MESH_AXES) + "): " + "; ".join(
