@@ -36,8 +36,10 @@ if not __package__:  # Run as a script: make the repository root importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples.lm.config import (PRESETS, add_config_flags, config_from_args,
-                                recipe_list)
+import jax
+
+from examples.lm.config import (PRESETS, add_config_flags, check_backend,
+                                config_from_args, recipe_list)
 from examples.lm.data import load_corpus
 from examples.lm.metrics import lock_directory
 from examples.lm.report import BASELINE
@@ -96,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.seed is not None:
     raise SystemExit("error: a study takes --seeds, not --seed.")
   cfg = config_from_args(args)
+  try:
+    check_backend(cfg, jax.default_backend())
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   recipes = args.recipes or PRESETS[args.preset][1]
   recipes = tuple(dict.fromkeys((BASELINE,) + tuple(recipes)))
   out = args.out or pathlib.Path("runs", "study", args.preset)

@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 
 from examples.lm.config import (PRESETS, RECIPES, Config, add_config_flags,
-                                config_from_args, policy, recipe_list)
+                                check_backend, config_from_args, policy,
+                                recipe_list)
 from examples.lm.data import Corpus, load_corpus
 from examples.lm.metrics import Run, lock_directory
 from examples.lm.model import Transformer, count_params, flops_per_step
@@ -172,11 +173,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   cfg = config_from_args(args)
   _start_processes(args)
-  if args.mesh is not None:
-    try:
+  try:
+    check_backend(cfg, jax.default_backend())
+    if args.mesh is not None:
       check_mesh(args.mesh, cfg, jax.device_count())
-    except ValueError as e:
-      raise SystemExit(f"error: {e}") from None
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   out = args.out or pathlib.Path("runs", "train_lm", args.preset)
   with lock_directory(out):  # Before anything trains: one writer per --out.
     _train(args, cfg, out, deadline=start + args.time_limit)

@@ -319,6 +319,28 @@ def test_bad_command_lines_fail_with_a_clear_message(argv, message, capsys):
   assert message in str(e.value.code) + capsys.readouterr().err
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN may run")
+def test_cudnn_attention_off_gpus_is_refused_up_front(tmp_path, capsys):
+  """--attention cudnn, or a gpu1b preset (which chooses it), where JAX has
+  no GPU: refused before the corpus is read or anything is traced, naming
+  the option and what to use instead; a study's command too."""
+  from examples import study as study_cli  # pylint: disable=g-import-not-at-top
+  for main, argv in (
+      (train_lm.main, ["--attention", "cudnn"]),
+      (train_lm.main, ["--preset", "gpu1b"]),
+      (study_cli.main, ["--attention", "cudnn", "--seeds", "0"])):
+    with pytest.raises(SystemExit) as e:
+      main(argv + ["--out", str(tmp_path), "--no-progress"])
+    message = str(e.value.code)
+    assert message.startswith("error: --attention cudnn (cuDNN's fused "
+                              "attention, the gpu1b presets' choice) needs "
+                              "an NVIDIA GPU, but JAX's backend here is "
+                              f"{jax.default_backend()!r}"), message
+    assert message.endswith("use --attention xla instead."), message
+  assert not list(tmp_path.iterdir())
+  assert "corpus" not in capsys.readouterr().out
+
+
 def test_an_out_in_use_is_refused_before_training(tmp_path, monkeypatch,
                                                   capsys):
   """A second process on one --out: refused; once free, main goes on."""

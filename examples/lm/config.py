@@ -120,7 +120,8 @@ class Config:
   execution: str = _opt("auto", "how MoR's GEMMs run: auto (fp8 on GPUs with "
                         "FP8 tensor cores, else emulate), fp8 or emulate")
   attention: str = _opt("xla", "attention: xla (deterministic) or cudnn "
-                        "(GPUs: fused, its backward not bit-reproducible)")
+                        "(NVIDIA GPUs only: fused, its backward not "
+                        "bit-reproducible)")
   profile_steps: int = _opt(0, "trace the first N steps with jax.profiler "
                             "into <out>/<recipe>_profile (benchmarks/"
                             "profile.py --trace sums its kernels)")
@@ -196,6 +197,21 @@ PRESETS = {
                           log_every=10, stats_every=10, attention="cudnn"),
                    ("bf16", "mor_channel")),
 }
+
+
+def check_backend(cfg: Config, backend: str) -> None:
+  """Refuses settings that JAX's ``backend`` cannot run, before any work.
+
+  Raises:
+    ValueError: for --attention cudnn off GPUs, where
+      jax.nn.dot_product_attention would fail deep inside tracing the model
+      ("cuDNN is not detected").
+  """
+  if cfg.attention == "cudnn" and backend != "gpu":
+    raise ValueError(
+        "--attention cudnn (cuDNN's fused attention, the gpu1b presets' "
+        f"choice) needs an NVIDIA GPU, but JAX's backend here is {backend!r}; "
+        "use --attention xla instead.")
 
 
 def policy(recipe: str, cfg: Config) -> mor_jax.Policy | None:
