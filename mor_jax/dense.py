@@ -70,6 +70,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -147,8 +148,9 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
     The product, as ``jax.lax.dot_general`` shapes it.
 
   Raises:
-    ValueError: a second call in one module with the same ``name`` (or
-      none), found at ``init``.
+    ValueError: a second GEMM in one call of the module with the same
+      ``name`` (or none); a module called again (a layer applied twice)
+      reuses its variables.
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, mor_jax
@@ -188,26 +190,29 @@ def mor_dot_general(module: nn.Module, policy: PolicyLike, lhs: jax.Array,
         f"transform, e.g. variable_axes={{'params': 0, {STATS!r}: 0, "
         f"{GRADS!r}: 0}}.", UserWarning, stacklevel=2)
   probes = _dot.zero_probes(policy)
-  if module.is_initializing() and module.has_variable(
-      GRADS, "dgrad" if name is None else name):
+  try:
+    if name is None:
+      missing = False
+      for gemm, zeros in probes.items():
+        if (module.has_variable(GRADS, gemm) or
+            module.is_mutable_collection(GRADS)):
+          probes[gemm] = module.variable(GRADS, gemm,
+                                         lambda z=zeros: z).value
+        else:
+          missing = True
+    else:
+      missing = not (module.has_variable(GRADS, name) or
+                     module.is_mutable_collection(GRADS))
+      if not missing:
+        probes = dict(module.variable(GRADS, name, lambda: probes).value)
+  except flax.errors.NameInUseError:
+    # Flax reserves a variable's name once per call of the module: a second
+    # GEMM in one call, not a second call (a layer applied twice).
     raise ValueError(
-        f"mor_dot_general: a second GEMM in module {path!r} "
+        f"mor_dot_general: a second GEMM in one call of module {path!r} "
         f"{'with no name' if name is None else f'named {name!r}'}: its "
         "statistics would take the first's variables. Give each GEMM of a "
-        "module its own name= (or its own submodule).")
-  if name is None:
-    missing = False
-    for gemm, zeros in probes.items():
-      if (module.has_variable(GRADS, gemm) or
-          module.is_mutable_collection(GRADS)):
-        probes[gemm] = module.variable(GRADS, gemm, lambda z=zeros: z).value
-      else:
-        missing = True
-  else:
-    missing = not (module.has_variable(GRADS, name) or
-                   module.is_mutable_collection(GRADS))
-    if not missing:
-      probes = dict(module.variable(GRADS, name, lambda: probes).value)
+        "module its own name= (or its own submodule).") from None
   if missing and module.is_mutable_collection(STATS):
     # Collecting statistics without the probes: a train step that forgot
     # them gets the forward statistics only. The message names no layer, so

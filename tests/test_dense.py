@@ -473,11 +473,30 @@ class _TwoGemms(nn.Module):
                            name=self.names[1])
 
 
+class _Tied(nn.Module):
+  """One layer applied twice."""
+  layer: nn.Module
+
+  @nn.compact
+  def __call__(self, x):
+    return self.layer(self.layer(x))
+
+
 def test_mor_dot_general_twice_in_one_module_needs_names():
   x = _outliers((4, 8), 3)
   for names in ((None, None), ("a", "a")):
-    with pytest.raises(ValueError, match="second GEMM in module.*own name"):
+    with pytest.raises(ValueError, match="second GEMM in one call.*own name"):
       _TwoGemms(names).init(jax.random.key(0), x)
+  # A layer applied twice (tied, or in a loop) is one GEMM called twice: its
+  # backward statistics sum (mor_jax.dense's docstring), on every route.
+  for layer in (MoRDense(8), dense.convert(nn.Dense(8), mor_jax.Policy())):
+    tied = _Tied(layer)
+    params, probes = mor_jax.split_variables(
+        jax.jit(tied.init)(jax.random.key(0), x))
+    g = jax.jit(jax.grad(lambda p: jnp.sum(tied.apply(
+        {"params": params, "mor_grads": p}, x) ** 2)))(probes)
+    assert {float(v) for k, v in flatten_stats(mor_grads=g).items()
+            if k.endswith("wgrad/gradient/fraction_e4m3")} == {2.0}
   model = _TwoGemms(policy=mor_jax.PolicyRules(
       rules=((r"out$", NOQUANT),), default=mor_jax.Policy()))
   params, probes = mor_jax.split_variables(model.init(jax.random.key(0), x))
