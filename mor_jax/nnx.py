@@ -237,14 +237,15 @@ class MoRLinear(_MoRGemm):
     self.preferred_element_type = preferred_element_type
     self._init_stats(policy)
 
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    """Applies the layer along the last dimension of ``inputs``."""
+  def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+    """Applies the layer along the last dimension of ``inputs``;
+    ``out_sharding`` as for ``nnx.Linear``."""
     kernel = self.kernel[...]
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias),
                                               dtype=self.dtype)
     y = self._dot(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-                  self.precision, self.preferred_element_type)
+                  self.precision, self.preferred_element_type, out_sharding)
     if bias is not None:
       y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
     return y

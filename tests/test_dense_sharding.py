@@ -279,8 +279,9 @@ def test_explicit_axes_nnx_linear_with_out_sharding():
   mesh = jax.make_mesh((2, 4), ("data", "model"), devices=jax.devices()[:8],
                        axis_types=(AxisType.Explicit,) * 2)
 
-  def run(dot_general):
-    kwargs = {} if dot_general is None else {"dot_general": dot_general}
+  def run(op, cls=nnx.Linear):
+    kwargs = {} if op is None else {
+        "dot_general" if cls is nnx.Linear else "policy": op}
 
     @nnx.jit
     def step(layer, x):
@@ -292,7 +293,7 @@ def test_explicit_axes_nnx_linear_with_out_sharding():
       return y, g_layer.kernel.get_value(), g_x
 
     with jax.set_mesh(mesh):
-      layer = nnx.Linear(K, N, rngs=nnx.Rngs(0), **kwargs)
+      layer = cls(K, N, rngs=nnx.Rngs(0), **kwargs)
       layer.kernel.set_value(jax.device_put(layer.kernel.get_value(),
                                             P(None, "model")))
       return step(layer, jax.device_put(_outliers((B, K), 4),
@@ -300,6 +301,8 @@ def test_explicit_axes_nnx_linear_with_out_sharding():
 
   got, want = run(mor_nnx.MoRDotGeneral(policy)), run(None)
   chex.assert_trees_all_equal(got, want)
+  # MoRLinear takes nnx.Linear's out_sharding too.
+  chex.assert_trees_all_equal(run(policy, cls=mor_nnx.MoRLinear), want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert a.sharding == b.sharding
   assert got[0].sharding.spec == P("data", "model")
