@@ -198,8 +198,25 @@ def _dense_step(params, x):
   return y, g_params, g_x
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas"])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+# jax 0.11.2's Pallas interpreter fails inside custom_partitioning under
+# Explicit axes: discharging a kernel's stores, it types a shard's block with
+# the global sharding and its whole output buffer as replicated
+# (ShardingTypeError in dynamic_update_slice). Seen on the lent GPU machine's
+# CPU (docs/results/gpu-2026-12-05-fp8af); jax 0.10.2 runs it. Strict, so
+# that a jax which runs it says so. Interpret mode is what CI runs of the
+# kernels; on a CPU MoR's default is the XLA implementation.
+_INTERPRETER_UNDER_EXPLICIT = pytest.mark.xfail(
+    jax.__version_info__ >= (0, 11, 2) and jax.default_backend() == "cpu",
+    raises=jax.errors.JaxRuntimeError, strict=True,
+    reason="jax 0.11.2's Pallas interpreter under custom_partitioning with "
+    "Explicit axes")
+
+
+@pytest.mark.parametrize("layout, impl", [
+    pytest.param(layout, impl, marks=(
+        _INTERPRETER_UNDER_EXPLICIT
+        if impl == "pallas" and "tensor_in" not in layout else ()))
+    for impl in ("xla", "pallas") for layout in LAYOUTS])
 def test_explicit_axes_step_runs_as_nn_dense(setup, layout, impl):
   """With the contraction sharded on both sides (tensor_in) jax asks for an
   output sharding, for nn.Dense and MoRDense alike; elsewhere the step
