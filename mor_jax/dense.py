@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -569,8 +570,9 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
 
   The copy is an instance of a subclass of ``type(model)`` whose methods
   run inside ``intercept(policy)``: same fields, same parameters, so
-  ``init``, ``apply`` (with any ``method=``) and existing checkpoints work
-  unchanged, and the statistics appear at each layer's path. A
+  ``init``, ``apply`` (with any ``method=``, a name or a function: the
+  class's own runs converted) and existing checkpoints work unchanged, and
+  the statistics appear at each layer's path. A
   ``PolicyRules`` rule that matches no layer in a call warns, naming it.
 
   Args:
@@ -608,16 +610,51 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
   if isinstance(methods, str):
     methods = (methods,)
   namespace = {}
-  for name in _convert.public_methods(cls) if methods is None else methods:
+  names = _convert.public_methods(cls) if methods is None else tuple(methods)
+  for name in names:
     method = getattr(cls, name, None)
     if not callable(method):
       raise ValueError(f"methods: {cls.__name__} has no method {name!r}.")
     namespace[name] = _intercepted(method, policy)
+  namespace.update(_entry_points(cls, names, policy, every=methods is None))
   namespace["_mor_converted_from"] = cls
   converted = type(cls.__name__, (cls,), namespace)
   fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
             if f.init and f.name not in ("parent", "name")}
   return converted(**fields)
+
+
+def _entry_points(cls: type[nn.Module], names: Sequence[str],
+                  policy: PolicyLike, every: bool) -> dict[str, Callable]:
+  """``init``, ``init_with_output`` and ``apply`` taking ``method=`` as a
+  function too.
+
+  Flax calls such a function as it is, so ``method=Model.encode`` would run
+  the unconverted method, unquantized. A function of ``cls`` that is
+  converted runs converted (by its name); any other function runs with MoR
+  where every public method does (``methods=None``).
+  """
+
+  def resolve(converted, method):
+    if method is None or isinstance(method, str):
+      return method
+    fn = getattr(method, "__func__", method)  # a bound method
+    name = getattr(fn, "__name__", None)
+    if name in names and any(getattr(c, name, None) is fn
+                             for c in (cls, converted)):
+      return name
+    return _intercepted(fn, policy) if every and callable(fn) else method
+
+  def entry(flax_method):
+    @nn.nowrap
+    @functools.wraps(flax_method)
+    def call(self, *args, method=None, **kwargs):
+      return flax_method(self, *args, method=resolve(type(self), method),
+                         **kwargs)
+    return call
+
+  return {n: entry(getattr(cls, n))
+          for n in ("init", "init_with_output", "apply")}
 
 
 def _intercepted(method: Callable, policy: PolicyLike) -> Callable:

@@ -111,6 +111,26 @@ def test_convert_quantizes_every_public_method():
   assert _quantized_layers(state) == {"enc"}
 
 
+def test_convert_quantizes_a_method_given_as_a_function():
+  """Flax calls method=<function> as it is: the original class's method, or
+  a function of the module, must still run with MoR, as method="encode"
+  does; with methods= given, only those."""
+  x = _x((2, 32))
+  model = dense.convert(_AutoEncoder())
+  v = {"params": model.init(jax.random.key(0), x)["params"]}
+  want = model.apply(v, x, method="encode", mutable=["mor_stats"])
+  for method in (_AutoEncoder.encode, _AutoEncoder().encode, model.encode,
+                 lambda module, x: module.enc(x)):
+    chex.assert_trees_all_equal(
+        model.apply(v, x, method=method, mutable=["mor_stats"]), want)
+    _, got = model.init_with_output(jax.random.key(0), x, method=method)
+    assert _quantized_layers(got) == {"enc"}
+  only_call = dense.convert(_AutoEncoder(), methods=("__call__",))
+  for method in (_AutoEncoder.encode, lambda module, x: module.enc(x)):
+    _, state = only_call.apply(v, x, method=method, mutable=["mor_stats"])
+    assert not _quantized_layers(state)
+
+
 class _Block(nn.Module):
 
   @nn.compact
