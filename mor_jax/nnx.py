@@ -82,12 +82,16 @@ class _MoRGemm(nnx.Module):
     self.policy = policy
     if policy is None:
       return
-    self.fprop = ForwardStats({
-        role: _stats.NamedMoRStats.zeros(getattr(policy, role))
+    # One Variable per role, in nnx.Dicts: a Variable holding a dict would
+    # flatten into nnx.to_pure_dict's tree under paths that
+    # nnx.replace_by_pure_dict cannot find in a fresh state.
+    self.fprop = nnx.Dict({
+        role: ForwardStats(_stats.NamedMoRStats.zeros(getattr(policy, role)))
         for role in ("activation", "weight")})
     probes = _dot.zero_probes(policy)
-    self.dgrad = GradProbes(probes["dgrad"])
-    self.wgrad = GradProbes(probes["wgrad"])
+    self.dgrad, self.wgrad = (
+        nnx.Dict({role: GradProbes(v) for role, v in probes[g].items()})
+        for g in ("dgrad", "wgrad"))
 
   def _dot(self, lhs, rhs, dimension_numbers, precision=None,
            preferred_element_type=None, out_sharding=None) -> jax.Array:
@@ -97,11 +101,13 @@ class _MoRGemm(nnx.Module):
                                  out_sharding=out_sharding)
     y, stats = _dot.dot_general_with_stats(
         lhs, rhs, dimension_numbers,
-        {"dgrad": self.dgrad.get_value(), "wgrad": self.wgrad.get_value()},
+        {g: {role: v.get_value() for role, v in getattr(self, g).items()}
+         for g in ("dgrad", "wgrad")},
         policy=self.policy, precision=precision,
         preferred_element_type=preferred_element_type,
         out_sharding=out_sharding)
-    self.fprop.set_value(stats["fprop"])
+    for role, value in stats["fprop"].items():
+      self.fprop[role].set_value(value)
     return y
 
 

@@ -328,7 +328,7 @@ def test_mor_linear_takes_policy_rules():
   fc = mor_nnx.MoRLinear(16, 32, policy=rules, path="mlp/fc1",
                          rngs=nnx.Rngs(0))
   assert fc.policy == E5M2
-  assert fc.dgrad.get_value()["weight"].names == ("E5M2", "BF16")
+  assert fc.dgrad["weight"].get_value().names == ("E5M2", "BF16")
   head = mor_nnx.MoRLinear(16, 10, policy=rules, path="lm_head",
                            rngs=nnx.Rngs(0))
   assert head.policy is None   # plain: Flax's numbers, no statistics
