@@ -67,7 +67,10 @@ class Implementation:
 
 
 def _fit(shapes) -> bool:
-  return all(math.prod(s) <= MAX_KERNEL_ELEMENTS for s in shapes)
+  # The kernels' grids and BlockSpecs take static shapes: a symbolic
+  # dimension (jax.export) takes the XLA path, the same bits.
+  return all(not any(map(_partition.is_symbolic, s)) and
+             math.prod(s) <= MAX_KERNEL_ELEMENTS for s in shapes)
 
 
 def on_gpu() -> bool:
