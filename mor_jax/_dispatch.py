@@ -99,6 +99,23 @@ def current() -> Implementation:
   return _current
 
 
+@contextlib.contextmanager
+def exportable(*shapes) -> Iterator[None]:
+  """XLA's passes and GEMM for all of one GEMM's work where one of its
+  arrays (``shapes``) has a symbolic dimension (``jax.export``).
+
+  Such arrays take XLA's path anyway (``_fit``); the others of that GEMM
+  (a weight of static shape) must too, as jax.export refuses to serialize
+  the kernels' custom calls: they carry no compatibility guarantee.
+  """
+  if (_current.name == "xla" or
+      not any(map(_partition.is_symbolic, (d for s in shapes for d in s)))):
+    yield
+    return
+  with use_implementation("xla", _current.config):
+    yield
+
+
 def implementation() -> str:
   """The implementation setting: "auto", "pallas" or "xla".
 

@@ -268,6 +268,11 @@ def _mor_dot_general(lhs, rhs, probes, dims, policy, precision, pet):
 
 def _forward(lhs, rhs, probes, dims, policy, precision, pet):
   del probes  # Only its cotangent matters.
+  with _dispatch.exportable(lhs.shape, rhs.shape):
+    return _forward_gemms(lhs, rhs, dims, policy, precision, pet)
+
+
+def _forward_gemms(lhs, rhs, dims, policy, precision, pet):
   execution = _fp8.resolve(policy.execution, dims, policy)
   # Empty operands take the per-view path, which handles zero-size views
   # (empty in, empty or zero out, statistics of nothing quantized).
@@ -399,6 +404,14 @@ def _backward_blocks(dims, views, policy, precision, saved, g):
 
 
 def _backward(dims, policy, precision, pet, residuals, cotangents):
+  shapes = [getattr(a, "shape", ())
+            for a in jax.tree.leaves((residuals, cotangents))]
+  with _dispatch.exportable(*shapes):
+    return _backward_gemms(dims, policy, precision, pet, residuals,
+                           cotangents)
+
+
+def _backward_gemms(dims, policy, precision, pet, residuals, cotangents):
   if not isinstance(residuals, _Saved):
     return _backward_matrices(policy, precision, residuals, cotangents[0])
   saved, g = residuals, cotangents[0]

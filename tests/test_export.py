@@ -49,13 +49,20 @@ def _input(shape, seed):
 
 
 def _assert_bits(got, want):
+  """Bit for bit on a CPU. A GPU's XLA orders a reduction per compiled
+  graph, and the exported one (symbolic shapes, refined at each call) is
+  not the jit's: there an error statistic came out 1 ulp apart in three
+  tests (an H100, docs/results/gpu-2026-12-05-fp8af/call5)."""
   got_leaves, got_tree = jax.tree.flatten(got)
   want_leaves, want_tree = jax.tree.flatten(want)
   assert got_tree == want_tree
   for g, w in zip(got_leaves, want_leaves):
     g, w = np.asarray(g), np.asarray(w)
     assert (g.dtype, g.shape) == (w.dtype, w.shape)
-    assert g.tobytes() == w.tobytes()
+    if jax.default_backend() == "gpu" and g.dtype == np.float32:
+      np.testing.assert_array_max_ulp(g, w, maxulp=1)
+    else:
+      assert g.tobytes() == w.tobytes()
 
 
 def _check(fn, spec_shape, shapes, *args, constraints=(BOUND,)):
@@ -65,7 +72,11 @@ def _check(fn, spec_shape, shapes, *args, constraints=(BOUND,)):
       jax.ShapeDtypeStruct(symbolic, jnp.float32), *args)
   for i, shape in enumerate(shapes):
     x = _input(shape, i)
-    _assert_bits(exported.call(x, *args), jax.jit(fn)(x, *args))
+    # The exported function runs XLA's passes and GEMMs (a GPU's jit at
+    # static shapes would run the kernels): the same setting for the jit.
+    with mor_jax.use_implementation("xla"):
+      want = jax.jit(fn)(x, *args)
+    _assert_bits(exported.call(x, *args), want)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -152,3 +163,23 @@ def test_symbolic_shapes_take_the_xla_passes():
   part = _partition.Partition.build((b, 64), (16, 16))
   assert isinstance(_dispatch.passes(part, pallas), _xla.XlaPasses)
   assert isinstance(_dispatch.dual(pallas, (b, 64)), _xla.XlaDual)
+
+
+def test_a_symbolic_operand_keeps_the_whole_gemm_off_the_kernels():
+  """jax.export refuses the kernels' custom calls: with one operand
+  symbolic, the static one (a weight) must not use them either, forward or
+  backward."""
+  w = _input((64, 32), 7)
+
+  def step(x, w):
+    f = functools.partial(mor_jax.dot_general, dimension_numbers=DIMS,
+                          policy=mor_jax.Policy())
+    return jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1))(x, w)
+
+  (b,) = export.symbolic_shape("b", constraints=(BOUND,))
+  with mor_jax.use_implementation("pallas"):
+    static = str(jax.make_jaxpr(step)(jnp.ones((8, 64)), w))
+    symbolic = str(jax.make_jaxpr(step)(
+        jax.ShapeDtypeStruct((b, 64), jnp.float32), w))
+  assert "pallas_call" in static
+  assert "pallas_call" not in symbolic
