@@ -263,11 +263,11 @@ def _partials_spec(axis: int, n: int) -> pl.BlockSpec:
   return pl.BlockSpec((None, n), lambda i, j: (i, j))
 
 
-def _partials_shape(shape, cfg: PassTiling, axis: int, dtype):
-  gr, gc = _grid(shape, cfg)
+def _partials_shape(x, cfg: PassTiling, axis: int, dtype):
+  gr, gc = _grid(x.shape, cfg)
   if axis == 1:
-    return jax.ShapeDtypeStruct((gc, gr * cfg.band), dtype)
-  return jax.ShapeDtypeStruct((gr, gc * cfg.tile_cols), dtype)
+    return sharding.result((gc, gr * cfg.band), dtype, x)
+  return sharding.result((gr, gc * cfg.tile_cols), dtype, x)
 
 
 def _compiler_params(cfg: PassTiling):
@@ -279,8 +279,8 @@ def _local_stats(x: jax.Array, cfg: PassTiling, interpret: bool):
   """Per-row amax and per-column (amax, nonfinite, count, min) of one [R, C]."""
   r, c = x.shape
   specs = [_partials_spec(1, cfg.band)] + [_partials_spec(0, cfg.tile_cols)] * 4
-  shapes = [_partials_shape(x.shape, cfg, 1, jnp.float32)] + [
-      _partials_shape(x.shape, cfg, 0, dtype)
+  shapes = [_partials_shape(x, cfg, 1, jnp.float32)] + [
+      _partials_shape(x, cfg, 0, dtype)
       for dtype in (jnp.float32, jnp.int32, jnp.int32, jnp.float32)]
   parts = pl.pallas_call(
       functools.partial(_stats_kernel, shape=x.shape, cfg=cfg),
@@ -322,10 +322,10 @@ def _local_codes(x: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
       out_specs=[pl.BlockSpec((tr, tc), lambda i, j: (i, j)),
                  pl.BlockSpec((tc, tr), lambda i, j: (j, i)),
                  _partials_spec(0, tc), _partials_spec(0, tc)],
-      out_shape=[jax.ShapeDtypeStruct((r, c), jnp.uint8),
-                 jax.ShapeDtypeStruct((c, r), jnp.uint8),
-                 _partials_shape(x.shape, cfg, 0, jnp.float32),
-                 _partials_shape(x.shape, cfg, 0, jnp.float32)],
+      out_shape=[sharding.result((r, c), jnp.uint8, x, row_scale, col_scale),
+                 sharding.result((c, r), jnp.uint8, x, row_scale, col_scale),
+                 _partials_shape(x, cfg, 0, jnp.float32),
+                 _partials_shape(x, cfg, 0, jnp.float32)],
       compiler_params=_compiler_params(cfg),
       interpret=interpret,
       name="mor_dual_codes",

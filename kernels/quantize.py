@@ -307,8 +307,8 @@ def _partial_spec(t: Tiling) -> pl.BlockSpec:
   return pl.BlockSpec((None, None, t.stats_per_tile), lambda i, j: (i, j, 0))
 
 
-def _partial_shape(t: Tiling, dtype) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct((*t.grid, t.stats_per_tile), dtype)
+def _partial_shape(t: Tiling, dtype, *inputs) -> jax.ShapeDtypeStruct:
+  return sharding.result((*t.grid, t.stats_per_tile), dtype, *inputs)
 
 
 def _plan_2d(shape, block, tiles: TileConfig,
@@ -368,9 +368,8 @@ class _StatsPass:
         grid=t.grid,
         in_specs=[_tile_spec(t)],
         out_specs=[_partial_spec(t)] * 4,
-        out_shape=[_partial_shape(t, jnp.float32),
-                   _partial_shape(t, jnp.int32), _partial_shape(t, jnp.int32),
-                   _partial_shape(t, jnp.float32)],
+        out_shape=[_partial_shape(t, dtype, x) for dtype in (
+            jnp.float32, jnp.int32, jnp.int32, jnp.float32)],
         compiler_params=_compiler_params(t, self.tiles),
         interpret=self.interpret,
         name="mor_block_stats",
@@ -404,9 +403,9 @@ class _QuantizePass:
     out_shape, out_specs = [], []
     if self.output != "none":
       dtype = jnp.uint8 if self.output == "codes" else x.dtype
-      out_shape.append(jax.ShapeDtypeStruct(x.shape, dtype))
+      out_shape.append(sharding.result(x.shape, dtype, *inputs))
       out_specs.append(_tile_spec(t))
-    out_shape.append(_partial_shape(t, jnp.float32))
+    out_shape.append(_partial_shape(t, jnp.float32, *inputs))
     out_specs.append(_partial_spec(t))
     *out, err = pl.pallas_call(
         functools.partial(_quantize_kernel, t=t, fmt=self.fmt,
@@ -435,7 +434,7 @@ class _QuantizePass:
         grid=t.grid,
         in_specs=[flag_spec, _tile_spec(t), _tile_spec(t)],
         out_specs=_tile_spec(t),
-        out_shape=jax.ShapeDtypeStruct(x.shape, out.dtype),
+        out_shape=sharding.result(x.shape, out.dtype, flags, x, out),
         input_output_aliases={2: 0},
         compiler_params=_compiler_params(t, self.tiles),
         interpret=self.interpret,

@@ -229,6 +229,17 @@ def entry(axes: tuple[str, ...]):
   return _spec_entry(axes)
 
 
+def result(shape, dtype, *inputs: jax.Array) -> jax.ShapeDtypeStruct:
+  """A kernel's result type: inside ``jax.shard_map`` it varies over the
+  manual axes any of ``inputs`` varies over (its ``check_vma`` asks every
+  ``pallas_call`` to say so; elsewhere that set is empty)."""
+  varying = frozenset().union(
+      *(jax.typeof(x).manual_axis_type.varying for x in inputs))
+  return jax.ShapeDtypeStruct(
+      shape, dtype,
+      manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
+
+
 def named(mesh, *specs: P) -> tuple[NamedSharding, ...]:
   return tuple(NamedSharding(mesh, s) for s in specs)
 

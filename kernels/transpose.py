@@ -49,7 +49,7 @@ def _local(x: jax.Array, interpret: bool) -> jax.Array:
       grid=(pl.cdiv(r, TILE), pl.cdiv(c, TILE)),
       in_specs=[pl.BlockSpec((TILE, TILE), lambda i, j: (i, j))],
       out_specs=pl.BlockSpec((TILE, TILE), lambda i, j: (j, i)),
-      out_shape=jax.ShapeDtypeStruct((c, r), jnp.uint8),
+      out_shape=sharding.result((c, r), jnp.uint8, x),
       compiler_params=pltriton.CompilerParams(num_warps=_WARPS),
       interpret=interpret,
       name="mor_transpose_codes",

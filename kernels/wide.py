@@ -42,6 +42,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from mor_jax import _numerics
+from mor_jax.kernels import sharding
 
 # Edge of a block; a program's warps, and the most blocks along K it takes
 # (in training most programs read no block: launching them is the cost).
@@ -188,7 +189,7 @@ def values(*requests: Request, interpret: bool = False
       grid=(start, kb // span),
       in_specs=in_specs,
       out_specs=out_specs,
-      out_shape=[jax.ShapeDtypeStruct(q.wide.shape, q.wide.dtype)
+      out_shape=[sharding.result(q.wide.shape, q.wide.dtype, *args)
                  for q in requests],
       compiler_params=pltriton.CompilerParams(num_warps=_WARPS),
       interpret=interpret,

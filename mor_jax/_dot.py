@@ -266,10 +266,26 @@ def _mor_dot_general(lhs, rhs, probes, dims, policy, precision, pet):
   return _forward(lhs, rhs, probes, dims, policy, precision, pet)[0]
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Varying:
+  """Per leaf of the primal inputs (lhs, rhs, probes), the manual axes of
+  ``jax.shard_map`` it varies over."""
+
+  axes: tuple[frozenset[str], ...]
+
+
+def _varying(x) -> frozenset[str]:
+  return frozenset(jax.typeof(x).manual_axis_type.varying)
+
+
 def _forward(lhs, rhs, probes, dims, policy, precision, pet):
-  del probes  # Only its cotangent matters.
+  # Only probes' cotangent matters, and its type.
+  varying = _Varying(tuple(map(_varying, jax.tree.leaves((lhs, rhs,
+                                                           probes)))))
   with _dispatch.exportable(lhs.shape, rhs.shape):
-    return _forward_gemms(lhs, rhs, dims, policy, precision, pet)
+    out, saved = _forward_gemms(lhs, rhs, dims, policy, precision, pet)
+  return out, (varying, saved)
 
 
 def _forward_gemms(lhs, rhs, dims, policy, precision, pet):
@@ -404,11 +420,31 @@ def _backward_blocks(dims, views, policy, precision, saved, g):
 
 
 def _backward(dims, policy, precision, pet, residuals, cotangents):
+  varying, residuals = residuals
   shapes = [getattr(a, "shape", ())
             for a in jax.tree.leaves((residuals, cotangents))]
   with _dispatch.exportable(*shapes):
-    return _backward_gemms(dims, policy, precision, pet, residuals,
-                           cotangents)
+    grads = _backward_gemms(dims, policy, precision, pet, residuals,
+                            cotangents)
+  leaves, tree = jax.tree.flatten(grads)
+  return jax.tree.unflatten(tree, [
+      _vary_as(g, axes)
+      for g, axes in zip(leaves, varying.axes, strict=True)])
+
+
+def _vary_as(g: jax.Array, axes: frozenset[str]) -> jax.Array:
+  """A cotangent typed as its input varies over shard_map's manual axes.
+
+  An input invariant over an axis (a replicated weight, the probes) that
+  met a varying one gets the sum of every device's cotangent, as JAX's own
+  transpose of that implicit broadcast does; one varying where its
+  cotangent is not (probes made varying, a weight's statistics) is cast.
+  """
+  if extra := tuple(sorted(_varying(g) - axes)):
+    g = jax.lax.psum(g, extra)
+  if missing := tuple(sorted(axes - _varying(g))):
+    g = jax.lax.pcast(g, missing, to="varying")
+  return g
 
 
 def _backward_gemms(dims, policy, precision, pet, residuals, cotangents):

@@ -17,6 +17,8 @@ their shardings and errors.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import chex
@@ -325,38 +327,59 @@ def test_explicit_axes_nnx_linear_with_out_sharding():
   assert got[0].sharding.spec == P("data", "model")
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas"])
-def test_inside_shard_map_each_device_decides_on_its_shard(impl):
+# Under check_vma (shard_map's default) jax's Pallas interpreter pads a
+# varying block with an invariant value in its discharge of a masked load
+# and fails its own check (ValueError, "Please open an issue"): on a CPU the
+# kernels run there only with check_vma=False.
+_INTERPRETER_UNDER_CHECK_VMA = pytest.mark.xfail(
+    jax.default_backend() == "cpu", raises=ValueError, strict=True,
+    reason="jax's Pallas interpreter under shard_map's check_vma")
+
+
+@pytest.mark.parametrize("impl, check_vma", [
+    ("xla", True), ("xla", False), ("pallas", False),
+    pytest.param("pallas", True, marks=_INTERPRETER_UNDER_CHECK_VMA)])
+def test_inside_shard_map_each_device_decides_on_its_shard(impl, check_vma):
   """shard_map hands MoR one device's rows: outputs, gradients and
-  decisions are those of each shard alone (README: "Scaling out"); with
-  check_vma=False, which MoR needs there."""
+  decisions are those of each shard alone (README: "Scaling out"). Under
+  check_vma the replicated weight's gradient is the sum of the devices'
+  (JAX's transpose of its implicit broadcast), and probes made varying
+  (jax.lax.pcast) keep each device's backward statistics."""
   x = np.random.default_rng(5).standard_normal((64, K)).astype(np.float32)
   x[:8, ::16] *= np.float32(1e4)  # device 0's rows only: BF16 there
   w = np.random.default_rng(6).standard_normal((K, N)).astype(np.float32)
   policy = mor_jax.Policy()
   dims = (((1,), (0,)), ((), ()))
 
-  def local(x, w):
+  def local(x, w, vary=False):
+    probes = mor_jax.zero_probes(policy)
+    if vary:
+      probes = jax.lax.pcast(probes, ("d",), to="varying")
+
     def loss(x, w, probes):
       y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes,
                                               policy=policy)
       return jnp.sum(y * y), fwd["fprop"]["activation"].fraction_blocks
-    (_, fraction), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
-        x, w, mor_jax.zero_probes(policy))
-    return fraction[None], grads[0], grads[1][None]
+    (_, fraction), grads = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(
+        x, w, probes)
+    wgrad = grads[2]["wgrad"]["activation"].fraction_blocks
+    return fraction[None], grads[0], grads[1][None], wgrad[None]
 
   mesh = jax.make_mesh((8,), ("d",), devices=jax.devices()[:8],
                        axis_types=(AxisType.Explicit,))
   with mor_jax.use_implementation(impl):
     with jax.set_mesh(mesh):
       got = jax.jit(jax.shard_map(
-          local, mesh=mesh, in_specs=(P("d"), P()),
-          out_specs=(P("d"), P("d"), P("d")), check_vma=False))(
-              jax.device_put(x, P("d")), w)
+          functools.partial(local, vary=check_vma), mesh=mesh,
+          in_specs=(P("d"), P()), out_specs=(P("d"),) * 4,
+          check_vma=check_vma))(jax.device_put(x, P("d")), w)
     want = [jax.jit(local)(x[i * 8:(i + 1) * 8], w) for i in range(8)]
-  fraction, dx, dw = (np.concatenate([np.asarray(w_[j]) for w_ in want])
-                      for j in range(3))
+  fraction, dx, dw, wgrad = (
+      np.concatenate([np.asarray(w_[j]) for w_ in want]) for j in range(4))
   np.testing.assert_array_equal(np.asarray(got[0]), fraction)
   assert fraction[0].tolist() == [0.0, 1.0] and fraction[1, 0] == 1.0
+  np.testing.assert_array_equal(np.asarray(got[3]), wgrad)
   np.testing.assert_allclose(np.asarray(got[1]), dx, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(got[2]), dw, rtol=1e-6)
+  if check_vma:
+    dw = np.broadcast_to(dw.sum(0), dw.shape)
+  np.testing.assert_allclose(np.asarray(got[2]), dw, rtol=1e-5, atol=1e-3)
