@@ -6,11 +6,12 @@ model's own ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` the
 same, in place, through their ``dot_general`` / ``einsum_op`` hooks
 (``MoRDotGeneral``, ``MoREinsumOp``). The variables:
 
-- ``ForwardStats`` (attribute ``fprop``): the forward statistics, updated by
-  every call, ``{"activation": s, "weight": s}``;
-- ``GradProbes`` (attributes ``dgrad`` and ``wgrad``): zero-valued probes
-  whose gradient is the backward statistics, ``{"gradient": s, "weight": s}``
-  and ``{"activation": s, "gradient": s}``.
+- ``ForwardStats`` (attribute ``fprop``, an ``nnx.Dict`` with one per
+  role): the forward statistics, updated by every call,
+  ``{"activation": s, "weight": s}``;
+- ``GradProbes`` (attributes ``dgrad`` and ``wgrad``, likewise): zero-valued
+  probes whose gradient is the backward statistics,
+  ``{"gradient": s, "weight": s}`` and ``{"activation": s, "gradient": s}``.
 
 Each ``s`` is a ``mor_jax.NamedMoRStats``. ``nnx.grad`` differentiates
 ``nnx.Param`` only by default; add ``GradProbes`` to its filter to get the
