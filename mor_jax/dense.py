@@ -618,10 +618,24 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
     namespace[name] = _intercepted(method, policy)
   namespace.update(_entry_points(cls, names, policy, every=methods is None))
   namespace["_mor_converted_from"] = cls
+
+  @nn.nowrap
+  def reduce(self):
+    # The class is made here, so pickle cannot find it by name: a converted
+    # model pickles as its original and the conversion.
+    return (functools.partial(convert, methods=methods),
+            (cls(**_fields(self)), policy))
+
+  namespace["__reduce__"] = reduce
   converted = type(cls.__name__, (cls,), namespace)
-  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-            if f.init and f.name not in ("parent", "name")}
-  return converted(**fields)
+  return converted(**_fields(model))
+
+
+def _fields(model: nn.Module) -> dict[str, Any]:
+  """A module's own fields, as its constructor takes them (not its place
+  in a parent)."""
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.init and f.name not in ("parent", "name")}
 
 
 def _entry_points(cls: type[nn.Module], names: Sequence[str],

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 import subprocess
 import sys
 import warnings
@@ -108,6 +109,22 @@ def test_convert_quantizes_every_public_method():
   # One name as a string, not a sequence of one-letter names.
   only_encode = dense.convert(_AutoEncoder(), methods="encode")
   _, state = only_encode.apply(v, x, method="encode", mutable=["mor_stats"])
+  assert _quantized_layers(state) == {"enc"}
+
+
+def test_converted_model_pickles():
+  """The converted class is made by convert, so pickle cannot find it by
+  name: it pickles as the original and the conversion (methods= kept)."""
+  x = _x((2, 32))
+  model = dense.convert(_AutoEncoder(), NOQUANT, methods="encode")
+  v = {"params": model.init(jax.random.key(0), x)["params"]}
+  back = pickle.loads(pickle.dumps(model))
+  assert type(back).__mro__[1] is _AutoEncoder
+  for method in ("encode", "__call__"):
+    chex.assert_trees_all_equal(
+        back.apply(v, x, method=method, mutable=["mor_stats"]),
+        model.apply(v, x, method=method, mutable=["mor_stats"]))
+  _, state = back.apply(v, x, mutable=["mor_stats"])
   assert _quantized_layers(state) == {"enc"}
 
 
