@@ -213,24 +213,15 @@ def block_sum(values: jax.Array, part: Partition) -> jax.Array:
   out = values
   for axis in reversed(part.block_axes):
     n = out.shape[axis]
-    if is_symbolic(n):
-      # Chunks of min(n, 4096): a call sums what a concrete trace would,
-      # the terms of n <= 4096 in one stage (a second over 1 chunk adds
-      # nothing to them).
-      _, chunks = _cut(n, SUM_CHUNK)
-      size = jax.core.min_dim(SUM_CHUNK, n)
+    if is_symbolic(n) or n > SUM_CHUNK:
+      # Chunks of min(n, 4096). A symbolic n always takes this path, so a
+      # call sums what a concrete trace would: where n <= 4096 its one
+      # chunk is the whole axis, and the stage below adds nothing to it.
+      size, chunks = _cut(n, SUM_CHUNK)
       pad = [0] * out.ndim
       pad[axis] = chunks * size - n
       out = _pad(out, pad)
       out = out.reshape(out.shape[:axis] + (chunks, size) +
-                        out.shape[axis + 1:])
-      out = jnp.sum(out, axis=axis + 1)
-    elif n > SUM_CHUNK:
-      chunks = -(-n // SUM_CHUNK)
-      pad = [(0, 0)] * out.ndim
-      pad[axis] = (0, chunks * SUM_CHUNK - n)
-      out = jnp.pad(out, pad)
-      out = out.reshape(out.shape[:axis] + (chunks, SUM_CHUNK) +
                         out.shape[axis + 1:])
       out = jnp.sum(out, axis=axis + 1)
     out = jnp.sum(out, axis=axis)
