@@ -25,6 +25,11 @@ def explicit() -> tuple[str, ...]:
   return tuple(jax.sharding.get_abstract_mesh().explicit_axes)
 
 
+def off_mesh(*arrays: jax.Array) -> bool:
+  """Whether no array is typed with a mesh (none was put on one)."""
+  return all(jax.typeof(a).sharding.mesh.empty for a in arrays)
+
+
 def run(fun: Callable[..., Any], *arrays: jax.Array,
         out_sharding: Any = None) -> Any:
   """``fun(*arrays)`` with the context mesh's Explicit axes made Auto.
@@ -38,8 +43,16 @@ def run(fun: Callable[..., Any], *arrays: jax.Array,
       trace of ``fun`` (jit's cache serves it where ``fun`` is jitted).
   """
   axes = explicit()
-  if not axes:
+  # An array of one device, never put on the mesh, has no sharding to keep
+  # (nor do the results the plain op gives it): nothing to make Auto.
+  if not axes or out_sharding is None and off_mesh(arrays[0]):
     return fun(*arrays)
+  # Each array resharded to its own type first: under an eager jax.grad of
+  # an array of one device, the tracer is typed on the mesh but auto_axes's
+  # transpose gave its cotangent the Auto mesh (a ValueError at the next op;
+  # jax 0.10.2). The reshard's transpose types it as the input.
+  arrays = jax.tree.map(
+      lambda a: jax.sharding.reshard(a, jax.typeof(a).sharding.spec), arrays)
   auto = lambda out_sharding: jax.sharding.auto_axes(  # noqa: E731
       fun, axes=axes, out_sharding=out_sharding)
   if out_sharding is not None:

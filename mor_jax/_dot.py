@@ -546,7 +546,10 @@ def dot_general_with_stats(
   if preferred_element_type is not None:
     preferred_element_type = np.dtype(preferred_element_type)
   specs = None
-  if _axes.explicit():  # lax.dot_general's output sharding; stats replicated
+  # lax.dot_general's output sharding, statistics replicated; where neither
+  # operand is on the mesh (arrays of one device) nothing is typed with its
+  # axes, and _axes.run calls plainly.
+  if _axes.explicit() and not _axes.off_mesh(lhs, rhs):
     specs = (jax.eval_shape(functools.partial(
         jax.lax.dot_general, dimension_numbers=dimension_numbers,
         precision=precision, preferred_element_type=preferred_element_type,

@@ -288,6 +288,34 @@ def test_explicit_axes_functions(name, impl):
                                np.asarray(b, np.float32), rtol=1e-6)
 
 
+DIMS = (((1,), (0,)), ((), ()))
+OFF_MESH = dict(FUNCTIONS, **{
+    "dot_general": lambda x: mor_jax.dot_general(
+        x, x.T, DIMS, policy=mor_jax.Policy()),
+    "dot_general_with_stats": lambda x: mor_jax.dot_general_with_stats(
+        x, x.T, DIMS, policy=mor_jax.Policy()),
+    "dot_general, gradient": jax.grad(lambda x: jnp.sum(jnp.sin(
+        mor_jax.dot_general(x, x.T, DIMS, policy=mor_jax.Policy())))),
+})
+
+
+@pytest.mark.parametrize("name", list(OFF_MESH))
+def test_explicit_mesh_in_context_with_arrays_off_it(name):
+  """Under jax.set_mesh, arrays of one device (never put on the mesh) give
+  the results they give without it, bit for bit, eagerly and under jit.
+  dot_general was an AttributeError (lax.dot_general's output there has no
+  sharding to copy); its eager gradient, a ValueError (auto_axes gave the
+  cotangent the Auto mesh)."""
+  x = _outliers((64, 128), 3, axis=0)
+  fn = OFF_MESH[name]
+  want = jax.jit(fn)(x)
+  mesh = jax.make_mesh((2, 4), ("data", "model"), devices=jax.devices()[:8],
+                       axis_types=(AxisType.Explicit,) * 2)
+  with jax.set_mesh(mesh):
+    for got in (fn(x), jax.jit(fn)(x)):
+      chex.assert_trees_all_equal(got, want)
+
+
 def test_explicit_axes_nnx_linear_with_out_sharding():
   """NoQuant through nnx.Linear's dot_general is nnx.Linear, bit for bit,
   gradients and the out_sharding NNX passes included."""
