@@ -543,6 +543,17 @@ def _():
                       policy=mor_jax.Policy())
 
 
+@row("jax.export with a block spanning a symbolic dimension nothing bounds "
+     "(its int32 element count could overflow)",
+     "export(jit(quantize(x, E4M3, block_shape=(None, None))))"
+     "(ShapeDtypeStruct(symbolic_shape('b, 64'), float32))", ValueError)
+def _():
+  from jax import export  # pylint: disable=g-import-not-at-top
+  spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, 64"), jnp.float32)
+  export.export(jax.jit(lambda x: mor_jax.quantize(
+      x, E4M3, block_shape=(None, None))))(spec)
+
+
 @row("unknown implementation", "use_implementation('cuda')", ValueError)
 def _():
   with mor_jax.use_implementation("cuda"):
