@@ -623,23 +623,46 @@ TWIN_AND_KERNEL = pytest.mark.parametrize("gemm", [
     ids=["twin", "kernel"])
 
 
+# Per case: the codes from standard normal samples (the accumulator's
+# size), then row and column factors (two values each, alternating) whose
+# products in one order or the other leave float32's range where the result
+# does not.
+SPURIOUS = {
+    # acc * ra passes float32's maximum.
+    "row_first_overflows": (lambda x: x * 100, (2e33, 1e-3), (1e-6, 1e-10)),
+    # ra * rb = 2**132 overflows; acc about 2**-10, the result 2**122.
+    "product_overflows": (lambda x: x * 0.01, (2.0**66, 3.0), (2.0**66, 0.5)),
+    # ra * rb about 2**-146 is subnormal (a few bits of mantissa) for every
+    # pair; positive codes make acc about 2**20, the result a normal 2**-125.
+    "product_underflows": (lambda x: np.abs(x) * 100,
+                           (1.3 * 2.0**-73, 1.1 * 2.0**-73),
+                           (1.3 * 2.0**-73, 1.5 * 2.0**-73)),
+}
+
+
 @TWIN_AND_KERNEL
-def test_gemm_scales_without_spurious_overflow(gemm):
-  # Rows of factor 2e33 against columns of 1e-6: the product of the
-  # accumulator and the row factor alone passes float32's maximum.
+@pytest.mark.parametrize("factors", list(SPURIOUS))
+def test_gemm_scales_without_spurious_overflow(gemm, factors):
+  """No intermediate product leaves float's range where the result stays in
+  it, whichever order of the factors a fixed rule would take: one factor
+  first where both lie on the same side of 1, their product first
+  elsewhere (kernels.gemm.scale_rows_and_columns)."""
   rng = np.random.default_rng(2)
   m, k, n = 128, 256, 96
-  a8, b8 = (np.asarray(rng.standard_normal((r, k)) * 100,
+  codes, *fs = SPURIOUS[factors]
+  a8, b8 = (np.asarray(np.clip(codes(rng.standard_normal((r, k))), -448, 448),
                        ml_dtypes.float8_e4m3fn) for r in (m, n))
-  ra = np.where(np.arange(m) % 2, 2e33, 1e-3).astype(np.float32)
-  rb = np.where(np.arange(n) % 2, 1e-6, 1e-10).astype(np.float32)
+  ra, rb = (np.where(np.arange(r) % 2, *f).astype(np.float32)
+            for r, f in zip((m, n), fs))
   want = (a8.astype(np.float64) @ b8.astype(np.float64).T) * (
       ra[:, None].astype(np.float64) * rb[None, :])
   a, b = (kernels.gemm.Operand(jnp.zeros(q.shape, jnp.bfloat16),
                                jnp.asarray(q), jnp.asarray(r), jnp.bool_(True),
                                False) for q, r in ((a8, ra), (b8, rb)))
   got = np.asarray(gemm(a, b, out_dtype=jnp.float32))
+  tiny = np.finfo(np.float32).smallest_normal
   assert np.isfinite(want).all() and np.isfinite(got).all()
+  assert ((want == 0) | (np.abs(want) >= tiny)).all()
   assert _rel(got, want) <= (1e-3 if ON_GPU else 1e-6)
 
 
