@@ -73,8 +73,18 @@ def _fit(shapes) -> bool:
              math.prod(s) <= MAX_KERNEL_ELEMENTS for s in shapes)
 
 
+def device() -> jax.Device:
+  """The device work goes to by default: ``jax.default_device``'s where it
+  is set (a CPU on a GPU machine: the kernels' Triton and Mosaic GPU code
+  would not lower there), else the default backend's first."""
+  chosen = jax.config.jax_default_device
+  if isinstance(chosen, str):  # a platform name
+    return jax.devices(chosen)[0]
+  return chosen if chosen is not None else jax.devices()[0]
+
+
 def on_gpu() -> bool:
-  return jax.default_backend() == "gpu"
+  return device().platform == "gpu"
 
 
 def nvidia_gpu() -> bool:
@@ -168,9 +178,9 @@ def fp8_tensor_cores() -> bool:
 
 
 def _capability() -> tuple[int, int]:
-  """The default device's CUDA compute capability; (0, 0) for the others
+  """``device()``'s CUDA compute capability; (0, 0) for the others
   (ROCm GPUs report their gfx name, CPUs nothing)."""
-  cc = str(getattr(jax.devices()[0], "compute_capability", ""))
+  cc = str(getattr(device(), "compute_capability", ""))
   found = re.match(r"(\d+)\.(\d+)", cc)
   return (int(found[1]), int(found[2])) if found else (0, 0)
 

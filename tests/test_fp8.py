@@ -302,6 +302,31 @@ def test_auto_is_emulation_off_fp8_tensor_cores():
   assert _fp8.resolve("auto", DENSE, mor_jax.Policy()) == want
 
 
+def test_dispatch_follows_jax_default_device(monkeypatch):
+  """On a GPU machine (faked: a Hopper device), work sent to a CPU with
+  jax.default_device takes XLA's passes and emulation: the kernels' Triton
+  and Mosaic GPU code would not lower there."""
+  from mor_jax import _fp8  # pylint: disable=g-import-not-at-top
+
+  class Hopper:
+    platform, compute_capability = "gpu", "9.0"
+
+  cpu = jax.devices("cpu")[0]
+  monkeypatch.setattr(jax, "devices", lambda backend=None: (
+      [cpu] if backend == "cpu" else [Hopper()]))
+  policy = mor_jax.Policy()
+
+  def placed():
+    return (_dispatch.on_gpu(), _dispatch.fp8_tensor_cores(),
+            _dispatch.Implementation("auto").uses_pallas((8, 8)),
+            _fp8.resolve("auto", DENSE, policy))
+
+  assert placed() == (True, True, True, "fp8")
+  for chosen in (cpu, "cpu"):
+    with jax.default_device(chosen):
+      assert placed() == (False, False, False, "emulate")
+
+
 def test_layer_trains_under_scan_remat_and_vmap():
   policy = _with(mor_jax.Policy(), "fp8")
 
