@@ -554,6 +554,15 @@ def _():
       x, E4M3, block_shape=(None, None))))(spec)
 
 
+@row("forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian): the GEMM is "
+     "a jax.custom_vjp; reverse over reverse (jax.grad of jax.grad) works",
+     "jax.jvp(lambda x: dot_general(x, w, ...), (x,), (x,))", TypeError)
+def _():
+  w = jnp.ones((3, 2))
+  jax.jvp(lambda x: mor_jax.dot_general(x, w, DIMS, policy=mor_jax.Policy()),
+          (jnp.ones((2, 3)),), (jnp.ones((2, 3)),))
+
+
 @row("unknown implementation", "use_implementation('cuda')", ValueError)
 def _():
   with mor_jax.use_implementation("cuda"):
