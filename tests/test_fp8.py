@@ -808,9 +808,8 @@ def test_dispatch_by_gpu_vendor(monkeypatch, capability, nvidia):
   from mor_jax import _partition  # pylint: disable=g-import-not-at-top
 
   class Device:
-    compute_capability = capability
+    platform, compute_capability = "gpu", capability
 
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(jax, "devices", lambda *_, **__: [Device()])
   assert _dispatch.nvidia_gpu() == nvidia
   assert _dispatch.Implementation("auto").uses_pallas() == nvidia
