@@ -593,6 +593,17 @@ def _():
   mor_jax.nnx.convert(stack(nnx.Rngs(0)), mor_jax.Policy())
 
 
+@row("nnx.vmap over examples with the model broadcast: its forward "
+     "statistics would differ per example (docs/layers.md maps a pure "
+     "function of the state instead)",
+     "nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(MoRLinear(...), x)",
+     ValueError)
+def _():
+  layer = mor_jax.nnx.MoRLinear(16, 4, policy=mor_jax.Policy(),
+                                rngs=nnx.Rngs(0))
+  nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(layer, jnp.ones((3, 2, 16)))
+
+
 # ---------------------------------------------------------------------------
 # The table.
 
