@@ -603,6 +603,10 @@ def convert(model: nn.Module, policy: PolicyLike = Policy(), *,
     >>> sorted(flatten_stats(state["mor_stats"]))[:2]
     ['hidden/fprop/activation/amax', 'hidden/fprop/activation/chosen_error']
   """
+  if isinstance(model, type) and issubclass(model, nn.Module):
+    raise TypeError(f"model must be a flax.linen Module instance, got the "
+                    f"class {model.__name__}: convert({model.__name__}(...), "
+                    f"policy).")
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen Module, got {model!r}.")
   _policy.check(policy)

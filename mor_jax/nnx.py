@@ -316,9 +316,11 @@ def convert(model: nnx.Module,
 
 def _check_model(model, fn: str) -> None:
   if not isinstance(model, nnx.Module):
+    got = (f"the class {model.__name__} (pass an instance)"
+           if isinstance(model, type) else type(model).__name__)
     raise TypeError(
         f"model must be a flax.nnx Module (for linen, mor_jax.dense.{fn}), "
-        f"got {type(model).__name__}.")
+        f"got {got}.")
 
 
 def _check_unstacked(path: str, layer: nnx.Module) -> None:
