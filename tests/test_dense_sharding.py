@@ -377,7 +377,6 @@ def test_inside_shard_map_each_device_decides_on_its_shard(impl, check_vma):
   x[:8, ::16] *= np.float32(1e4)  # device 0's rows only: BF16 there
   w = np.random.default_rng(6).standard_normal((K, N)).astype(np.float32)
   policy = mor_jax.Policy()
-  dims = (((1,), (0,)), ((), ()))
 
   def local(x, w, vary=False):
     probes = mor_jax.zero_probes(policy)
@@ -385,7 +384,7 @@ def test_inside_shard_map_each_device_decides_on_its_shard(impl, check_vma):
       probes = jax.lax.pcast(probes, ("d",), to="varying")
 
     def loss(x, w, probes):
-      y, fwd = mor_jax.dot_general_with_stats(x, w, dims, probes,
+      y, fwd = mor_jax.dot_general_with_stats(x, w, DIMS, probes,
                                               policy=policy)
       return jnp.sum(y * y), fwd["fprop"]["activation"].fraction_blocks
     (_, fraction), grads = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(
