@@ -53,6 +53,7 @@ from mor_jax import _mor
 from mor_jax import _policy
 from mor_jax import _quantize
 from mor_jax import _stats
+from mor_jax import _variables
 
 # (GEMM, roles of its two operands), in the order of the docstring above.
 GEMMS = (("fprop", ("activation", "weight")),
@@ -539,6 +540,11 @@ def dot_general_with_stats(
   else:
     want = jax.tree.map(_struct, expected)
     got = jax.tree.map(lambda a: _struct(jnp.asarray(a)), probes)
+    if _variables.restored_without_target(probes):
+      raise ValueError(
+          "probes hold plain dicts where mor_jax.NamedMoRStats belong: the "
+          "checkpoint was restored without a target, which drops the "
+          "statistics' candidate names. " + _variables.RESTORE_HINT)
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
       raise ValueError(
           "probes must be mor_jax.zero_probes(policy) (the same structure, "
@@ -567,7 +573,7 @@ def dot_general_with_stats(
 def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
                 dimension_numbers, precision: Any = None,
                 preferred_element_type: Any = None, out_sharding: Any = None,
-                *, policy: _policy.Policy) -> jax.Array:
+                *, policy: _policy.Policy | None) -> jax.Array:
   """A drop-in for ``jax.lax.dot_general`` whose three GEMMs run through MoR.
 
   A ``jax.custom_vjp``: the forward pass quantizes ``lhs`` with
@@ -592,7 +598,8 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
     preferred_element_type: as for ``jax.lax.dot_general``.
     out_sharding: as for ``jax.lax.dot_general`` (Flax NNX's layers pass
       it); see ``dot_general_with_stats``.
-    policy: a ``mor_jax.Policy``.
+    policy: a ``mor_jax.Policy``, or None for plain ``jax.lax.dot_general``
+      (as ``MoRDense(policy=None)`` and ``PolicyRules.policy_for`` mean it).
 
   Returns:
     The output of ``jax.lax.dot_general`` on the quantized operands.
@@ -614,6 +621,10 @@ def dot_general(lhs: jax.typing.ArrayLike, rhs: jax.typing.ArrayLike,
     ...     mor_jax.dot_general, policy=mor_jax.Policy()))(x).shape
     (4, 2)
   """
+  if policy is None:
+    return jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type,
+        out_sharding=out_sharding)
   return dot_general_with_stats(
       lhs, rhs, dimension_numbers, policy=policy, precision=precision,
       preferred_element_type=preferred_element_type,

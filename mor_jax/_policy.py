@@ -6,11 +6,14 @@ import contextlib
 import contextvars
 import dataclasses
 import math
+import numbers
 import re
 import typing
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Literal
+
+import numpy as np
 
 from mor_jax import _recipes
 
@@ -168,9 +171,12 @@ class PolicyRules:
     _check_policy(self.default, "PolicyRules.default")
     for name, low in (("min_size", 0), ("multiple_of", 1)):
       value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      # Any integer (np.int64 too, as block_shape takes), stored as an int.
+      if not isinstance(value, numbers.Integral) or isinstance(
+          value, (bool, np.bool_)) or value < low:
         raise ValueError(f"PolicyRules.{name} must be an int >= {low}, got "
                          f"{value!r}.")
+      object.__setattr__(self, name, int(value))
     if self.filter is not None and not callable(self.filter):
       raise TypeError("PolicyRules.filter must be callable(path, (k, n)) "
                       f"or None, got {self.filter!r}.")

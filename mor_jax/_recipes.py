@@ -37,6 +37,10 @@ Predicate = Callable[["Measurements", Representation], jax.Array]
 
 def check_threshold(threshold) -> float:
   """A mean-relative-error bound in (0, 1] as a Python float, or ValueError."""
+  if isinstance(threshold, (np.ndarray, jax.Array)) and threshold.ndim == 0:
+    # A 0-d array (jnp.float32(0.05)) is read as its value, as a NumPy
+    # scalar is; a traced one raises jax's concretization error.
+    threshold = threshold.item()
   if isinstance(threshold, (bool, np.bool_)) or not isinstance(
       threshold, numbers.Real):
     raise ValueError("threshold must be a real number in (0, 1] (a mean "
@@ -116,6 +120,15 @@ def _check_candidates(candidates) -> tuple[tuple[Representation, Any], ...]:
       raise ValueError(
           f"candidates[{i}][1] must be a predicate (measurements, fmt) -> "
           f"bool array, got {pred!r}.")
+    try:
+      hash(pred)
+    except TypeError:
+      # The recipe is a static argument of jitted functions: fail here, not
+      # at the first quantization.
+      raise ValueError(
+          f"candidates[{i}][1] must be hashable (recipes are static "
+          "arguments of jit; make it a frozen dataclass), got "
+          f"{pred!r}.") from None
   return candidates
 
 
@@ -126,7 +139,8 @@ class Recipe:
   The generic form; ``TensorLevelMoR``, ``SubTensorMoR``, ``Static`` and
   ``NoQuant`` are instances of it. A predicate is any callable
   ``(Measurements, Representation) -> bool array`` (one value per decision
-  unit); make it hashable (a frozen dataclass) so recipes can key jit caches.
+  unit), hashable (a frozen dataclass): recipes key jit caches, so one that
+  is not is refused here.
 
   Attributes:
     candidates: ((fmt, predicate), ..., (mor_jax.BF16, None)).

@@ -18,6 +18,10 @@ import numpy as np
 from mor_jax import _mor
 from mor_jax import _recipes
 
+# The layers' two collections: forward statistics, and the zero probes whose
+# gradient carries the backward ones.
+STATS = "mor_stats"
+GRADS = "mor_grads"
 
 @functools.partial(
     jax.tree_util.register_dataclass,
@@ -116,24 +120,41 @@ def flatten_stats(mor_stats: Mapping | None = None,
     (1.0, 0.0)
   """
   out = {}
-  for tree in (mor_stats, mor_grads):
-    if tree is not None:
-      for path, stats in _walk(tree, ()):
-        _add_metrics(out, path, stats)
+  for path, stats in walk_collections("flatten_stats", mor_stats, mor_grads):
+    _add_metrics(out, path, stats)
   return out
 
 
-def _walk(tree, path: tuple[str, ...]):
-  """Yields (path, stats) for every NamedMoRStats under ``tree``."""
+def walk_collections(caller: str, mor_stats, mor_grads):
+  """Yields (path, stats) for every NamedMoRStats in the two collections.
+
+  A collection's own name at the top is the variables (or apply's mutable
+  state) passed whole: its paths would all start with it, so it is refused.
+  """
+  for arg, tree in (("mor_stats", mor_stats), ("mor_grads", mor_grads)):
+    if tree is None:
+      continue
+    held = [name for name in (STATS, GRADS)
+            if isinstance(tree, Mapping) and name in tree]
+    if held:
+      raise ValueError(
+          f"{caller}: {arg} holds the collection {held[0]!r} at its top: "
+          f"pass the collection itself, e.g. state[{STATS!r}] of "
+          f"apply's mutable state and grads[{GRADS!r}] of the gradient, not "
+          "the variables that hold it.")
+    yield from _walk(tree, (), caller)
+
+
+def _walk(tree, path: tuple[str, ...], caller: str):
   if isinstance(tree, NamedMoRStats):
     yield path, tree
   elif isinstance(tree, Mapping):
     for key, value in tree.items():
-      yield from _walk(value, path + (str(key),))
+      yield from _walk(value, path + (str(key),), caller)
   else:
     raise TypeError(
-        "flatten_stats expects the 'mor_stats' collection and the gradient "
-        "of the 'mor_grads' collection (nested dicts of NamedMoRStats); found "
+        f"{caller} expects the {STATS!r} collection and the gradient of the "
+        f"{GRADS!r} collection (nested dicts of NamedMoRStats); found "
         f"{type(tree).__name__} at {'/'.join(path)!r}.")
 
 

@@ -135,8 +135,7 @@ def summarize(mor_stats: Mapping | None = None,
     >>> s.worst_error_where in ("fprop/activation", "fprop/weight")
     True
   """
-  entries = [(path, stats) for tree in (mor_stats, mor_grads) if tree is not None
-             for path, stats in _stats._walk(tree, ())]  # pylint: disable=protected-access
+  entries = list(_stats.walk_collections("summarize", mor_stats, mor_grads))
   if not entries:
     raise ValueError("summarize: no statistics found; pass the 'mor_stats' "
                      "collection and/or the gradient of 'mor_grads'.")

@@ -21,10 +21,9 @@ import numpy as np
 
 from mor_jax import _stats
 
-STATS = "mor_stats"
-GRADS = "mor_grads"
+STATS, GRADS = _stats.STATS, _stats.GRADS
 
-_RESTORE_HINT = (
+RESTORE_HINT = (
     "Restore with a target, e.g. for orbax "
     "`checkpointer.restore(path, jax.eval_shape(model.init, key, *example_args))`"
     " (docs/checkpointing.md), or restore only 'params' and take the probes "
@@ -81,7 +80,7 @@ def split_variables(variables: Mapping[str, Any]) -> tuple[Any, Any]:
       warnings.warn(
           f"The variables hold '{STATS}' but no '{GRADS}': the model has MoR "
           "layers, and without their probes a step gets no backward "
-          f"statistics. Take '{GRADS}' from model.init. " + _RESTORE_HINT,
+          f"statistics. Take '{GRADS}' from model.init. " + RESTORE_HINT,
           stacklevel=2)
     return params, {}
   probes = variables[GRADS]
@@ -106,6 +105,14 @@ def _all_zero(leaves: list[Any]) -> bool:
     return True
 
 
+def restored_without_target(tree: Any) -> bool:
+  """Whether statistics under ``tree`` are plain dicts, as a checkpoint
+  restored without a target gives them."""
+  return isinstance(tree, Mapping) and (
+      "fraction_blocks" in tree
+      or any(restored_without_target(v) for v in tree.values()))
+
+
 def _check_restored(tree: Any, path: tuple[str, ...]) -> None:
   """Raises where statistics are plain dicts (a restore without a target)."""
   if isinstance(tree, _stats.NamedMoRStats):
@@ -117,10 +124,10 @@ def _check_restored(tree: Any, path: tuple[str, ...]) -> None:
           f"variables[{where!r}] is a plain dict, not a "
           "mor_jax.NamedMoRStats: the checkpoint was restored without a "
           "target, which drops the statistics' candidate names. "
-          + _RESTORE_HINT)
+          + RESTORE_HINT)
     for key, value in tree.items():
       _check_restored(value, path + (str(key),))
     return
   raise ValueError(f"variables[{where!r}] is a {type(tree).__name__}, not the "
                    "nested dicts of mor_jax.NamedMoRStats that model.init "
-                   "makes. " + _RESTORE_HINT)
+                   "makes. " + RESTORE_HINT)

@@ -97,8 +97,7 @@ __all__ = [
     "mor_dot_general",
 ]
 
-STATS = "mor_stats"
-GRADS = "mor_grads"
+STATS, GRADS = _stats.STATS, _stats.GRADS
 
 Policy = _policy.Policy
 PolicyRules = _policy.PolicyRules

@@ -191,7 +191,7 @@ class CsvWriter:
   as written, so a killed run keeps them.
 
   Args:
-    path: the CSV file.
+    path: the CSV file, in an existing directory (checked here).
 
   Examples:
     >>> import pathlib, tempfile
@@ -211,6 +211,15 @@ class CsvWriter:
     self._file = None
     self._writer: csv.DictWriter | None = None
     self._enabled = jax.process_index() == 0
+    # Fail here, not at the first write many steps into a run.
+    if self._enabled:
+      if os.path.isdir(path):
+        raise IsADirectoryError(f"CsvWriter({str(path)!r}): a directory; "
+                                "give a file's path.")
+      folder = os.path.dirname(os.fspath(path)) or os.curdir
+      if not os.path.isdir(folder):
+        raise FileNotFoundError(f"CsvWriter({str(path)!r}): no directory "
+                                f"{folder!r}; create it first.")
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
     """Writes ``step`` and ``values`` (numbers, 0-d arrays or strings).

@@ -101,7 +101,7 @@ def test_summarize_forward_only_and_errors():
   assert "e4m3_share/gradient" not in s
   with pytest.raises(ValueError, match="no statistics"):
     mor_jax.summarize({})
-  with pytest.raises(TypeError, match="flatten_stats expects"):
+  with pytest.raises(TypeError, match="summarize expects"):
     mor_jax.summarize({"a": {"fprop": {"weight": 1.0}}})
 
 
@@ -216,3 +216,20 @@ def test_plots_without_matplotlib_name_the_extra(monkeypatch, tmp_path):
   with pytest.raises(ImportError, match=r"mor_jax\[report\]"):
     report.plot_fp8_share({"mor": (np.arange(3), _series(3))},
                           tmp_path / "share.png")
+
+
+def test_csv_writer_checks_its_directory_when_made(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no directory"):
+    report.CsvWriter(tmp_path / "missing" / "m.csv")
+  with pytest.raises(IsADirectoryError):
+    report.CsvWriter(tmp_path)
+  report.CsvWriter(tmp_path / "m.csv").close()  # Created at the first write.
+  assert not (tmp_path / "m.csv").exists()
+
+
+def test_stats_functions_refuse_the_collections_passed_whole():
+  for fn in (mor_jax.summarize, flatten_stats):
+    with pytest.raises(ValueError, match="holds the collection 'mor_stats'"):
+      fn({"mor_stats": FWD})
+    with pytest.raises(ValueError, match="holds the collection 'mor_grads'"):
+      fn(FWD, {"mor_grads": BWD})

@@ -15,6 +15,7 @@ through the Pallas kernels (interpret mode off a GPU) as well.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import pathlib
 from collections.abc import Callable
@@ -347,6 +348,39 @@ def _():
   return f"accepted, stored as the float {t.threshold!r}"
 
 
+@row("threshold as a 0-d JAX array", "TensorLevelMoR(threshold=jnp.float32(0.05))")
+def _():
+  t = mor_jax.TensorLevelMoR(threshold=jnp.float32(0.05))
+  assert type(t.threshold) is float and t.threshold == float(np.float32(0.05))
+  return f"accepted, stored as the float {t.threshold!r}"
+
+
+@row("PolicyRules sizes as NumPy integers",
+     "PolicyRules(min_size=np.int64(64), multiple_of=np.int32(16))")
+def _():
+  rules = mor_jax.PolicyRules(min_size=np.int64(64), multiple_of=np.int32(16))
+  assert (type(rules.min_size), type(rules.multiple_of)) == (int, int)
+  return f"accepted, stored as the ints {rules.min_size}, {rules.multiple_of}"
+
+
+@dataclasses.dataclass
+class Unhashable:
+  """A predicate as a plain (not frozen) dataclass: no hash."""
+
+  threshold: float = 0.05
+
+  def __call__(self, m, fmt):
+    return m.error(fmt) < self.threshold
+
+
+@row("predicate that is not hashable (recipes are static arguments of jit)",
+     "Recipe(candidates=((E4M3, Unhashable()), (BF16, None)), ...)",
+     ValueError)
+def _():
+  mor_jax.Recipe(candidates=((E4M3, Unhashable()), (BF16, None)),
+                 block_shape=(1, None))
+
+
 @row("threshold as a bool", "TensorLevelMoR(threshold=True)", ValueError)
 def _():
   mor_jax.TensorLevelMoR(threshold=True)
@@ -543,6 +577,15 @@ def _():
                       policy=mor_jax.Policy())
 
 
+@row("dot_general with policy=None", "dot_general(x, w, dims, policy=None)")
+def _():
+  x, w = jnp.arange(6.0).reshape(2, 3), jnp.ones((3, 2))
+  got = mor_jax.dot_general(x, w, DIMS, policy=None)
+  np.testing.assert_array_equal(got, jax.lax.dot_general(x, w, DIMS))
+  return ("plain jax.lax.dot_general, as MoRDense(policy=None) and "
+          "PolicyRules mean None")
+
+
 @row("jax.export with a block spanning a symbolic dimension nothing bounds "
      "(its int32 element count could overflow)",
      "export(jit(quantize(x, E4M3, block_shape=(None, None))))"
@@ -573,6 +616,41 @@ def _():
      "mor_jax.nnx.convert(MoRDense(4), Policy())", TypeError)
 def _():
   mor_jax.nnx.convert(MoRDense(4), mor_jax.Policy())
+
+
+def _layer_state():
+  layer, x = MoRDense(4), jnp.ones((2, 8))
+  variables = jax.jit(layer.init)(jax.random.key(0), x)
+  return layer, x, variables
+
+
+@row("summarize or flatten_stats given apply's whole mutable state (the "
+     "collection's name would prefix every key)",
+     "summarize(state), state = layer.apply(..., mutable=['mor_stats'])[1]",
+     ValueError)
+def _():
+  layer, x, variables = _layer_state()
+  _, state = jax.jit(functools.partial(layer.apply, mutable=["mor_stats"]))(
+      variables, x)
+  mor_jax.summarize(state)
+
+
+@row("linen apply with probes restored without a target",
+     "layer.apply(msgpack_restore(msgpack_serialize(to_state_dict(v))), x)",
+     ValueError)
+def _():
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  layer, x, variables = _layer_state()
+  restored = serialization.msgpack_restore(serialization.msgpack_serialize(
+      serialization.to_state_dict(variables)))
+  layer.apply(restored, x)
+
+
+@row("report.CsvWriter in a directory that does not exist",
+     "CsvWriter('no/such/dir/mor.csv')", FileNotFoundError)
+def _():
+  from mor_jax import report  # pylint: disable=g-import-not-at-top
+  report.CsvWriter("no/such/dir/mor.csv")
 
 
 @row("mor_jax.nnx.flatten_stats of linen variables",
