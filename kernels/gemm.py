@@ -304,6 +304,23 @@ def _plain_rows(recip_smem, fmt, dtype) -> jax.Array:
   return plain
 
 
+def _scaled_tile(acc: jax.Array, ra: jax.Array, rb: jax.Array) -> jax.Array:
+  """The FP8 loop's epilogue: scale_rows_and_columns on the accumulator and
+  its row and column factors (WGMMA's layouts), bit for bit.
+
+  The factors' parts above and below 1 are split on the vectors, a few
+  registers a thread, before their broadcast over the tile: four multiplies
+  an element and no selection, where choosing the order per element took
+  eight operations (docs/benchmarks.md, thirty-seventh session).
+  """
+  def broadcast(v, dim):
+    return lax.broadcast_in_dim(v, acc.shape, [dim])
+
+  (big_a, small_a), (big_b, small_b) = _split(ra), _split(rb)
+  return (acc * (broadcast(big_a, 0) * broadcast(small_b, 1))
+          * (broadcast(small_a, 0) * broadcast(big_b, 1)))
+
+
 # The kernel's K loops: on two 16-bit operands; on A's FP8 codes,
 # dequantized in registers, and a 16-bit B; on two FP8 operands.
 _WIDE, _DEQ, _FP8 = range(3)
@@ -478,17 +495,12 @@ def _run(loop: int, out_smem, ra_smem, rb_smem, barriers, *, out_ref,
             # applies them to the float32 accumulator.
             plgpu.barrier_wait(barriers.at[2 * wg])
             plgpu.barrier_wait(barriers.at[2 * wg + 1])
-            ra = load_with_layout(ra_smem.at[wg],
-                                  plgpu.Layout.WGMMA.reduce(1))
-            rb = load_with_layout(rb_smem.at[wg],
-                                  plgpu.Layout.WGMMA.reduce(0))
-            ra = lax.broadcast_in_dim(ra, (tm, tn), [0])
-            rb = lax.broadcast_in_dim(rb, (tm, tn), [1])
-            # No intermediate overflow the product does not have (as
-            # scale_rows_and_columns): one factor first where both lie on
-            # the same side of 1, their product first elsewhere.
-            acc = jnp.where((ra >= 1) == (rb >= 1), acc * ra * rb,
-                            acc * (ra * rb))
+            acc = _scaled_tile(
+                acc,
+                load_with_layout(ra_smem.at[wg],
+                                 plgpu.Layout.WGMMA.reduce(1)),
+                load_with_layout(rb_smem.at[wg],
+                                 plgpu.Layout.WGMMA.reduce(0)))
           dst = out_ref.at[cols, rows] if swap else out_ref.at[rows, cols]
           write_tile(acc.astype(out_ref.dtype), out_smem, wg, dst,
                      transposed=swap)
@@ -815,13 +827,26 @@ def scale_rows_and_columns(acc: jax.Array, ra: jax.Array,
   """acc * ra[:, None] * rb[None, :] with no intermediate
   overflow or underflow that the result itself does not have.
 
-  Where both factors lie on the same side of 1, acc * ra lies between acc
-  and the result; where they lie on opposite sides, ra * rb lies between
-  them. One fixed order is not enough: a row of 1e36 (ra ~ 2e33) against a
+  Each factor splits into its part at or above 1 and its part below 1 (one
+  of them is 1), and acc is multiplied first by the row's big part times the
+  column's small part, then by the row's small part times the column's big
+  part. Each of those two products pairs factors from opposite sides of 1,
+  so it lies between them; and where the row and column factors lie on the
+  same side, the one that is not 1 meets acc alone, moving it towards the
+  result. So: acc * ra * rb where both are at least 1, acc * rb * ra where
+  both are below 1, acc * (ra * rb) where they lie on opposite sides. One
+  fixed order is not enough: a row of 1e36 (factor about 2e33) against a
   column of 1e-3 overflowed acc * ra to inf, where the product was 1e33.
   """
-  ra, rb = ra[:, None], rb[None, :]
-  return jnp.where((ra >= 1) == (rb >= 1), acc * ra * rb, acc * (ra * rb))
+  (big_a, small_a), (big_b, small_b) = _split(ra), _split(rb)
+  return (acc * (big_a[:, None] * small_b[None, :])
+          * (small_a[:, None] * big_b[None, :]))
+
+
+def _split(r: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Factors as (part at or above 1, part below 1): (r, 1) or (1, r)."""
+  big = r >= 1
+  return jnp.where(big, r, 1.0), jnp.where(big, 1.0, r)
 
 
 def _reference(case, a8, b8, ra, rb, a, b, *, transposed, out_dtype,
