@@ -43,10 +43,16 @@ def run(fun: Callable[..., Any], *arrays: jax.Array,
       trace of ``fun`` (jit's cache serves it where ``fun`` is jitted).
   """
   axes = explicit()
-  # An array of one device, never put on the mesh, has no sharding to keep
-  # (nor do the results the plain op gives it): nothing to make Auto.
-  if not axes or out_sharding is None and off_mesh(arrays[0]):
+  if not axes:
     return fun(*arrays)
+  # An array of one device, never put on the mesh, has no sharding to keep
+  # (nor do the results the plain op gives it): it runs as with no mesh in
+  # context. Values made inside would otherwise be typed on the context mesh,
+  # which the Pallas Triton lowering of a reduction cannot take (a
+  # ValueError on jax 0.11.2, docs/results/gpu-2026-12-05-fp8ah).
+  if out_sharding is None and off_mesh(arrays[0]):
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+      return fun(*arrays)
   # Each array resharded to its own type first: under an eager jax.grad of
   # an array of one device, the tracer is typed on the mesh but auto_axes's
   # transpose gave its cotangent the Auto mesh (a ValueError at the next op;

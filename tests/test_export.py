@@ -51,18 +51,24 @@ def _input(shape, seed):
 def _assert_bits(got, want):
   """Bit for bit on a CPU. A GPU's XLA orders a reduction per compiled
   graph, and the exported one (symbolic shapes, refined at each call) is
-  not the jit's: there an error statistic came out 1 ulp apart in three
-  tests (an H100, docs/results/gpu-2026-12-05-fp8af/call5)."""
-  got_leaves, got_tree = jax.tree.flatten(got)
+  not the jit's: there float32 statistics came out 1 ulp apart in three
+  tests (an H100, docs/results/gpu-2026-12-05-fp8af/call5) and 2 ulp in
+  one at (40, 17, 64) (docs/results/gpu-2026-12-05-fp8ah). 8 ulp leaves
+  room for the order of a sum; a different decision, scale or code moves a
+  value by far more."""
+  got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
   want_leaves, want_tree = jax.tree.flatten(want)
   assert got_tree == want_tree
-  for g, w in zip(got_leaves, want_leaves):
+  for (path, g), w in zip(got_leaves, want_leaves):
     g, w = np.asarray(g), np.asarray(w)
     assert (g.dtype, g.shape) == (w.dtype, w.shape)
     if jax.default_backend() == "gpu" and g.dtype == np.float32:
-      np.testing.assert_array_max_ulp(g, w, maxulp=1)
+      try:
+        np.testing.assert_array_max_ulp(g, w, maxulp=8)
+      except AssertionError as e:
+        raise AssertionError(f"{jax.tree_util.keystr(path)}: {e}") from None
     else:
-      assert g.tobytes() == w.tobytes()
+      assert g.tobytes() == w.tobytes(), jax.tree_util.keystr(path)
 
 
 def _check(fn, spec_shape, shapes, *args, constraints=(BOUND,)):
