@@ -22,7 +22,7 @@ if not __package__:  # Run as a script: make the repository root importable.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
-from examples.lm.metrics import EmptyRunError, Run
+from examples.lm.metrics import Run, differing_settings
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -105,15 +105,38 @@ def _list_steps(steps: np.ndarray, most: int = 10) -> str:
   return f"step {shown}" if steps.size == 1 else f"steps {shown}"
 
 
+def differing(one: Run, other: Run) -> dict[str, tuple]:
+  """What the runs should share but do not: the recipe, the corpus, and the
+  settings (``differing_settings``; the mesh and the process count, which
+  the comparison is for, are no settings)."""
+  pairs = {"recipe": (one.recipe, other.recipe),
+           "corpus": tuple(r.header.get("corpus", {}).get("fingerprint")
+                           for r in (one, other))}
+  pairs.update(differing_settings([one, other]))
+  return {k: tuple(v) for k, v in pairs.items() if v[0] != v[1]}
+
+
+def _load(ap: argparse.ArgumentParser, path: pathlib.Path) -> Run:
+  """``Run.load(path)``; a one-line error instead of a traceback."""
+  if path.is_dir():
+    ap.error(f"{path} is a directory; expected ONE.jsonl[.gz] as written by "
+             "train_lm.py --out.")
+  if not path.exists():
+    ap.error(f"{path} does not exist.")
+  try:
+    return Run.load(path)
+  except ValueError as e:  # EmptyRunError, or no run log (metrics.read_jsonl).
+    raise SystemExit(f"error: {e}") from None
+  except OSError as e:  # Say, a *.gz file gzip cannot read.
+    raise SystemExit(f"error: {path}: {e}") from None
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("one", type=pathlib.Path, help="the reference run")
   ap.add_argument("other", type=pathlib.Path, help="the run compared with it")
   args = ap.parse_args(argv)
-  try:
-    one, other = Run.load(args.one), Run.load(args.other)
-  except EmptyRunError as e:
-    raise SystemExit(f"error: {e}") from None
+  one, other = _load(ap, args.one), _load(ap, args.other)
   try:
     diff = compare(one, other)
   except ValueError as e:
@@ -122,6 +145,11 @@ def main(argv=None) -> int:
         f"{one.tokens_per_s():,.0f} tokens/s")
   print(f"{args.other}: mesh {other.mesh}, {other.step_ms():.1f} ms/step, "
         f"{other.tokens_per_s():,.0f} tokens/s")
+  settings = differing(one, other)
+  if settings:
+    listed = "; ".join(f"{k}: {a} vs {b}" for k, (a, b) in settings.items())
+    print(f"WARNING: the runs used different settings ({listed}); their "
+          "losses and decisions are not comparable.")
   for k, val in diff.items():
     print(f"{k}: {val:.3g}" if isinstance(val, float) else f"{k}: {val}")
   for kind, only in unmatched(one, other).items():

@@ -166,7 +166,12 @@ def report(metrics: dict[str, float]) -> str:
                       for k, v in metrics.items()})
 
 
-def main():
+# ``batch`` draws two tokens, then each from the two before: the first token
+# the rule predicts, and so anything to learn, is the third.
+MIN_SEQ = 3
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch", type=int, default=32)
@@ -174,7 +179,12 @@ def main():
   parser.add_argument("--dtype", default="float32",
                       choices=("float32", "bfloat16"))
   parser.add_argument("--method", default="dot_general_cls", choices=METHODS)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  # Else an IndexError (no step), NaN losses (no sequence) or an MLIRError.
+  for name, least in (("steps", 1), ("batch", 1), ("seq", MIN_SEQ)):
+    if getattr(args, name) < least:
+      parser.error(f"--{name} must be at least {least}, got "
+                   f"{getattr(args, name)}.")
   start = time.time()
   result = train(args.steps, args.batch, args.seq, args.dtype,
                  log_every=max(args.steps // 10, 1), method=args.method)

@@ -3,6 +3,8 @@
 Run: python examples/quickstart.py
 """
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 
@@ -35,4 +37,6 @@ def main():
 
 
 if __name__ == "__main__":
+  # No options: --help says so, and anything else is refused, not ignored.
+  argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
   main()

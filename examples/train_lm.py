@@ -128,7 +128,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   scale.add_argument("--process-id", type=int, metavar="I",
                      help="with --distributed: this process's index, 0..N-1")
   add_config_flags(parser)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  # Else lock_directory's mkdir fails with a FileExistsError traceback.
+  if args.out is not None and args.out.exists() and not args.out.is_dir():
+    parser.error(f"--out must be a directory; {args.out} is a file.")
+  return args
 
 
 def _start_processes(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from examples import mor_table
 
@@ -40,6 +41,21 @@ def test_converted_transformer_trains_and_reports_statistics():
   table = convert_transformer.report(result.metrics)
   assert "Block_0/qkv " in table and "lm_head" not in table
 
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--steps", "-3"], "--steps must be at least 1, got -3"),
+    # One step: without the check, a quick failure rather than a long run.
+    (["--steps", "1", "--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--steps", "1", "--seq", "2"], "--seq must be at least 3, got 2"),
+])
+def test_converted_transformer_refuses_bad_sizes(argv, message, capsys):
+  """Refused before anything traces: no IndexError, NaN loss or MLIRError."""
+  from examples import convert_transformer  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as e:
+    convert_transformer.main(argv)
+  assert e.value.code == 2
+  assert message in capsys.readouterr().err
 
 
 _MATPLOTLIB_UNTOUCHED = """

@@ -311,6 +311,7 @@ def test_heatmap_panels_do_not_overlap(train, monkeypatch, tmp_path):
     (["--mesh", "data=3"], "spans 3 devices, but JAX sees"),
     (["--coordinator", "h:1234"], "need --distributed"),
     (["--report", "/nonexistent/dir"], "is not a directory"),
+    (["--out", __file__], f"--out must be a directory; {__file__} is a file"),
 ])
 def test_bad_command_lines_fail_with_a_clear_message(argv, message, capsys):
   with pytest.raises(SystemExit) as e:
@@ -550,6 +551,85 @@ def test_compare_runs_aligns_rows_on_steps(train, tmp_path, capsys):
             f"{steps}: {files['other']} has none there.") in printed
   with pytest.raises(SystemExit, match="no training step in common"):
     compare_runs.main([str(files["one"]), str(files["killed"])])
+
+
+def _fake_run(path: pathlib.Path, recipe: str = RECIPE, mesh=None,
+              devices: int = 1, **settings) -> pathlib.Path:
+  """Writes a metrics file of TINY with ``settings``, without training: the
+  header fields the report reads, a row of each kind per step."""
+  cfg = dataclasses.replace(TINY, **settings)
+  header = dict(kind="config", recipe=recipe, config=dataclasses.asdict(cfg),
+                corpus={"root": "email", "python": "3", "fingerprint": "f"},
+                params=1000, tokens_per_step=cfg.batch * cfg.seq_len,
+                versions={"device": "cpu", "jax": "0", "devices": str(devices)},
+                mesh=mesh)
+  key = "blocks/attn/qkv/0/fprop/activation/fraction_e4m3"
+  rows = [header] + [row for s in range(cfg.steps) for row in (
+      dict(kind="train", step=s, loss=5.0, lr=1e-3, grad_norm=1.0,
+           step_time=0.01), dict(kind="stats", step=s, stats={key: 1.0}))]
+  rows += [dict(kind="val", step=cfg.steps, loss=4.0),
+           dict(kind="done", step=cfg.steps)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def test_report_warns_of_runs_with_other_settings(tmp_path):
+  """Ratios against a baseline of another model, seed, ... say so; how the
+  GEMMs ran and when rows were logged may differ."""
+  _fake_run(tmp_path / "bf16.jsonl", "bf16")
+  _fake_run(tmp_path / f"{RECIPE}.jsonl", execution="emulate", eval_every=2,
+            attention="cudnn")
+  assert "WARNING" not in report.report(tmp_path)
+  _fake_run(tmp_path / "fp8_tensor.jsonl", "fp8_tensor", d_model=64, seed=1)
+  text = report.report(tmp_path)
+  assert ("WARNING: the runs used different settings (d_model: 32 (bf16, "
+          f"{RECIPE}), 64 (fp8_tensor); seed: 0 (bf16, {RECIPE}), 1 "
+          "(fp8_tensor)); their losses are not comparable.") in text
+  assert "Model (of bf16): " in text
+
+
+def test_compare_runs_warns_of_other_settings(tmp_path, capsys):
+  """A sharded run's header differs in its mesh and devices only; a run of
+  another seed or recipe is named, not silently compared."""
+  from examples import compare_runs  # pylint: disable=g-import-not-at-top
+  one = _fake_run(tmp_path / "one.jsonl")
+  sharded = _fake_run(tmp_path / "sharded.jsonl", mesh=MESHES["data8"],
+                      devices=8, stats_every=2, log_every=2)
+  assert compare_runs.main([str(one), str(sharded)]) == 0
+  assert "WARNING" not in capsys.readouterr().out
+  other = _fake_run(tmp_path / "other.jsonl", "bf16", seed=1, lr=1e-3)
+  assert compare_runs.main([str(one), str(other)]) == 0
+  assert (f"WARNING: the runs used different settings (recipe: {RECIPE} vs "
+          "bf16; lr: 0.003 vs 0.001; seed: 0 vs 1); their losses and "
+          "decisions are not comparable.\n") in capsys.readouterr().out
+
+
+def test_compare_runs_names_what_is_no_run_log(tmp_path, capsys):
+  """Another file (a CSV, a script), a directory or a missing path: a
+  one-line error, and the advice to delete a damaged file only for a bad
+  line after a run's header."""
+  from examples import compare_runs  # pylint: disable=g-import-not-at-top
+  one = _fake_run(tmp_path / "one.jsonl")
+  csv_file = tmp_path / "summary.csv"
+  csv_file.write_text("recipe,steps\nbf16,6/6\n")
+  damaged = tmp_path / "damaged.jsonl"
+  lines = one.read_text().splitlines(keepends=True)
+  damaged.write_text(lines[0] + '{"kind":"tr' + "".join(lines[1:]))
+  for path in (csv_file, pathlib.Path(__file__)):
+    with pytest.raises(SystemExit) as e:
+      compare_runs.main([str(one), str(path)])
+    assert str(e.value.code).startswith(
+        f"error: {path} is not a train_lm.py run log: its first line is not "
+        "a JSON row"), e.value.code
+    assert "damaged" not in str(e.value.code)
+  with pytest.raises(SystemExit, match="line 2 of .* The file is damaged"):
+    compare_runs.main([str(one), str(damaged)])
+  for path, message in ((tmp_path, "is a directory"),
+                        (tmp_path / "none.jsonl", "does not exist")):
+    with pytest.raises(SystemExit) as e:
+      compare_runs.main([str(path), str(one)])
+    assert e.value.code == 2
+    assert f"error: {path} {message}" in capsys.readouterr().err
 
 
 def _script(*argv: str, cwd: pathlib.Path) -> str:

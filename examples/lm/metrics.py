@@ -20,7 +20,7 @@ import os
 import pathlib
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -104,8 +104,9 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   ``path`` may be gzip-compressed (``*.jsonl.gz``), as committed results are.
 
   Raises:
-    ValueError: if a line other than the last is not JSON (say, two
-      processes wrote the file at once); the message names file and line.
+    ValueError: if the first line is not JSON (no run log at all: say, a
+      summary.csv), or another but the last is not (say, two processes
+      wrote the file at once); the message names file and line.
   """
   if path.name.endswith(".gz"):
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -114,6 +115,13 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     lines = path.read_text(encoding="utf-8").splitlines()
   if not lines:  # A run killed before its header was written.
     return []
+  try:
+    json.loads(lines[0])
+  except json.JSONDecodeError as e:
+    # A header cut off by a kill is the only line, and starts as a row does.
+    if len(lines) > 1 or not lines[0].startswith("{"):
+      raise not_a_run_log(path, f"its first line is not a JSON row ({e.msg})"
+                          f": {lines[0][:80]!r}") from None
   rows = []
   for i, line in enumerate(lines[:-1], 1):
     try:
@@ -129,6 +137,12 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
   except json.JSONDecodeError:
     pass
   return rows
+
+
+def not_a_run_log(path: pathlib.Path, why: str) -> ValueError:
+  """The error for a file that train_lm.py did not write, saying ``why``."""
+  return ValueError(f"{path} is not a train_lm.py run log: {why}; expected "
+                    "ONE.jsonl[.gz] as written by --out.")
 
 
 class EmptyRunError(ValueError):
@@ -157,6 +171,8 @@ class Run:
     Raises:
       EmptyRunError: if the file holds no row: its run was killed before it
         wrote its header (while compiling), and there is nothing to report.
+      ValueError: if it is no metrics file (``read_jsonl``), or its first
+        row is no header.
     """
     rows = read_jsonl(path)
     if not rows:
@@ -164,6 +180,8 @@ class Run:
           f"{path} is empty: its run was killed before it wrote its header, "
           "so it holds nothing to report. Train the recipe again (the same "
           "command) or delete the file.")
+    if not isinstance(rows[0], dict) or rows[0].get("kind") != "config":
+      raise not_a_run_log(path, "its first row is no \"config\" header")
     by_kind: dict[str, list[dict]] = {}
     for r in rows:
       by_kind.setdefault(r["kind"], []).append(r)
@@ -217,6 +235,26 @@ class Run:
   def mesh(self) -> str:
     """The mesh, e.g. 'data=2,fsdp=2,tensor=2', or 'none' (one device)."""
     return format_mesh(self.header.get("mesh"))
+
+
+# Config fields that may differ between runs whose losses still compare: how
+# GEMMs and attention run (fp8 or emulated, xla or cudnn), what is profiled,
+# and at which steps rows are logged (reports match rows by step).
+NOT_SETTINGS = frozenset({"execution", "attention", "profile_steps",
+                          "eval_every", "log_every", "stats_every"})
+
+
+def differing_settings(runs: Sequence[Run]) -> dict[str, list[Any]]:
+  """The settings (the header's ``Config`` fields, less ``NOT_SETTINGS``)
+  whose values differ between ``runs``: each with its value in each run.
+
+  A field some header lacks (a run of another version of ``Config``) is left
+  out: there is no value to compare.
+  """
+  configs = [r.header.get("config") or {} for r in runs]
+  return {k: [c[k] for c in configs] for k in configs[0]
+          if k not in NOT_SETTINGS and all(k in c for c in configs)
+          and len({json.dumps(c[k]) for c in configs}) > 1}
 
 
 def metrics_files(directory: pathlib.Path) -> list[pathlib.Path]:

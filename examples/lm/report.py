@@ -24,7 +24,7 @@ import numpy as np
 from mor_jax import report as mor_report
 
 from .config import PLAIN
-from .metrics import ROLES, Run, load_runs, split_key
+from .metrics import ROLES, Run, differing_settings, load_runs, split_key
 from .sharding import MESH_AXES
 
 BASELINE = "bf16"
@@ -212,6 +212,14 @@ def write_summary_csv(run: Run, path: pathlib.Path) -> None:
       w.write(step, summary)
 
 
+def _per_value(values: Sequence[object], runs: Sequence[Run]) -> str:
+  """'64 (bf16, fp8_tensor), 32 (mor_channel)': each value, then its runs."""
+  recipes: dict[str, list[str]] = {}
+  for v, r in zip(values, runs):
+    recipes.setdefault(str(v), []).append(r.recipe)
+  return ", ".join(f"{v} ({', '.join(names)})" for v, names in recipes.items())
+
+
 def report(directory: pathlib.Path) -> str:
   """Writes the summary and the plots for the runs in ``directory``.
 
@@ -227,8 +235,11 @@ def report(directory: pathlib.Path) -> str:
     w.writerows(rows)
   h = runs[0].header
   corpora = {r.header["corpus"]["fingerprint"] for r in runs}
+  settings = differing_settings(runs)
   notes = [
-      f"Model: {h['params'] / 1e6:.1f}M parameters, {h['config']['layers']} "
+      # The first run's, which the others' may not be (the warning below).
+      f"Model{f' (of {runs[0].recipe})' if settings else ''}: "
+      f"{h['params'] / 1e6:.1f}M parameters, {h['config']['layers']} "
       f"layers, d_model {h['config']['d_model']}; "
       f"{h['tokens_per_step']:,} tokens/step; corpus {h['corpus']['root']} "
       f"(Python {h['corpus']['python']}, fingerprint "
@@ -257,6 +268,11 @@ def report(directory: pathlib.Path) -> str:
   if len(corpora) > 1:
     notes.append(f"WARNING: the runs used different corpora {sorted(corpora)};"
                  " their losses are not comparable.")
+  if settings:
+    notes.append(
+        "WARNING: the runs used different settings (" + "; ".join(
+            f"{k}: {_per_value(values, runs)}" for k, values in
+            settings.items()) + "); their losses are not comparable.")
   text = mor_report.markdown_table(rows) + "\n\n" + "\n\n".join(notes) + "\n"
   (directory / "summary.md").write_text(text)
   for r in runs:
