@@ -70,7 +70,7 @@ class Policy:
     >>> p.activation
     TensorLevelMoR(block_shape=(1, None), scaling='gam', group_shape=None, threshold=0.045)
     >>> mor_jax.Policy.uniform(mor_jax.NoQuant()).weight
-    NoQuant(scaling='gam', group_shape=None)
+    NoQuant()
   """
 
   activation: _recipes.Recipe = DEFAULT_RECIPE
@@ -140,7 +140,7 @@ class PolicyRules:
     >>> rules.policy_for("lm_head") is None
     True
     >>> rules.policy_for("Block_0/mlp/fc1").gradient
-    NoQuant(scaling='gam', group_shape=None)
+    NoQuant()
     >>> rules.policy_for("Block_0/attn/qkv", (768, 2304)) == mor_jax.Policy()
     True
     >>> rules.policy_for("Block_0/attn/qkv", (768, 10)) is None   # too small

@@ -298,6 +298,9 @@ class NoQuant(Recipe):
   candidates: tuple = _derived(default=())
   granularity: Granularity = _derived(default="tensor")
   block_shape: None = _derived(default=None)
+  # Nothing is scaled: not arguments, so that NoQuant() is all there is.
+  scaling: _scaling.Scaling = _derived(default="gam")
+  group_shape: None = _derived(default=None)
 
   def __post_init__(self):
     object.__setattr__(self, "candidates", ((BF16, None),))

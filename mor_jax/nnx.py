@@ -40,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -52,6 +53,7 @@ from mor_jax import _dot
 from mor_jax import _einsum
 from mor_jax import _policy
 from mor_jax import _stats
+from mor_jax import _summary
 
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "MoRLinear",
     "convert",
     "flatten_stats",
+    "summarize",
 ]
 
 
@@ -184,7 +187,8 @@ class MoRLinear(_MoRGemm):
       (in_features, out_features)) or None (a plain ``lax.dot_general``
       without statistics).
     path: the layer's path for ``PolicyRules`` (an NNX module does not know
-      its own; ``convert`` finds it), e.g. "blocks/0/mlp/fc1".
+      its own; ``convert`` finds it), e.g. "blocks/0/mlp/fc1"; rules given
+      without it warn.
     use_bias: whether to add a bias to the output.
     dtype: the dtype of the computation (default: inferred).
     param_dtype: the dtype of the parameters.
@@ -229,6 +233,13 @@ class MoRLinear(_MoRGemm):
       kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
       bias_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
+    if isinstance(policy, _policy.PolicyRules) and policy.rules and not path:
+      # Rules match module paths, and an NNX module does not know its own.
+      warnings.warn(
+          "MoRLinear got PolicyRules but no path=, so its rules are matched "
+          "against the empty path; pass path= (e.g. 'blocks/0/mlp/fc1') or "
+          "build nnx.Linear layers and mor_jax.nnx.convert the model.",
+          stacklevel=2)
     policy = _policy.policy_at(policy, path, (in_features, out_features))
     self.kernel = nnx.Param(
         kernel_init(rngs.params(), (in_features, out_features), param_dtype),
@@ -318,9 +329,9 @@ def _check_model(model, fn: str) -> None:
   if not isinstance(model, nnx.Module):
     got = (f"the class {model.__name__} (pass an instance)"
            if isinstance(model, type) else type(model).__name__)
+    linen = "mor_jax.summarize" if fn == "summarize" else f"mor_jax.dense.{fn}"
     raise TypeError(
-        f"model must be a flax.nnx Module (for linen, mor_jax.dense.{fn}), "
-        f"got {got}.")
+        f"model must be a flax.nnx Module (for linen, {linen}), got {got}.")
 
 
 def _check_unstacked(path: str, layer: nnx.Module) -> None:
@@ -411,7 +422,45 @@ def flatten_stats(model: nnx.Module,
       holds no ``GradProbes`` of a model that has them (differentiated
       with respect to ``nnx.Param`` alone).
   """
-  _check_model(model, "flatten_stats")
+  return _stats.flatten_stats(*_collections(model, grads, "flatten_stats"))
+
+
+def summarize(model: nnx.Module,
+              grads: nnx.State | None = None) -> _summary.Summary:
+  """``mor_jax.summarize`` of an NNX model: the few scalars a dashboard plots.
+
+  The statistics are named as by ``flatten_stats`` (a converted layer by its
+  own path), and counted as ``mor_jax.summarize`` counts them.
+
+  Args:
+    model: the model after a call (its ``ForwardStats``).
+    grads: gradients that include ``GradProbes``; None for the forward
+      statistics only.
+
+  Returns:
+    A ``mor_jax.Summary``.
+
+  Raises:
+    ValueError: as ``flatten_stats``, or where the model holds no
+      statistics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from mor_jax.nnx import MoRLinear, summarize
+    >>> layer = MoRLinear(16, 4, rngs=nnx.Rngs(0))
+    >>> _ = layer(jnp.ones((2, 16)))
+    >>> s = summarize(layer)
+    >>> float(s["e4m3_share/activation"]), s.locations
+    (1.0, ('fprop/activation', 'fprop/weight'))
+  """
+  return _summary.summarize(*_collections(model, grads, "summarize"))
+
+
+def _collections(model: nnx.Module, grads: nnx.State | None, caller: str):
+  """The forward statistics and the probes' gradient as linen's collections
+  (nested dicts by layer path), for ``mor_jax``'s functions of them."""
+  _check_model(model, caller)
   _check_unshared(model)
   fwd = _by_layer(nnx.to_pure_dict(nnx.state(model, ForwardStats)))
   bwd = None
@@ -419,12 +468,12 @@ def flatten_stats(model: nnx.Module,
     bwd = _by_layer(nnx.to_pure_dict(nnx.filter_state(grads, GradProbes)))
     if not bwd and fwd:
       raise ValueError(
-          "flatten_stats: grads hold no GradProbes, so no backward "
+          f"{caller}: grads hold no GradProbes, so no backward "
           "statistics: differentiate with respect to them too, "
           "argnums=nnx.DiffState(0, nnx.Any(nnx.Param, "
           "mor_jax.nnx.GradProbes)) (or pass grads=None for the forward "
           "statistics only).")
-  return _stats.flatten_stats(fwd, bwd)
+  return fwd, bwd
 
 
 # The attributes of Flax's layers that hold an injected MoRDotGeneral.

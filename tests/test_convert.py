@@ -352,6 +352,12 @@ def test_mor_linear_takes_policy_rules():
   x = _x((3, 16))
   chex.assert_trees_all_equal(head(x), nnx.Linear(16, 10, rngs=nnx.Rngs(0))(x))
   assert mor_nnx.flatten_stats(head) == {}
+  with pytest.warns(UserWarning, match="no path="):
+    mor_nnx.MoRLinear(16, 32, policy=rules, rngs=nnx.Rngs(0))
+  with warnings.catch_warnings():  # Rules with only a default need no path.
+    warnings.simplefilter("error")
+    mor_nnx.MoRLinear(16, 32, policy=mor_jax.PolicyRules(min_size=8),
+                      rngs=nnx.Rngs(0))
 
 
 def test_nnx_convert_in_place():
@@ -376,6 +382,14 @@ def test_nnx_convert_in_place():
   assert layers == {"qkv", "heads", "out", "mlp/fc2", "lm_head"}
   assert "mlp/fc2/wgrad/gradient/fraction_bf16" in mor_nnx.flatten_stats(
       model, grads)
+  # summarize names each quantization as flatten_stats does (by the layer,
+  # not its injected op) and counts six per layer.
+  summary = mor_nnx.summarize(model, grads)
+  assert set(summary.locations) == {
+      k.rsplit("/", 1)[0] for k in mor_nnx.flatten_stats(model, grads)}
+  assert float(summary["quantizations"]) == 6 * 5
+  with pytest.raises(TypeError, match=r"for linen, mor_jax\.summarize"):
+    mor_nnx.summarize({})
 
 
 def test_nnx_flatten_stats_refuses_a_shared_op_and_grads_without_probes():
