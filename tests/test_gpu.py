@@ -14,9 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import chex
 import mor_jax
-from jax.sharding import AxisType
 from tests import cases
 from tests import data
 from tests import test_dense_sharding
@@ -92,11 +90,4 @@ def test_explicit_mesh_in_context_with_arrays_off_it(name):
   inside were typed on the context mesh, which the Pallas Triton lowering
   of a reduction (and XLA's path) could not take: a ValueError
   (docs/results/gpu-2026-12-05-fp8ah, call 2)."""
-  x = test_dense_sharding._outliers((64, 128), 3, axis=0)  # pylint: disable=protected-access
-  fn = test_dense_sharding.OFF_MESH[name]
-  want = jax.jit(fn)(x)
-  mesh = jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1],
-                       axis_types=(AxisType.Explicit,) * 2)
-  with jax.set_mesh(mesh):
-    for got in (fn(x), jax.jit(fn)(x)):
-      chex.assert_trees_all_equal(got, want)
+  test_dense_sharding.check_off_mesh(name, (1, 1))
