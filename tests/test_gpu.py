@@ -17,7 +17,6 @@ import pytest
 import mor_jax
 from tests import cases
 from tests import data
-from tests import test_dense_sharding
 
 pytestmark = pytest.mark.gpu
 
@@ -81,13 +80,3 @@ def test_a_tensor_past_int32_elements():
     r = mor_jax.mor_codes(x, recipe)
     assert int(r.choice) == 0, rows
     np.testing.assert_allclose(float(r.stats.error[0]), 7 / 462, rtol=1e-4)
-
-
-@pytest.mark.parametrize("name", list(test_dense_sharding.OFF_MESH))
-def test_explicit_mesh_in_context_with_arrays_off_it(name):
-  """tests/test_dense_sharding.py's test of that name (it needs 8 devices)
-  on one GPU, a 1x1 mesh, with the GPU's kernels. On jax 0.11.2 values made
-  inside were typed on the context mesh, which the Pallas Triton lowering
-  of a reduction (and XLA's path) could not take: a ValueError
-  (docs/results/gpu-2026-12-05-fp8ah, call 2)."""
-  test_dense_sharding.check_off_mesh(name, (1, 1))
