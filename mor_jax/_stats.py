@@ -23,6 +23,7 @@ from mor_jax import _recipes
 STATS = "mor_stats"
 GRADS = "mor_grads"
 
+
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=[f.name for f in dataclasses.fields(_mor.MoRStats)],
