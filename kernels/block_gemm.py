@@ -38,8 +38,12 @@ its end, and the BF16 one (K tile 64), whose tensor-core accumulator gets
 the FP8 sum added before the output is written; a tile with no BF16 step
 writes its output from the FP8 loop and sets up no BF16 one. The two loops
 take turns in the same shared memory, each allocating its buffers for a
-tile's run. A tile so loads only what its pairs need, and the time is
-linear in the share of BF16 pairs. Where no pair of the whole GEMM runs in FP8 (an operand
+tile's run. A tile so loads only what its pairs need, but the time is not
+linear in the share of BF16 pairs: at (16384, 8192, 8192) on an H100, half
+of them take 1.03x cuBLAS BF16's time where the chord from none to all
+gives 0.90x, and one hand-written pipeline for both kinds of step, without
+the second one's fill and drain, left the curve as bent
+(docs/benchmarks.md, fortieth session). Where no pair of the whole GEMM runs in FP8 (an operand
 rejected whole, as tensor-level MoR with 128x128 blocks rejects, or every
 pair holding a BF16 block), the kernel runs kernels/gemm.py's 16-bit loop
 instead, on its larger tiles (``BlockGemmConfig.wide``): the flag comes with
