@@ -318,10 +318,14 @@ def bench_gemm(iters: int, gpu=None) -> None:
         rel_frobenius=rel(fn(), ref), **(meter.report() if meter else {}))
 
 
-def _blocks(x, bf16_share: float, seed: int):
-  """x's 128x128 E4M3 blocks, a random ``bf16_share`` of them BF16."""
+def _blocks(x, bf16_share: float, seed: int, same_k: bool = False):
+  """x's 128x128 E4M3 blocks, a random ``bf16_share`` of them BF16 (with
+  ``same_k``, the same K blocks in every 128-row block)."""
   qa = mor_jax.quantize(x, mor_jax.E4M3, block_shape=(128, 128))
-  rep = jax.random.bernoulli(jax.random.key(seed), bf16_share, qa.scale.shape)
+  rows, kb = qa.scale.shape
+  rep = jax.random.bernoulli(jax.random.key(seed), bf16_share,
+                             (1, kb) if same_k else (rows, kb))
+  rep = jnp.broadcast_to(rep, (rows, kb))
   rep = jnp.where(rep, block_gemm.REP_BF16, block_gemm.REP_E4M3)
   return block_gemm.BlockOperand(qa.data, 1.0 / qa.scale, rep, x)
 

@@ -273,12 +273,12 @@ def sweep_gemm(shape, calls: int, variants=None) -> None:
           rel_to_cublas=rel(fn(jnp.bool_(fp8)), refs[ref]))
 
 
-def sweep_block(shape, calls: int, variants=None) -> None:
+def sweep_block(shape, calls: int, variants=None, same_k=False) -> None:
   """The block GEMM (``gemm.py``'s ``BLOCK_VARIANTS``, those at the indices
-  ``variants``, or all) at 0, 10, 50 and 100% BF16 blocks of X, kernel by
-  kernel: the Mosaic GPU kernel apart from the XLA work before it (the K
-  order of each tile, the scales per row, the flag), against cuBLAS BF16's
-  GEMM."""
+  ``variants``, or all) at 0, 10, 50 and 100% BF16 blocks of X (with
+  ``same_k``, at the same K in every row block), kernel by kernel: the
+  Mosaic GPU kernel apart from the XLA work before it (the K order of each
+  tile, the scales per row, the flag), against cuBLAS BF16's GEMM."""
   m, k, n = shape
   a = jax.random.normal(jax.random.key(0), (m, k), jnp.bfloat16)
   b = jax.random.normal(jax.random.key(1), (n, k), jnp.bfloat16)
@@ -293,7 +293,7 @@ def sweep_block(shape, calls: int, variants=None) -> None:
                         ms=t_bf16)), flush=True)
   wb = jax.jit(_blocks, static_argnums=(1, 2))(b, 0.0, 2)
   for share in (0.0, 0.1, 0.5, 1.0):
-    wa = jax.jit(_blocks, static_argnums=(1, 2))(a, share, 3)
+    wa = jax.jit(_blocks, static_argnums=(1, 2, 3))(a, share, 3, same_k)
     for i, variant in enumerate(BLOCK_VARIANTS):
       if variants is not None and i not in variants:
         continue
@@ -304,7 +304,8 @@ def sweep_block(shape, calls: int, variants=None) -> None:
       kernel = per_call_ms(times, calls, "anonymous_mosaic_gpu_kernel")
       total = per_call_ms(times, calls)
       print(json.dumps(dict(
-          sweep="block", shape=[m, k, n], bf16_blocks=share, variant=i,
+          sweep="block", shape=[m, k, n], bf16_blocks=share, same_k=same_k,
+          variant=i,
           kernel_ms=kernel, kernel_vs_bf16=round(kernel / t_bf16, 3),
           before_kernel_ms=round(total - kernel, 4),
           busy_vs_bf16=round(total / t_bf16, 3),
@@ -386,6 +387,9 @@ def main() -> None:
                   "BLOCK_VARIANTS; with --sweep dual: into gemm.py's "
                   "DUAL_VARIANTS then MORE_DUAL_VARIANTS (each tiling runs "
                   "without and with prefetch)")
+  ap.add_argument("--same-k", action="store_true",
+                  help="with --sweep block: X's BF16 blocks at the same K "
+                  "in every row block (each tile's K blocks alike)")
   ap.add_argument("--trace", default=None,
                   help="sum an existing trace instead, e.g. train_lm.py "
                   "--profile-steps N's <out>/<recipe>_profile (--steps: N)")
@@ -409,7 +413,7 @@ def main() -> None:
   if args.sweep == "dual":
     return sweep_dual(shape, args.steps, variants)
   if args.sweep == "block":
-    return sweep_block(shape, args.steps, variants)
+    return sweep_block(shape, args.steps, variants, args.same_k)
   for kind in args.layers.split(","):
     profile(kind, shape, args.steps, args.top)
 
