@@ -273,9 +273,10 @@ def sweep_gemm(shape, calls: int, variants=None) -> None:
           rel_to_cublas=rel(fn(jnp.bool_(fp8)), refs[ref]))
 
 
-def sweep_block(shape, calls: int, variants=None, same_k=False) -> None:
+def sweep_block(shape, calls: int, variants=None, same_k=False,
+                shares=(0.0, 0.1, 0.5, 1.0)) -> None:
   """The block GEMM (``gemm.py``'s ``BLOCK_VARIANTS``, those at the indices
-  ``variants``, or all) at 0, 10, 50 and 100% BF16 blocks of X (with
+  ``variants``, or all) at ``shares`` of X's blocks in BF16 (with
   ``same_k``, at the same K in every row block), kernel by kernel: the
   Mosaic GPU kernel apart from the XLA work before it (the K order of each
   tile, the scales per row, the flag), against cuBLAS BF16's GEMM."""
@@ -292,7 +293,7 @@ def sweep_block(shape, calls: int, variants=None, same_k=False) -> None:
   print(json.dumps(dict(sweep="block", shape=[m, k, n], case="cublas_bf16",
                         ms=t_bf16)), flush=True)
   wb = jax.jit(_blocks, static_argnums=(1, 2))(b, 0.0, 2)
-  for share in (0.0, 0.1, 0.5, 1.0):
+  for share in shares:
     wa = jax.jit(_blocks, static_argnums=(1, 2, 3))(a, share, 3, same_k)
     for i, variant in enumerate(BLOCK_VARIANTS):
       if variants is not None and i not in variants:
@@ -390,6 +391,8 @@ def main() -> None:
   ap.add_argument("--same-k", action="store_true",
                   help="with --sweep block: X's BF16 blocks at the same K "
                   "in every row block (each tile's K blocks alike)")
+  ap.add_argument("--shares", default="0,0.1,0.5,1",
+                  help="with --sweep block: shares of X's blocks in BF16")
   ap.add_argument("--trace", default=None,
                   help="sum an existing trace instead, e.g. train_lm.py "
                   "--profile-steps N's <out>/<recipe>_profile (--steps: N)")
@@ -413,7 +416,8 @@ def main() -> None:
   if args.sweep == "dual":
     return sweep_dual(shape, args.steps, variants)
   if args.sweep == "block":
-    return sweep_block(shape, args.steps, variants, args.same_k)
+    return sweep_block(shape, args.steps, variants, args.same_k,
+                       tuple(float(f) for f in args.shares.split(",")))
   for kind in args.layers.split(","):
     profile(kind, shape, args.steps, args.top)
 
