@@ -42,20 +42,21 @@ tile's run. A tile so loads only what its pairs need, but the time is not
 linear in the share of BF16 pairs: at (16384, 8192, 8192) on an H100, half
 of them take 0.97-1.03x cuBLAS BF16's time where the chord from none to
 all gives 0.89-0.90x. A BF16 K block costs about 1.25x what it costs
-cuBLAS: on 128 x 128 tiles it moves 1.4x the L2 bytes of cuBLAS's tilings
-(Nsight Compute), and larger tiles do not fit, since each output of a
-mixed tile holds three float32 values (the promoted sum, the step's
-product, the BF16 accumulator). Neither one hand-written pipeline for both
-kinds of step nor running a tile's steps in K order straightened the
-curve (docs/benchmarks.md, fortieth and forty-first sessions). Where no
-pair of the whole GEMM runs in FP8 (an operand rejected whole, as
-tensor-level MoR with 128x128 blocks rejects, or every pair holding a BF16
-block), the kernel runs kernels/gemm.py's 16-bit loop instead, on its
-larger tiles (``BlockGemmConfig.wide``): the flag comes with the plan and
-is read in the kernel, so this choice too costs no host round trip. The
-launch is one for both paths, so the wide path's tiles are not paired in
-clusters by default: a cluster launch slowed the block loops' tiles more
-than it sped the all-BF16 ones.
+cuBLAS on these 128 x 128 tiles, where it moves 1.4x the L2 bytes of
+cuBLAS's tilings (Nsight Compute); larger tiles do not fit, since each
+output of a mixed tile holds three float32 values (the promoted sum, the
+step's product, the BF16 accumulator). Neither one hand-written pipeline
+for both kinds of step, nor running a tile's steps in K order, nor pairing
+tiles in clusters with X's tiles multicast (which halves X's bytes)
+straightened the curve (docs/benchmarks.md, fortieth and forty-first
+sessions). Where no pair of the whole GEMM runs in FP8 (an operand rejected
+whole, as tensor-level MoR with 128x128 blocks rejects, or every pair
+holding a BF16 block), the kernel runs kernels/gemm.py's 16-bit loop
+instead, on its larger tiles (``BlockGemmConfig.wide``): the flag comes
+with the plan and is read in the kernel, so this choice too costs no host
+round trip. The launch is one for both paths, so the wide path's tiles are
+not paired in clusters by default: a cluster launch slowed the block loops'
+tiles more than it sped the all-BF16 ones.
 
 The emulated path's values of a block in the codes' format are its codes
 dequantized; an operand carries its original values (``BlockOperand.wide``)
