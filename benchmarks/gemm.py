@@ -330,15 +330,19 @@ def _blocks(x, bf16_share: float, seed: int, same_k: bool = False):
   return block_gemm.BlockOperand(qa.data, 1.0 / qa.scale, rep, x)
 
 
-# Configurations of the block GEMM, the default first (BlockGemmConfig);
-# the BF16 loop's depth matters only where blocks are BF16; ``wide`` runs
-# where all are (6: the block loops alone), and its cluster launch is the
-# block loops' too (7: gemm.py's tiles in clusters of two).
+# Configurations of the block GEMM, the default first (BlockGemmConfig:
+# tiles paired along N in clusters); the BF16 loop's depth matters only
+# where blocks are BF16; ``wide`` runs where all are (6: the block loops
+# alone); 7-9 unpaired: 7 as the default was before the pairs, 8 with the
+# block loops alone, 9 with gemm.py's tiles in clusters of two, whose launch
+# is the block loops' too.
 BLOCK_VARIANTS = (
     dict(),
     dict(stages=2), dict(stages=3), dict(wide_stages=3),
     dict(grid_tile_width=4), dict(grid_tile_width=16),
-    dict(wide=None), dict(wide=kernels.GemmConfig(cluster="m")),
+    dict(wide=None),
+    dict(paired=False), dict(paired=False, wide=None),
+    dict(paired=False, wide=kernels.GemmConfig(cluster="m")),
 )
 
 

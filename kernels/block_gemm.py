@@ -26,7 +26,16 @@ Kernel (Mosaic GPU, as kernels/gemm.py, whose shared-memory layout and
 epilogue it shares): each thread block owns 128 x 128 outputs (one block
 pair per K step, so the choice is uniform in the thread block), split by
 rows between two compute warpgroups of 64 x 128, with one TMA warpgroup and
-a persistent grid in planar-snake order. The choice is prepared in jnp
+a persistent grid in planar-snake order. Two thread blocks in a cluster
+take the neighbouring tiles (i, 2j) and (i, 2j + 1) together, and each
+tile of A (X's rows) reaches both through one multicast TMA load
+(``BlockGemmConfig.paired``): with every block in E4M3 this took 0.670x
+cuBLAS BF16's time where single tiles took 0.741x at (16384, 8192, 8192),
+and 0.67-0.70x against 0.72-0.80x at the shapes of a 1B model's layers
+(H100, docs/benchmarks.md, forty-second session). Both tiles of a pair then
+run the same K steps: a K block runs in FP8 only where it does for both,
+so an FP8 pair beside a BF16 one runs in BF16 (exact products of the
+emulated path's values, as any BF16 pair). The choice is prepared in jnp
 around the launch (``_plan``, a few KiB): per output tile, its K steps that
 run in FP8 listed first, then those that run in BF16, and their count. Per
 tile the TMA warpgroup copies the tile's list into shared memory, and every
@@ -41,22 +50,21 @@ take turns in the same shared memory, each allocating its buffers for a
 tile's run. A tile so loads only what its pairs need, but the time is not
 linear in the share of BF16 pairs: at (16384, 8192, 8192) on an H100, half
 of them take 0.97-1.03x cuBLAS BF16's time where the chord from none to
-all gives 0.89-0.90x. A BF16 K block costs about 1.25x what it costs
-cuBLAS on these 128 x 128 tiles, where it moves 1.4x the L2 bytes of
-cuBLAS's tilings (Nsight Compute); larger tiles do not fit, since each
-output of a mixed tile holds three float32 values (the promoted sum, the
-step's product, the BF16 accumulator). Neither one hand-written pipeline
-for both kinds of step, nor running a tile's steps in K order, nor pairing
-tiles in clusters with X's tiles multicast (which halves X's bytes)
-straightened the curve (docs/benchmarks.md, fortieth and forty-first
-sessions). Where no pair of the whole GEMM runs in FP8 (an operand rejected
-whole, as tensor-level MoR with 128x128 blocks rejects, or every pair
-holding a BF16 block), the kernel runs kernels/gemm.py's 16-bit loop
-instead, on its larger tiles (``BlockGemmConfig.wide``): the flag comes
-with the plan and is read in the kernel, so this choice too costs no host
-round trip. The launch is one for both paths, so the wide path's tiles are
-not paired in clusters by default: a cluster launch slowed the block loops'
-tiles more than it sped the all-BF16 ones.
+all gives 0.89-0.90x (paired tiles: 1.02x against a chord of 0.86x). A
+BF16 K block costs about 1.25x what it costs cuBLAS on these 128 x 128
+tiles, where it moves 1.4x the L2 bytes of cuBLAS's tilings (Nsight
+Compute), and pairing, which halves X's bytes, does not make it cheaper;
+larger tiles do not fit, since each output of a mixed tile holds three
+float32 values (the promoted sum, the step's product, the BF16
+accumulator). Neither one hand-written pipeline for both kinds of step nor
+running a tile's steps in K order straightened the curve
+(docs/benchmarks.md, fortieth and forty-first sessions). Where no pair of
+the whole GEMM runs in FP8 (an operand rejected whole, as tensor-level MoR
+with 128x128 blocks rejects, or every pair holding a BF16 block), the
+kernel runs kernels/gemm.py's 16-bit loop instead, on its larger tiles
+(``BlockGemmConfig.wide``): the flag comes with the plan and is read in the
+kernel, so this choice too costs no host round trip. The launch is one for
+both paths, so that loop runs in the pairs' clusters, along N.
 
 The emulated path's values of a block in the codes' format are its codes
 dequantized; an operand carries its original values (``BlockOperand.wide``)
@@ -135,7 +143,12 @@ class BlockGemmConfig:
       (an operand rejected whole, or all pairs BF16), where that tiling
       divides the padded shape (its cluster is dropped where only that does
       not); None: the block loops always. Decided on the device, in the
-      kernel, as the loops are.
+      kernel, as the loops are. Paired, it runs in the pairs' clusters
+      along N (a cluster along M is refused), or not at all where that
+      tiling does not divide.
+    paired: output tiles in pairs along N, in clusters of two that share
+      A's tiles; each pair's K blocks run in FP8 only where both tiles'
+      do. ``block_gemm_reference(paired=...)`` follows the same plan.
   """
 
   # Four FP8 stages fit beside the BF16 loop's sums, and a power of two
@@ -146,22 +159,38 @@ class BlockGemmConfig:
   grid_tile_width: int = 8
   # The block loops' 128 x 128 tiles took BF16's time x 1.10-1.14 with all
   # pairs BF16; the per-channel GEMM's 16-bit loop on 128 x 256 tiles x
-  # 1.03-1.04 without clusters, x 1.02-1.03 in clusters of two. But the
-  # cluster launch is the block loops' too, and slowed their kernel by 3% at
-  # 0% BF16 blocks, 1% at 10% and 5-7% at 50% (H200, (16384, 8192, 8192),
-  # docs/benchmarks.md): most GEMMs run the block loops.
+  # 1.03-1.04 without clusters, x 1.02-1.03 in clusters of two. Unpaired,
+  # the cluster launch is the block loops' too, and slowed their kernel by
+  # 3% at 0% BF16 blocks, 1% at 10% and 5-7% at 50% (H200, (16384, 8192,
+  # 8192), docs/benchmarks.md). Paired, the loop runs in the pairs'
+  # clusters along N: x 1.047 against x 1.038 unpaired (H100, one run).
   wide: gemm.GemmConfig | None = gemm.GemmConfig(cluster=None)
+  # Tiles (i, 2j) and (i, 2j + 1) in a cluster of two, A's tiles multicast
+  # to both, a K block in FP8 only where it is for both (the module's
+  # docstring). At (16384, 8192, 8192) on an H100, in one process, over
+  # cuBLAS BF16's time, paired against not: 0.670x / 0.741x with no BF16
+  # block of X, 0.802x / 0.798x with 10%, 1.020x / 0.994x with half, 1.047x
+  # / 1.038x with all; gpu1b_wide's mor_block step 204.9 / 212.7 ms. Where
+  # the padded N is an odd number of tiles, tiles are not paired.
+  paired: bool = True
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if f.name == "wide":
+      if f.name == "paired":
+        if not isinstance(v, bool):
+          raise ValueError(f"BlockGemmConfig.paired must be a bool, got "
+                           f"{v!r}.")
+      elif f.name == "wide":
         if v is not None and not isinstance(v, gemm.GemmConfig):
           raise ValueError(f"BlockGemmConfig.wide must be a GemmConfig or "
                            f"None, got {v!r}.")
       elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"BlockGemmConfig.{f.name} must be a positive int, "
                          f"got {v!r}.")
+    if self.paired and self.wide is not None and self.wide.cluster == "m":
+      raise ValueError("BlockGemmConfig.paired clusters tiles along N; its "
+                       "wide loop cannot run in clusters along M.")
     if self.wide_stages < 2:  # one wgmma stays in flight in the BF16 loop
       raise ValueError(f"BlockGemmConfig.wide_stages must be at least 2, got "
                        f"{self.wide_stages}.")
@@ -241,13 +270,25 @@ def _fp8_blocks(op: BlockOperand, rows_p: int, kb: int) -> jax.Array:
   return ok.reshape(rows_p // BLOCK, BLOCK, kb).all(axis=1)
 
 
-def _pairs(a: BlockOperand, b: BlockOperand, mp: int, np_: int,
-           kb: int) -> jax.Array:
-  """[mp/128, np/128, kb] bool: the K step of a tile runs in FP8."""
+def _pairs(a: BlockOperand, b: BlockOperand, mp: int, np_: int, kb: int,
+           paired: bool = False) -> jax.Array:
+  """[mp/128, np/128, kb] bool: the K step of a tile runs in FP8.
+
+  ``paired`` (where ``_paired(np_)``): tiles (i, 2j) and (i, 2j + 1) run a
+  K step in FP8 only where both do.
+  """
   fa, fb = _fp8_blocks(a, mp, kb), _fp8_blocks(b, np_, kb)
   if a.codes.dtype == b.codes.dtype == jnp.float8_e5m2:
     return jnp.zeros((mp // BLOCK, np_ // BLOCK, kb), bool)
+  if paired and _paired(np_):
+    # Of W's blocks, each pair of neighbouring block rows: FP8 where both are.
+    fb = jnp.repeat(fb.reshape(-1, 2, kb).all(axis=1), 2, axis=0)
   return fa[:, None, :] & fb[None, :, :]
+
+
+def _paired(np_: int) -> bool:
+  """Whether tiles of a padded N of ``np_`` can pair: an even count."""
+  return np_ % (2 * BLOCK) == 0
 
 
 def _check(a: BlockOperand, b: BlockOperand) -> None:
@@ -333,11 +374,12 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
         wg_axis="wg", num_compute_wgs=_COMPUTE_WGS,
         max_concurrent_steps=depth, compute_context=compute_context)
 
-  def spec(shape, index_map, dtype=None, delay_release=0):
+  def spec(shape, index_map, dtype=None, delay_release=0, shared=False):
     transforms = () if dtype is None else gemm.smem_transforms(shape[1], dtype)
     return plgpu.BlockSpec(shape, index_map, transforms=transforms,
                            memory_space=plgpu.SMEM,
-                           delay_release=delay_release)
+                           delay_release=delay_release,
+                           collective_axes=("cluster",) if shared else ())
 
   # The index maps run in the TMA warpgroup only, and read the tile's list
   # of K blocks from shared memory (order_smem, copied in once per tile).
@@ -346,7 +388,8 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
     # step reads its wgmma's result at once, so no slot is released late.
     kk = lambda s: order_smem[s]  # noqa: E731
     return [
-        spec((BLOCK, BLOCK), lambda s: (0, kk(s)), a8_ref.dtype),   # A8
+        spec((BLOCK, BLOCK), lambda s: (0, kk(s)), a8_ref.dtype,
+             shared=cfg.paired),   # A8
         spec((BLOCK, BLOCK), lambda s: (0, kk(s)), b8_ref.dtype),   # B8
         spec((1, BLOCK), lambda s: (kk(s), 0)),   # ra^T: this step's rows
         spec((1, BLOCK), lambda s: (kk(s), 0)),   # rb^T: this step's columns
@@ -358,22 +401,31 @@ def _block_loops(order_ref, n8_ref, a8_ref, b8_ref, ra_ref, rb_ref, a_ref,
     # transposed operand's tiles are [64 of K, 128 rows].
     halves = BLOCK // _WIDE_K
     kk = lambda s: order_smem[n8 + s // halves] * halves + s % halves  # noqa: E731
-    return [spec((_WIDE_K, BLOCK), lambda s: (kk(s), 0), ref.dtype, 1) if t
-            else spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), ref.dtype, 1)
-            for ref, t in ((a_ref, transposed[0]), (b_ref, transposed[1]))]
+    return [spec((_WIDE_K, BLOCK), lambda s: (kk(s), 0), ref.dtype, 1, sh)
+            if t else
+            spec((BLOCK, _WIDE_K), lambda s: (0, kk(s)), ref.dtype, 1, sh)
+            for ref, t, sh in ((a_ref, transposed[0], cfg.paired),
+                               (b_ref, transposed[1], False))]
 
   # Each loop allocates its buffers when it runs (pl.run_scoped inside the
   # pipeline), so the two take turns in the same shared memory.
   wg = lax.axis_index("wg")
   my_rows = pl.ds(wg * wr, wr)  # this warpgroup's rows of the tile
 
-  # Each block takes its own tiles, also where the launch pairs blocks in
-  # clusters for the 16-bit loop.
-  @plgpu.nd_loop((m_iters * n_iters,), collective_axes=("grid", "cluster"))
+  # Paired, a cluster takes two neighbouring tiles of a row; else each block
+  # takes its own tiles, also where the launch pairs blocks in clusters for
+  # the 16-bit loop.
+  pairs = 2 if cfg.paired else 1
+
+  @plgpu.nd_loop((m_iters * n_iters // pairs,),
+                 collective_axes="grid" if cfg.paired else
+                 ("grid", "cluster"))
   def _(info):
     (lin,) = info.index
-    im, jn = plgpu.planar_snake(lin, (m_iters, n_iters), 1,
+    im, jn = plgpu.planar_snake(lin, (m_iters, n_iters // pairs), 1,
                                 cfg.grid_tile_width)
+    if cfg.paired:
+      jn = jn * 2 + lax.axis_index("cluster")
     rows, cols = pl.ds(im * BLOCK, BLOCK), pl.ds(jn * BLOCK, BLOCK)
     n8 = n8_ref[im, jn]
 
@@ -508,6 +560,17 @@ def _wide_config(cfg: gemm.GemmConfig | None, mp: int, np_: int,
   return None
 
 
+def _launch_wide(cfg: BlockGemmConfig, mp: int, np_: int,
+                 kp: int) -> gemm.GemmConfig | None:
+  """The 16-bit loop's tiling in ``cfg``'s launch (``_wide_config``). Paired,
+  the launch's clusters are the pairs: the loop runs in them along N, or
+  not at all where its clustered tile does not divide the padded shape."""
+  if not cfg.paired or cfg.wide is None:
+    return _wide_config(cfg.wide, mp, np_, kp)
+  wide = _wide_config(dataclasses.replace(cfg.wide, cluster="n"), mp, np_, kp)
+  return wide if wide is not None and wide.cluster == "n" else None
+
+
 def _plan(fp8: jax.Array, kb: int):
   """From ``_pairs``: (order [Mb, Nb, >= Kb] int32: per output tile, its FP8
   K blocks first, then the others, each in K order, padded to 16 bytes for
@@ -542,11 +605,13 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   n = b.codes.shape[0]
   mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
                  gemm.round_up(k, BLOCK))
-  fp8 = _pairs(a, b, mp, np_, kp // BLOCK)
+  if config.paired and not _paired(np_):
+    config = dataclasses.replace(config, paired=False)
+  fp8 = _pairs(a, b, mp, np_, kp // BLOCK, config.paired)
   order, n8 = _plan(fp8, kp // BLOCK)
   a8, a_in, ra = _padded(a, mp, kp)
   b8, b_in, rb = _padded(b, np_, kp)
-  wide = _wide_config(config.wide, mp, np_, kp)
+  wide = _launch_wide(config, mp, np_, kp)
   # The 16-bit loop over the whole output (no pair in FP8) reads an operand
   # with no block in its codes' format as it came.
   own = [_own(op) for op in (a, b)]
@@ -564,7 +629,8 @@ def _local_block_gemm(a: BlockOperand, b: BlockOperand, *, out_dtype,
   if wide is not None:
     case = jnp.where(whole, 1 + direct[0] + 2 * direct[1], 0)
     args = (case.astype(jnp.int32),) + args + (a_in, b_in)
-  cluster = 1 if wide is None else wide.cluster_size
+  cluster = (2 if config.paired else
+             1 if wide is None else wide.cluster_size)
   cores = getattr(jax.devices()[0], "core_count", 132)
   call = plgpu.kernel(
       functools.partial(_kernel, cfg=config, stages=_stages(config, kp // BLOCK),
@@ -627,13 +693,20 @@ class _BlockGemm:
     a, b = self._operands(args)
     out_dtype = self.out_dtype if out_dtype is None else out_dtype
     if self.config is None:
-      return (block_gemm_reference(a, b, out_dtype=out_dtype),)
+      return (block_gemm_reference(a, b, out_dtype=out_dtype,
+                                   paired=self._paired),)
     return (_local_block_gemm(a, b, out_dtype=out_dtype,
                               config=self.config),)
 
   def batchable_local(self, *args):
     return (block_gemm_reference(*self._operands(args),
-                                 out_dtype=self.out_dtype),)
+                                 out_dtype=self.out_dtype,
+                                 paired=self._paired),)
+
+  @property
+  def _paired(self) -> bool:
+    """The twin runs the kernel's plan (the default's, without a config)."""
+    return (self.config or BlockGemmConfig()).paired
 
   def plan(self, arg_shapes):
     a_codes, a_recip, b_codes, b_recip = (arg_shapes[i] for i in (0, 1, 4, 5))
@@ -704,7 +777,8 @@ def block_gemm_reference_per_shard(a: BlockOperand, b: BlockOperand, *,
 
 
 def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
-                         precision=None) -> jax.Array:
+                         precision=None, paired: bool | None = None
+                         ) -> jax.Array:
   """``block_gemm`` in jnp, with its per-K-block promotion; runs anywhere.
 
   Every K block pair that runs in FP8 is a float32 dot of the codes, scaled
@@ -713,6 +787,8 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   kernel's two loops do. For float64 values (the kernel's are 16-bit) the
   scaling and both sums are float64, as the emulated path's dot.
   ``precision`` HIGHEST makes a GPU's float32 dots exact in their inputs.
+  ``paired`` runs the pairs as ``BlockGemmConfig(paired=...)`` does (None:
+  as the default configuration does).
   """
   _check(a, b)
   m, k = a.codes.shape
@@ -720,7 +796,9 @@ def block_gemm_reference(a: BlockOperand, b: BlockOperand, *, out_dtype,
   mp, np_, kp = (gemm.round_up(m, BLOCK), gemm.round_up(n, BLOCK),
                  gemm.round_up(k, BLOCK))
   kb = kp // BLOCK
-  on = jnp.moveaxis(_pairs(a, b, mp, np_, kb), 2, 0)  # [kb, Mb, Nb]
+  if paired is None:
+    paired = BlockGemmConfig().paired
+  on = jnp.moveaxis(_pairs(a, b, mp, np_, kb, paired), 2, 0)  # [kb, Mb, Nb]
   a8, _, ra = _padded(a, mp, kp)
   b8, _, rb = _padded(b, np_, kp)
   aw, bw = (jnp.pad(op.values, ((0, rows - op.codes.shape[0]),

@@ -4,7 +4,8 @@ On a CPU: its jnp twin ``block_gemm_reference`` against a NumPy float64
 reference written here, and against mor_jax's emulated path (the operands
 that ``mor_quantize`` with 128x128 blocks or 1x128 tiles gives), on ragged
 shapes with 0%, 10%, 50% and 100% of each operand's blocks in BF16; the
-twin per shard under ``vmap``. On a Hopper GPU (marker ``gpu``): the
+paired tiles' plan (``BlockGemmConfig.paired``) against NumPy's; the twin
+per shard under ``vmap``. On a Hopper GPU (marker ``gpu``): the
 compiled kernel against the twin, and per shard on two GPUs against itself
 on one (tests/test_kernels_sharding.py tests the rule on CPU devices).
 """
@@ -42,8 +43,14 @@ def _rel(a, b) -> float:
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand) -> np.ndarray:
-  """Y = A B^T in float64, one 128-row block pair and one K block at a time."""
+def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand,
+                     paired: bool = False) -> np.ndarray:
+  """Y = A B^T in float64, one 128-row block pair and one K block at a time.
+
+  ``paired``: where B's rows make an even number of 128-row blocks, a pair
+  runs in FP8 only if the pair beside it in the same block row of the output
+  (columns j and j xor 1, in blocks) does too.
+  """
   def rows(op):
     n = op.codes.shape[0]
     r, p = np.asarray(op.recip, np.float64), np.asarray(op.rep)
@@ -64,12 +71,16 @@ def numpy_block_gemm(a: bg.BlockOperand, b: bg.BlockOperand) -> np.ndarray:
   m, k = ca.shape
   n = cb.shape[0]
   y = np.zeros((m, n))
+  pairs = paired and -(-n // B) % 2 == 0
   for kk in range(-(-k // B)):
     ks = slice(kk * B, (kk + 1) * B)
     for i in range(0, m, B):
       for j in range(0, n, B):
         ri, rj = slice(i, i + B), slice(j, j + B)
-        if fa[ri, kk].all() and fb[rj, kk].all() and not both_e5m2:
+        # Rows past n are padding, FP8 (an empty slice's all() is True).
+        mate = slice((j // B ^ 1) * B, (j // B ^ 1) * B + B)
+        fp8_b = fb[rj, kk].all() and (not pairs or fb[mate, kk].all())
+        if fa[ri, kk].all() and fp8_b and not both_e5m2:
           y[ri, rj] += (ca[ri, ks] @ cb[rj, ks].T * ra[ri, kk][:, None] *
                         rb[rj, kk][None, :])
         else:
@@ -114,13 +125,51 @@ def test_reference_equals_numpy_and_emulation(m, k, n, share, rx, rw):
 def _assert_twin_equals(a, b, x, w, rx, rw):
   """The twin on operands a, b (of x, w.T) equals NumPy and emulation."""
   got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32)
-  assert _rel(got, numpy_block_gemm(a, b)) <= 1e-6
+  assert _rel(got, numpy_block_gemm(
+      a, b, paired=bg.BlockGemmConfig().paired)) <= 1e-6
   policy = mor_jax.Policy(activation=rx, weight=rw,
                           gradient=mor_jax.NoQuant(), execution="emulate")
   want = mor_jax.dot_general(jnp.asarray(x), jnp.asarray(w), DIMS,
                              policy=policy)
   assert _rel(got, want) <= 1e-5
   return got
+
+
+def _forced(op: bg.BlockOperand, share: float, seed: int) -> bg.BlockOperand:
+  """op (all E4M3, its wide values as they came) with ``share`` of its
+  blocks' representations set to BF16: values of one scale everywhere, so
+  that a pair run in BF16 instead of FP8 shows in the output."""
+  rep = np.asarray(op.rep).copy()
+  pick = np.random.default_rng(seed).permutation(rep.size)
+  rep.flat[pick[:round(share * rep.size)]] = bg.REP_BF16
+  return bg.BlockOperand(op.codes, op.recip, jnp.asarray(rep), op.wide,
+                         op.transposed)
+
+
+def _paired_operands(m, k, n, share_w=0.25):
+  """X all E4M3 and W^T with ``share_w`` of its blocks BF16, in bfloat16 (so
+  that the BF16 path's dequantized values are rounded and differ from the
+  FP8 path's)."""
+  x, w = _data(m, k, n, 0.0)
+  a, _ = _operand(jnp.asarray(x, jnp.bfloat16), TWO_WAY)
+  b, _ = _operand(jnp.asarray(w.T, jnp.bfloat16), TWO_WAY)
+  return a, _forced(b, share_w, seed=4)
+
+
+@pytest.mark.parametrize("m,k,n", [(300, 520, 500), (256, 384, 256),
+                                   (300, 520, 260)])
+def test_paired_reference_equals_numpy(m, k, n):
+  """The twin's paired plan against NumPy's: an FP8 pair beside a BF16 one
+  runs in BF16, where N pads to an even number of tiles (500, 256; not
+  260, whose three tiles run unpaired)."""
+  a, b = _paired_operands(m, k, n)
+  got = bg.block_gemm_reference(a, b, out_dtype=jnp.float32, paired=True)
+  assert _rel(got, numpy_block_gemm(a, b, paired=True)) <= 1e-6
+  alone = bg.block_gemm_reference(a, b, out_dtype=jnp.float32, paired=False)
+  if -(-n // B) % 2:
+    np.testing.assert_array_equal(got, alone)
+  else:  # the moved pairs show: the data can tell the plans apart
+    assert _rel(got, alone) >= 1e-4
 
 
 def test_three_way_e5m2_blocks_run_wide():
@@ -260,12 +309,16 @@ def test_wide_values_must_be_in_their_stated_layout():
                                             True), a, out_dtype=jnp.float32)
 
 
-# The block GEMM's default, and its all-BF16 path in clusters of two.
-CLUSTERED = bg.BlockGemmConfig(wide=gemm.GemmConfig(cluster="m"))
-CONFIGS = [bg.BlockGemmConfig(), CLUSTERED]
+# The block GEMM's default (tiles paired in clusters along N), its tiles
+# unpaired, and unpaired with the all-BF16 path in clusters along M.
+PAIRED = bg.BlockGemmConfig()
+UNPAIRED = bg.BlockGemmConfig(paired=False)
+CLUSTERED = bg.BlockGemmConfig(paired=False, wide=gemm.GemmConfig(cluster="m"))
+CONFIGS = [PAIRED, UNPAIRED, CLUSTERED]
+CONFIG_IDS = ["paired", "unpaired", "clustered"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "clustered"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("transposed", TRANSPOSED, ids=str)
 @pytest.mark.parametrize("m,k,n", [(200, 300, 130), (500, 1000, 510),
                                    (384, 256, 256)])
@@ -287,8 +340,22 @@ def test_kernel_lowers_for_cuda(transposed, m, k, n, config):
   assert module.count("custom_call @__gpu$xla.gpu.triton(") == 1
 
 
-def test_all_bf16_path_runs_unclustered_by_default():
-  assert bg.BlockGemmConfig().wide == gemm.GemmConfig(cluster=None)
+@pytest.mark.parametrize("config,mp,np_,kp,cluster", [
+    # Paired, gemm.py's 16-bit loop runs in the pairs' clusters along N...
+    (PAIRED, 512, 512, 1024, "n"),
+    # ... or not at all where its clustered tile does not divide.
+    (PAIRED, 384, 256, 256, "none"),
+    (UNPAIRED, 512, 512, 1024, None),
+    (UNPAIRED, 384, 256, 256, None),
+    (CLUSTERED, 512, 512, 1024, "m"),
+])
+def test_all_bf16_path_runs_in_the_launchs_clusters(config, mp, np_, kp,
+                                                    cluster):
+  got = bg._launch_wide(config, mp, np_, kp)  # pylint: disable=protected-access
+  if cluster == "none":
+    assert got is None
+  else:
+    assert got.cluster == cluster
 
 
 @pytest.mark.parametrize("mp,np_,kp,cluster", [
@@ -401,6 +468,29 @@ def test_kernel_equals_reference(m, k, n, share, rx, rw):
   assert _rel(got, want) <= 1e-3
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
+@pytest.mark.parametrize("m,k,n,transposed", [
+    (1024, 1024, 1024, (False, False)),
+    (300, 520, 500, (True, False)),     # ragged, X's values stored [K, M]
+    (256, 1100, 768, (False, True)),    # K of 9 blocks
+    (300, 520, 260, (False, False)),    # three column tiles: unpaired
+])
+def test_paired_kernel_follows_its_plan(m, k, n, transposed):
+  """Paired tiles run the paired plan: nearer the paired twin by far than
+  the unpaired one, whose FP8 pairs the plan moves to BF16."""
+  a, b = _paired_operands(m, k, n)
+  twin = functools.partial(bg.block_gemm_reference, a, b,
+                           out_dtype=jnp.float32,
+                           precision=jax.lax.Precision.HIGHEST)
+  want, alone = twin(paired=True), twin(paired=False)
+  got = bg.block_gemm(*_stored(a, b, transposed), out_dtype=jnp.float32,
+                      config=PAIRED)
+  assert _rel(got, want) <= 1e-3
+  if -(-n // B) % 2 == 0:
+    assert _rel(got, want) <= _rel(want, alone) / 20
+
+
 def _bf16_operands(m, k, n, share_x, share_w):
   """Block operands of X and W^T, a share of each one's blocks BF16."""
   x, _ = _data(m, k, n, share_x)
@@ -412,7 +502,7 @@ def _bf16_operands(m, k, n, share_x, share_w):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "clustered"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("m,k,n,share_x,share_w,transposed", [
     # X rejected whole: no pair in FP8, gemm.py's tiles (in clusters, if
     # configured).
@@ -430,12 +520,13 @@ def test_kernel_all_bf16_path_equals_block_loops(m, k, n, share_x, share_w,
                                                  transposed, config):
   a, b = _bf16_operands(m, k, n, share_x, share_w)
   want = bg.block_gemm_reference(a, b, out_dtype=jnp.float32,
-                                 precision=jax.lax.Precision.HIGHEST)
+                                 precision=jax.lax.Precision.HIGHEST,
+                                 paired=config.paired)
   a, b = _stored(a, b, transposed)
   got = bg.block_gemm(a, b, out_dtype=jnp.float32, config=config)
   assert _rel(got, want) <= 1e-3
   loops = bg.block_gemm(a, b, out_dtype=jnp.float32,
-                        config=bg.BlockGemmConfig(wide=None))
+                        config=dataclasses.replace(config, wide=None))
   # The same products in the same K order, on other tiles.
   assert _rel(got, loops) <= 1e-6
 
@@ -451,7 +542,7 @@ def test_values_kernel_compiled_equals_numpy(transposed, per_row, k):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the block GEMM kernel needs sm_90")
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "clustered"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_kernel_all_bf16_path_dequantizes_both(config):
   """No pair in FP8, though both operands hold blocks in FP8 (X's in even K
   blocks, W's in odd ones): the 16-bit loop reads both operands' written
@@ -547,6 +638,8 @@ def test_kernel_per_shard_equals_one_device(spec_a, spec_b, spec_y):
     (dict(grid_tile_width=2.0), "grid_tile_width must be a positive int"),
     (dict(wide_stages=1), "wide_stages must be at least 2"),
     (dict(wide=dict(tile_m=64)), "wide must be a GemmConfig or None"),
+    (dict(paired=1), "paired must be a bool"),
+    (dict(paired=True, wide=gemm.GemmConfig(cluster="m")), "along N"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
   with pytest.raises(ValueError, match=match):
