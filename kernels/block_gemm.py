@@ -55,14 +55,14 @@ BF16 K block costs about 1.25x what it costs cuBLAS on these 128 x 128
 tiles, where it moves 1.4x the L2 bytes of cuBLAS's tilings (Nsight
 Compute), and pairing, which halves X's bytes, does not make it cheaper
 (within a pair the multicast still counts: loading X's 16-bit tiles in
-each block instead took half BF16 from 1.02x to 1.07x). The tile's width is the cost: on 128 x 128
-tiles gemm.py's own loops take 1.27x (FP8) and 1.36x (16-bit) their
-time on 128 x 256. Larger tiles do not fit: an FP8 step holds the
-promoted sum and the step's product, at 64 x 256 outputs a warpgroup
-2 x 128 float32 registers a thread, over Hopper's 255. Mixing itself costs
-0.07-0.08 of cuBLAS's time at 10% and at 50% of BF16 blocks alike, and
-neither one hand-written pipeline for both kinds of step nor running a
-tile's steps in K order lowered it (docs/benchmarks.md, fortieth,
+each block instead took half BF16 from 1.02x to 1.07x). The tile's width
+is the cost: on 128 x 128 tiles gemm.py's own loops take 1.27x (FP8) and
+1.36x (16-bit) their time on 128 x 256. Larger tiles do not fit: an FP8
+step holds the promoted sum and the step's product, at 64 x 256 outputs a
+warpgroup 2 x 128 float32 registers a thread, over Hopper's 255. Mixing
+itself costs 0.07-0.08 of cuBLAS's time at 10% and at 50% of BF16 blocks
+alike, and neither one hand-written pipeline for both kinds of step nor
+running a tile's steps in K order lowered it (docs/benchmarks.md, fortieth,
 forty-first and forty-third sessions). Where no pair of
 the whole GEMM runs in FP8 (an operand rejected whole, as tensor-level MoR
 with 128x128 blocks rejects, or every pair holding a BF16 block), the
