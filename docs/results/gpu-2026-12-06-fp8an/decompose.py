@@ -2,18 +2,18 @@
 
 MoRDense "fp8" (the default policy: per-channel E4M3, one scale per
 contraction vector) timed in turns with nn.Dense BF16, Flax's FP8 Dense and
-four variants of itself, each compiled with one part swapped out:
+variants of itself, each compiled with one part swapped out:
 
-- ``cublas_tensor``: its three GEMMs replaced by Flax's pattern, cuBLAS's
-  FP8 GEMM with ONE scale per operand inside it (the row factors' first
-  entry): the numbers are wrong, the cost is per-tensor cuBLAS's;
+- ``cublas_tensor``: its three GEMMs written as Flax's pattern, one scale
+  per operand (the row factors' first entry), meant to cost what
+  per-tensor cuBLAS costs. Inside the layer XLA did not rewrite it into
+  cuBLAS's FP8 GEMM (README.md beside this file), so it measures nothing;
 - ``cublas_rows``: the GEMMs as ``kernels.gemm.fp8_dot``, cuBLAS's FP8 GEMM
   with the per-row scales applied by XLA after it (right numbers, no
   device-side fallback);
 - ``noerr``: the dual codes pass without its relative-error terms (every
   term 0, so every tensor is accepted as it is anyway): what MoR's metric
-  costs the passes;
-- ``cublas_tensor_noerr``: both.
+  costs the passes.
 
 The patches are module attributes that MoR's code looks up when it traces
 (``kernels.gemm.gemm``, ``kernels.tile.error_terms``); each variant's step is
@@ -66,8 +66,6 @@ PATCHES = {
     "mor_cublas_tensor": {"gemm": cublas_tensor},
     "mor_cublas_rows": {"gemm": cublas_rows},
     "mor_noerr": {"error_terms": no_error_terms},
-    "mor_cublas_tensor_noerr": {"gemm": cublas_tensor,
-                                "error_terms": no_error_terms},
 }
 _HOMES = {"gemm": kernels.gemm, "error_terms": kernels.tile}
 
